@@ -1,0 +1,2 @@
+//! drivers
+#![no_std]

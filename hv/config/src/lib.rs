@@ -1,0 +1,74 @@
+//! Bulkhead's partition configuration.
+//!
+//! A human writes a TOML file; the host tool parses it into [`Config`],
+//! validates it, and compiles it into a postcard blob that the loader puts
+//! on the ESP. The hypervisor decodes the same blob into the same types and
+//! validates it again before starting any partition, so a blob that was
+//! tampered with or built by an older tool is refused with the same messages.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+mod model;
+mod validate;
+
+pub use model::*;
+pub use validate::{ConfigError, ErrorKind, validate};
+
+/// Bumped on every incompatible change of the blob format.
+pub const BLOB_VERSION: u32 = 1;
+
+/// Encodes a configuration into the blob the hypervisor reads.
+pub fn to_blob(config: &Config) -> alloc::vec::Vec<u8> {
+    let blob = Blob { version: BLOB_VERSION, config: config.clone() };
+    // Serializing plain data into a growable buffer cannot fail.
+    postcard::to_allocvec(&blob).expect("serializing a configuration into memory")
+}
+
+/// Why a blob could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BlobError {
+    /// The blob was written for another format version.
+    Version {
+        /// The version in the blob.
+        found: u32,
+    },
+    /// The bytes are not a configuration blob.
+    Malformed,
+}
+
+impl core::fmt::Display for BlobError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BlobError::Version { found } => {
+                write!(f, "configuration blob version {found}, expected {BLOB_VERSION}")
+            }
+            BlobError::Malformed => write!(f, "configuration blob is malformed"),
+        }
+    }
+}
+
+/// Decodes a blob written by [`to_blob`].
+///
+/// # Errors
+/// [`BlobError::Version`] for a blob of another version, [`BlobError::Malformed`]
+/// for anything else that does not decode.
+pub fn from_blob(bytes: &[u8]) -> Result<Config, BlobError> {
+    let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|_| BlobError::Malformed)?;
+    if version != BLOB_VERSION {
+        return Err(BlobError::Version { found: version });
+    }
+    let blob: Blob = postcard::from_bytes(bytes).map_err(|_| BlobError::Malformed)?;
+    Ok(blob.config)
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Blob {
+    version: u32,
+    config: Config,
+}
+
+#[cfg(test)]
+mod tests;

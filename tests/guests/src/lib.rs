@@ -1,0 +1,2 @@
+//! guest runtime
+#![no_std]
