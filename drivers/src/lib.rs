@@ -1,2 +1,11 @@
-//! drivers
+//! Drivers for the hardware Bulkhead itself drives.
+//!
+//! Each driver knows its device's registers and nothing about partitions.
+//! Register blocks are typed with `tock-registers`; the only `unsafe` is in
+//! constructing a driver from a base address, whose caller vouches that the
+//! address maps the device.
+
 #![no_std]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod pl011;

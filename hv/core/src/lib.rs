@@ -1,2 +1,19 @@
-//! Core
+//! Bulkhead's architecture-neutral core.
+//!
+//! Everything here is plain logic that runs the same on the host (as unit
+//! tests) and in the hypervisor: typed addresses, the firmware memory map,
+//! boot arguments, partitions and their address spaces, hypercall dispatch,
+//! and the end-of-run summary. Hardware access goes through small traits
+//! the image implements ([`partition::HostMemory`], [`partition::ConsoleSink`]).
+
 #![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod address;
+pub mod bootargs;
+pub mod hypercall;
+pub mod memmap;
+pub mod partition;
+pub mod summary;

@@ -1,0 +1,177 @@
+//! EL2 system-register configuration for running partitions.
+
+#[cfg(all(target_arch = "aarch64", not(test)))]
+use aarch64_cpu::registers::*;
+
+/// A snapshot of the EL2 state the firmware handed over, for the boot log.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FirmwareState {
+    /// `CurrentEL` (2 for EL2).
+    pub current_el: u64,
+    /// `HCR_EL2`.
+    pub hcr: u64,
+    /// `SCTLR_EL2`.
+    pub sctlr: u64,
+    /// `ID_AA64MMFR0_EL1.PARange`, decoded into bits.
+    pub pa_bits: u32,
+    /// `MPIDR_EL1`.
+    pub mpidr: u64,
+}
+
+/// Decodes `ID_AA64MMFR0_EL1.PARange` (Arm ARM D24.2.64) into address bits.
+pub const fn pa_range_bits(pa_range: u64) -> u32 {
+    match pa_range {
+        0 => 32,
+        1 => 36,
+        2 => 40,
+        3 => 42,
+        4 => 44,
+        5 => 48,
+        _ => 52,
+    }
+}
+
+/// Reads the state the firmware left.
+pub fn firmware_state() -> FirmwareState {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    {
+        FirmwareState {
+            current_el: CurrentEL.read(CurrentEL::EL),
+            hcr: HCR_EL2.get(),
+            sctlr: SCTLR_EL2.get(),
+            pa_bits: pa_range_bits(ID_AA64MMFR0_EL1.read(ID_AA64MMFR0_EL1::PARange)),
+            mpidr: MPIDR_EL1.get(),
+        }
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    FirmwareState::default()
+}
+
+/// How a partition's vCPU is configured at EL2 before its first entry.
+#[derive(Clone, Copy, Debug)]
+pub struct GuestSetup {
+    /// `VTTBR_EL2` value: VMID in bits 63:48 (8-bit VMIDs use 55:48), table base.
+    pub vttbr: u64,
+    /// `VTCR_EL2` value.
+    pub vtcr: u64,
+    /// `VMPIDR_EL2` value: the MPIDR the guest reads.
+    pub vmpidr: u64,
+}
+
+/// `HCR_EL2` while a guest runs (Arm ARM D24.2.48). Bit by bit:
+/// VM (0) stage 2 on; SWIO (1) set/way invalidation becomes clean+invalidate;
+/// FMO/IMO/AMO (3..5) physical FIQ/IRQ/SError go to EL2; TSC (19) trap SMC so
+/// PSCI and firmware calls are ours to answer; RW (31) EL1 is AArch64;
+/// APK/API (40, 41) let the guest use pointer authentication untrapped.
+/// E2H and TGE stay 0: Bulkhead runs in the plain (non-VHE) EL2 regime.
+pub const HCR_GUEST: u64 =
+    (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 19) | (1 << 31) | (1 << 40) | (1 << 41);
+
+/// `VTCR_EL2` for a 4 KiB granule, `ipa_bits`-bit IPA space starting at
+/// level 1 (so `ipa_bits` is 31..=39 with one root table), inner-shareable
+/// write-back walks, and the output size from `pa_bits`
+/// (Arm ARM D24.2.201).
+pub const fn vtcr(ipa_bits: u32, pa_bits: u32) -> u64 {
+    let t0sz = (64 - ipa_bits) as u64;
+    let sl0_level1 = 0b01 << 6;
+    let irgn0_wbwa = 0b01 << 8;
+    let orgn0_wbwa = 0b01 << 10;
+    let sh0_inner = 0b11 << 12;
+    let tg0_4k = 0b00 << 14;
+    let ps = (match pa_bits {
+        32 => 0,
+        36 => 1,
+        40 => 2,
+        42 => 3,
+        44 => 4,
+        _ => 5,
+    } as u64)
+        << 16;
+    let res1 = 1 << 31;
+    t0sz | sl0_level1 | irgn0_wbwa | orgn0_wbwa | sh0_inner | tg0_4k | ps | res1
+}
+
+/// `VTTBR_EL2` for a root table at `root` and 8-bit `vmid`.
+pub const fn vttbr(root: u64, vmid: u8) -> u64 {
+    ((vmid as u64) << 48) | (root & 0x0000_ffff_ffff_fffe)
+}
+
+/// `SCTLR_EL1` a guest starts with: MMU and caches off, the RES1 bits set
+/// (bits 11, 20, 22, 23, 28, 29 in Armv8.0).
+pub const SCTLR_EL1_RESET: u64 = (1 << 11) | (1 << 20) | (1 << 22) | (1 << 23) | (1 << 28) | (1 << 29);
+
+/// Loads the EL2 controls for a guest and invalidates its stale TLB entries.
+///
+/// # Safety
+/// `setup.vttbr` must point at a stage-2 table that maps only memory the
+/// partition owns; EL1 state is reset for a fresh guest, so this must only be
+/// called before the partition's first entry on this CPU.
+pub unsafe fn configure_guest(setup: &GuestSetup) {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    // SAFETY: these registers only affect lower exception levels, which run
+    // nothing at this point; the caller vouches for the stage-2 table.
+    unsafe {
+        VTCR_EL2.set(setup.vtcr);
+        VTTBR_EL2.set(setup.vttbr);
+        VMPIDR_EL2.set(setup.vmpidr);
+        // The guest reads the real MIDR: nothing to hide yet.
+        core::arch::asm!("mrs {t}, midr_el1", "msr vpidr_el2, {t}", t = out(reg) _);
+        // No FP/SIMD or trace traps (RES1 bits 13:12, 9:0 of CPTR_EL2).
+        CPTR_EL2.set(0x33ff);
+        // EL1 may use the physical counter and timer.
+        CNTHCTL_EL2.set(0b11);
+        CNTVOFF_EL2.set(0);
+        MDCR_EL2.set(0);
+        core::arch::asm!("msr hstr_el2, xzr");
+        SCTLR_EL1.set(SCTLR_EL1_RESET);
+        HCR_EL2.set(HCR_GUEST);
+        core::arch::asm!("isb", "tlbi vmalls12e1", "dsb nsh", "isb");
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    let _ = setup;
+}
+
+/// Reads the exit syndrome registers: `ESR_EL2`, `FAR_EL2`, `HPFAR_EL2`.
+pub fn exit_syndrome() -> (u64, u64, u64) {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    {
+        (ESR_EL2.get(), FAR_EL2.get(), HPFAR_EL2.get())
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    (0, 0, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vtcr_for_a_39_bit_ipa_space() {
+        let v = vtcr(39, 48);
+        assert_eq!(v & 0x3f, 25, "T0SZ");
+        assert_eq!((v >> 6) & 3, 1, "SL0 = level 1");
+        assert_eq!((v >> 16) & 7, 5, "PS = 48 bits");
+        assert_eq!(v >> 31 & 1, 1, "RES1");
+    }
+
+    #[test]
+    fn vttbr_places_the_vmid() {
+        assert_eq!(vttbr(0x4000_1000, 7), 0x0007_0000_4000_1000);
+    }
+
+    #[test]
+    fn hcr_runs_aarch64_guests_under_stage2_and_traps_smc() {
+        assert_eq!(HCR_GUEST & 1, 1);
+        assert_eq!(HCR_GUEST >> 31 & 1, 1);
+        assert_eq!(HCR_GUEST >> 19 & 1, 1);
+        assert_eq!(HCR_GUEST >> 34 & 1, 0, "E2H stays clear");
+        assert_eq!(HCR_GUEST >> 27 & 1, 0, "TGE stays clear");
+    }
+
+    #[test]
+    fn pa_range_decodes() {
+        assert_eq!(pa_range_bits(2), 40);
+        assert_eq!(pa_range_bits(5), 48);
+        assert_eq!(pa_range_bits(6), 52);
+    }
+}

@@ -1,0 +1,23 @@
+//! Arm semihosting, used to end a QEMU run with an exit code.
+
+/// `SYS_EXIT` operation number.
+const SYS_EXIT: u64 = 0x18;
+/// `ADP_Stopped_ApplicationExit`: the reason code that carries an exit status.
+const ADP_STOPPED_APPLICATION_EXIT: u64 = 0x2_0026;
+
+/// Asks the host to end the run with `code`.
+///
+/// Returns only if semihosting is not enabled in the host, in which case the
+/// `HLT` is an undefined instruction: callers must only use this when they
+/// know a semihosting host is present.
+pub fn exit(code: u32) {
+    let block = [ADP_STOPPED_APPLICATION_EXIT, u64::from(code)];
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    // SAFETY: the semihosting call reads the two-word block and ends the run;
+    // the block outlives the call.
+    unsafe {
+        core::arch::asm!("hlt #0xf000", in("x0") SYS_EXIT, in("x1") block.as_ptr(), options(nostack));
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    let _ = (block, SYS_EXIT);
+}

@@ -1,0 +1,115 @@
+//! Boot arguments: a short text file on the ESP, `key=value` words.
+//!
+//! | word | meaning |
+//! |---|---|
+//! | `log=error\|warn\|info\|debug\|trace` | console log level (default `info`) |
+//! | `exit=semihosting\|park` | how the run ends: semihosting `SYS_EXIT` (QEMU) or parking the CPUs (hardware); default: semihosting on QEMU `virt`, park elsewhere |
+//! | `crash=panic\|exception` | test hook: the hypervisor deliberately panics or takes an unexpected exception once booted |
+//!
+//! Unknown words are reported, not ignored silently.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// Console log level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// The default.
+    Info,
+    /// Details of every exit.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+/// How a run ends once every partition has stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitMethod {
+    /// Semihosting `SYS_EXIT` (QEMU with `-semihosting`).
+    Semihosting,
+    /// Park every CPU (hardware).
+    Park,
+}
+
+/// A deliberate failure for testing the crash paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CrashTest {
+    /// `panic!` in the hypervisor.
+    Panic,
+    /// An unexpected exception at EL2 (a load from an unmapped address).
+    Exception,
+}
+
+/// Parsed boot arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BootArgs {
+    /// Console log level.
+    pub log_level: LogLevel,
+    /// How to end the run; `None` lets the platform decide.
+    pub exit: Option<ExitMethod>,
+    /// Crash test requested, if any.
+    pub crash: Option<CrashTest>,
+    /// Words that were not understood, for the boot log.
+    pub unknown: Vec<String>,
+}
+
+impl Default for BootArgs {
+    fn default() -> Self {
+        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, unknown: Vec::new() }
+    }
+}
+
+impl BootArgs {
+    /// Parses whitespace-separated `key=value` words.
+    pub fn parse(text: &str) -> BootArgs {
+        let mut args = BootArgs::default();
+        for word in text.split_whitespace() {
+            let parsed = match word.split_once('=') {
+                Some(("log", level)) => parse_level(level).map(|l| args.log_level = l),
+                Some(("exit", "semihosting")) => Some(args.exit = Some(ExitMethod::Semihosting)),
+                Some(("exit", "park")) => Some(args.exit = Some(ExitMethod::Park)),
+                Some(("crash", "panic")) => Some(args.crash = Some(CrashTest::Panic)),
+                Some(("crash", "exception")) => Some(args.crash = Some(CrashTest::Exception)),
+                _ => None,
+            };
+            if parsed.is_none() {
+                args.unknown.push(String::from(word));
+            }
+        }
+        args
+    }
+}
+
+fn parse_level(text: &str) -> Option<LogLevel> {
+    Some(match text {
+        "error" => LogLevel::Error,
+        "warn" => LogLevel::Warn,
+        "info" => LogLevel::Info,
+        "debug" => LogLevel::Debug,
+        "trace" => LogLevel::Trace,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_words_and_keeps_unknown_ones() {
+        let args = BootArgs::parse(" log=debug crash=panic\nexit=park  frob=1 log=loud ");
+        assert_eq!(args.log_level, LogLevel::Debug);
+        assert_eq!(args.crash, Some(CrashTest::Panic));
+        assert_eq!(args.exit, Some(ExitMethod::Park));
+        assert_eq!(args.unknown, ["frob=1", "log=loud"]);
+    }
+
+    #[test]
+    fn empty_text_gives_defaults() {
+        assert_eq!(BootArgs::parse(""), BootArgs::default());
+    }
+}

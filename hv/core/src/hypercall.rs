@@ -1,0 +1,174 @@
+//! Hypercall dispatch (the ABI is in `bulkhead_abi::hypercall`).
+//!
+//! Every argument comes from a guest and is checked here: addresses are
+//! translated through the caller's own address space, lengths are bounded,
+//! unknown calls return `NOT_SUPPORTED`. Nothing a guest passes can make the
+//! hypervisor panic or touch another partition's memory.
+
+use crate::address::Gpa;
+use crate::partition::{Access, ConsoleSink, HostMemory, Partition, StopReason, UNKNOWN_CALL_LOG_LIMIT, Verdict};
+use bulkhead_abi::hypercall::{self as abi, HvError};
+
+/// SMCCC `SMCCC_VERSION` (DEN0028 7.2).
+pub const SMCCC_VERSION: u32 = 0x8000_0000;
+/// The SMCCC version we implement: 1.1.
+pub const SMCCC_VERSION_1_1: u64 = 0x1_0001;
+/// The PSCI version reported: 1.1.
+pub const PSCI_VERSION_1_1: u64 = 0x1_0001;
+
+/// What the vCPU does after a hypercall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Resume the guest with `x0` set to this value.
+    Return(u64),
+    /// The partition has stopped; do not resume it.
+    Stop,
+}
+
+impl Outcome {
+    fn error(e: HvError) -> Outcome {
+        Outcome::Return(e.to_register())
+    }
+}
+
+/// The conduit a call arrived through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Conduit {
+    /// `HVC`.
+    Hvc,
+    /// A trapped `SMC`.
+    Smc,
+}
+
+/// Handles one call from `partition` with registers `x0`..`x7`.
+pub fn dispatch(
+    partition: &mut Partition,
+    memory: &dyn HostMemory,
+    sink: &mut dyn ConsoleSink,
+    conduit: Conduit,
+    x: &[u64; 8],
+) -> Outcome {
+    // SMCCC: the function ID is W0; the upper half of X0 is not part of it.
+    let function = x[0] as u32;
+    match function {
+        abi::ABI_VERSION => Outcome::Return(abi::ABI_VERSION_VALUE),
+        abi::CONSOLE_WRITE => console_write(partition, memory, sink, x[1], x[2]),
+        abi::REPORT_RESULT => {
+            partition.verdict = match x[1] {
+                0 => Verdict::Passed,
+                code => Verdict::Failed { code, detail: x[2] },
+            };
+            Outcome::Return(0)
+        }
+        abi::PARTITION_STOP | abi::PSCI_SYSTEM_OFF => {
+            partition.stop(StopReason::Requested, sink);
+            Outcome::Stop
+        }
+        SMCCC_VERSION => Outcome::Return(SMCCC_VERSION_1_1),
+        abi::PSCI_VERSION => Outcome::Return(PSCI_VERSION_1_1),
+        _ => {
+            partition.unknown_calls = partition.unknown_calls.saturating_add(1);
+            if partition.unknown_calls <= UNKNOWN_CALL_LOG_LIMIT {
+                log::warn!(
+                    "partition '{}': unknown hypercall {function:#010x} via {conduit:?}: returning NOT_SUPPORTED",
+                    partition.name
+                );
+                if partition.unknown_calls == UNKNOWN_CALL_LOG_LIMIT {
+                    log::warn!("partition '{}': further unknown hypercalls are not logged", partition.name);
+                }
+            }
+            Outcome::error(HvError::NotSupported)
+        }
+    }
+}
+
+fn console_write(
+    partition: &mut Partition,
+    memory: &dyn HostMemory,
+    sink: &mut dyn ConsoleSink,
+    address: u64,
+    length: u64,
+) -> Outcome {
+    if length > abi::CONSOLE_WRITE_MAX {
+        return Outcome::error(HvError::InvalidParameter);
+    }
+    if length == 0 {
+        return Outcome::Return(0);
+    }
+    let Some(hpa) = partition.translate(Gpa::new(address), length, Access::Read) else {
+        log::debug!("partition '{}': console write from {address:#x}+{length:#x} outside its memory", partition.name);
+        return Outcome::error(HvError::InvalidParameter);
+    };
+    let mut buffer = [0u8; abi::CONSOLE_WRITE_MAX as usize];
+    let bytes = &mut buffer[..length as usize];
+    memory.read(hpa, bytes);
+    partition.console_write(bytes, sink);
+    Outcome::Return(length)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::Hpa;
+    use crate::partition::tests::{Lines, test_partition};
+    use crate::partition::RunState;
+
+    /// Host memory where byte at HPA `a` is `a as u8`, recording each read.
+    struct PatternMemory(core::cell::RefCell<alloc::vec::Vec<(u64, usize)>>);
+
+    impl HostMemory for PatternMemory {
+        fn read(&self, hpa: Hpa, buf: &mut [u8]) {
+            self.0.borrow_mut().push((hpa.raw(), buf.len()));
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b = b'a' + ((hpa.raw() as usize + i) % 26) as u8;
+            }
+        }
+    }
+
+    fn call(p: &mut Partition, lines: &mut Lines, x: [u64; 8]) -> (Outcome, alloc::vec::Vec<(u64, usize)>) {
+        let memory = PatternMemory(Default::default());
+        let outcome = dispatch(p, &memory, lines, Conduit::Hvc, &x);
+        (outcome, memory.0.into_inner())
+    }
+
+    #[test]
+    fn unknown_calls_return_not_supported_and_are_counted() {
+        let mut p = test_partition();
+        let mut lines = Lines::default();
+        for id in [0xc600_ffffu64, 0x8400_00ff, 0, 0xffff_ffff, 0xc500_0001] {
+            let (outcome, _) = call(&mut p, &mut lines, [id, 0, 0, 0, 0, 0, 0, 0]);
+            assert_eq!(outcome, Outcome::Return(u64::MAX), "{id:#x}");
+        }
+        assert_eq!(p.unknown_calls, 5);
+        assert_eq!(p.state, RunState::Created);
+    }
+
+    #[test]
+    fn console_write_reads_only_the_callers_own_readable_memory() {
+        let mut p = test_partition();
+        let mut lines = Lines::default();
+        let x = |addr: u64, len: u64| [abi::CONSOLE_WRITE as u64, addr, len, 0, 0, 0, 0, 0];
+        let (outcome, reads) = call(&mut p, &mut lines, x(0x4000_0000, 5));
+        assert_eq!(outcome, Outcome::Return(5));
+        assert_eq!(reads, [(0x10_0000, 5)]);
+        for (addr, len) in [(0x4000_2000, 1), (0x3fff_f000, 0x10), (0x4000_1fff, 2), (u64::MAX, 2), (0x4000_0000, 4097)] {
+            let (outcome, reads) = call(&mut p, &mut lines, x(addr, len));
+            assert_eq!(outcome, Outcome::Return(HvError::InvalidParameter.to_register()), "{addr:#x}+{len}");
+            assert!(reads.is_empty());
+        }
+        assert_eq!(call(&mut p, &mut lines, x(0x4000_0000, 0)).0, Outcome::Return(0));
+    }
+
+    #[test]
+    fn verdicts_and_stop() {
+        let mut p = test_partition();
+        let mut lines = Lines::default();
+        call(&mut p, &mut lines, [abi::REPORT_RESULT as u64, 7, 9, 0, 0, 0, 0, 0]);
+        assert_eq!(p.verdict, Verdict::Failed { code: 7, detail: 9 });
+        call(&mut p, &mut lines, [abi::REPORT_RESULT as u64, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(p.verdict, Verdict::Passed);
+        let (outcome, _) = call(&mut p, &mut lines, [abi::PSCI_SYSTEM_OFF as u64 | (0xdead << 32), 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(outcome, Outcome::Stop, "upper half of x0 is ignored");
+        assert!(p.is_stopped());
+    }
+}
