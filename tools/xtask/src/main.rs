@@ -1,1 +1,161 @@
-fn main(){}
+//! `cargo xtask`: Bulkhead's host tool.
+//!
+//! - `setup`: checks for QEMU >= 10, the UEFI firmware, the Rust targets and
+//!   `llvm-objcopy`, and installs whatever is missing;
+//! - `build`: builds the hypervisor, the UEFI loader and the test guests,
+//!   compiles a configuration and assembles an ESP folder;
+//! - `run`: builds, then boots the ESP under QEMU with the serial console on
+//!   the terminal;
+//! - `test`: host unit tests, one build, then every integration scenario
+//!   under QEMU, ending with `N passed, N failed`;
+//! - `config check`: validates a configuration file.
+//!
+//! `build`, `run` and `test` run the setup check first.
+
+#![forbid(unsafe_code)]
+
+mod apt;
+mod build;
+mod config;
+mod esp;
+mod paths;
+mod run;
+mod setup;
+mod test;
+mod unit;
+
+use anyhow::{Result, bail};
+use bulkhead_harness::Arch;
+use clap::{Args, Parser, Subcommand};
+use paths::Workspace;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Bulkhead's build, run and test tool.
+#[derive(Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check for QEMU, firmware and Rust targets; install what is missing.
+    Setup,
+    /// Build the images and assemble an ESP folder under target/xtask/.
+    Build(BuildArgs),
+    /// Build, then boot the ESP under QEMU with serial on the terminal.
+    Run(BuildArgs),
+    /// Run host unit tests and every integration scenario under QEMU.
+    Test(TestArgs),
+    /// Configuration file commands.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Options shared by `build` and `run`.
+#[derive(Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Configuration TOML to compile into the ESP.
+    #[arg(long, value_name = "FILE", default_value = paths::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Boot arguments for the hypervisor (written to bulkhead/bootargs.txt).
+    #[arg(long, value_name = "TEXT")]
+    bootargs: Option<String>,
+}
+
+/// Architecture and profile.
+#[derive(Args, Clone, Copy)]
+struct TargetArgs {
+    /// Target architecture: aarch64 or x86_64.
+    #[arg(long, default_value = "aarch64")]
+    arch: Arch,
+    /// Build the debug profile instead of release.
+    #[arg(long)]
+    debug: bool,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Skip the host unit tests.
+    #[arg(long)]
+    no_unit: bool,
+    /// Run only the scenarios whose name contains this text.
+    filter: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file; print every problem, one per line.
+    Check {
+        /// The configuration TOML.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    let ws = Workspace::locate()?;
+    match cli.command {
+        Command::Setup => {
+            setup::ensure(&ws, setup::Verbosity::Report)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(args) => {
+            let options = build_options(&args.target)?;
+            setup::ensure(&ws, setup::Verbosity::Quiet)?;
+            let artifacts = build::build_images(&ws, &options)?;
+            let config_path = ws.resolve(&args.config);
+            let compiled = config::compile(&config_path, &args.config.display().to_string())?;
+            let spec = esp::EspSpec::for_config(&args.config, &compiled, args.bootargs.as_deref());
+            let dir = esp::assemble(&ws, &artifacts, &spec)?;
+            println!("ESP ready: {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            let options = build_options(&args.target)?;
+            setup::ensure(&ws, setup::Verbosity::Quiet)?;
+            run::run(&ws, &options, &args.config, args.bootargs.as_deref())
+        }
+        Command::Test(args) => {
+            let options = build_options(&args.target)?;
+            let filter = args.filter.unwrap_or_default();
+            test::test(&ws, &options, &filter, !args.no_unit)
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            let compiled = config::compile(&ws.resolve(&file), &file.display().to_string())?;
+            println!(
+                "{}: ok ({} partitions, {} byte blob)",
+                file.display(),
+                compiled.config.partitions.len(),
+                compiled.blob.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Turns the command-line target options into build options, refusing the
+/// architectures that are not wired up yet.
+fn build_options(target: &TargetArgs) -> Result<build::BuildOptions> {
+    match target.arch {
+        Arch::Aarch64 => {}
+        Arch::X86_64 => bail!("x86_64 is not supported yet"),
+    }
+    Ok(build::BuildOptions { arch: target.arch, profile: build::Profile::from_debug(target.debug) })
+}

@@ -1,0 +1,111 @@
+//! The integration scenarios `cargo xtask test` runs.
+//!
+//! Adding a test: write a guest in `tests/guests/src/bin/`, a configuration
+//! in `tests/configs/`, and add one entry here. Every scenario gets its own
+//! ESP folder (`target/xtask/<arch>/esp-<name>/`, QEMU's FAT driver writes
+//! to it) and its own log (`target/xtask/logs/<name>.log`).
+
+use crate::scenario::Scenario;
+use bulkhead_abi::exit::ExitCode;
+
+/// Every scenario, in the order they are started.
+pub const SCENARIOS: &[Scenario] = &[
+    // The demo: one partition says hello through the console hypercall.
+    Scenario {
+        name: "hello",
+        expect: &[
+            "Bulkhead",
+            "partition hello: started",
+            "[hello] Hello from a Bulkhead partition",
+            "partition hello: passed",
+            "all 1 partitions passed",
+        ],
+        ..Scenario::DEFAULT
+    },
+    // An unknown function ID returns NOT_SUPPORTED and the guest goes on.
+    Scenario {
+        name: "unknown-hypercall",
+        config: "tests/configs/unknown-hypercall.toml",
+        expect: &[
+            "unknown hypercall",
+            "partition unknown-hypercall: passed",
+            "all 1 partitions passed",
+        ],
+        ..Scenario::DEFAULT
+    },
+    // A guest touching an IPA outside its memory is stopped, with a report.
+    Scenario {
+        name: "stage2-fault",
+        config: "tests/configs/stage2-fault.toml",
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "stage-2 fault",
+            "partition 'stage2-fault'",
+            "IPA 0x100000000",
+            "partition stage2-fault: stopped by fault",
+        ],
+        forbid: &["all 1 partitions passed"],
+        ..Scenario::DEFAULT
+    },
+    // A hypervisor panic reaches the panic handler and exits with 99.
+    Scenario {
+        name: "hv-panic",
+        bootargs: Some("crash=panic"),
+        expect_exit: Some(ExitCode::HypervisorFault),
+        expect: &["hypervisor panic"],
+        ..Scenario::DEFAULT
+    },
+    // An unexpected exception at EL2 is reported with its syndrome registers.
+    Scenario {
+        name: "hv-exception",
+        bootargs: Some("crash=exception"),
+        expect_exit: Some(ExitCode::HypervisorFault),
+        expect: &["unexpected exception", "ESR_EL2", "ELR_EL2", "FAR_EL2", "HPFAR_EL2"],
+        ..Scenario::DEFAULT
+    },
+    // The loader names the image it cannot read; the firmware then returns to
+    // its boot menu and would wait for ever, so the run is stopped early.
+    Scenario {
+        name: "missing-image",
+        omit_images: true,
+        expect_exit: None,
+        stop_on: Some("bulkhead-boot: error"),
+        expect: &["cannot read", "\\bulkhead\\images\\"],
+        ..Scenario::DEFAULT
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn names_are_unique_and_usable_as_file_names() {
+        let mut seen = HashSet::new();
+        for scenario in SCENARIOS {
+            assert!(seen.insert(scenario.name), "duplicate scenario {}", scenario.name);
+            assert!(!scenario.name.is_empty());
+            assert!(
+                scenario.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{}",
+                scenario.name
+            );
+        }
+    }
+
+    #[test]
+    fn every_scenario_can_end_and_checks_something() {
+        for scenario in SCENARIOS {
+            assert_eq!(
+                scenario.expect_exit.is_none(),
+                scenario.stop_on.is_some(),
+                "{}: a scenario without an exit code must have a stop line, and only then",
+                scenario.name
+            );
+            assert!(!scenario.expect.is_empty(), "{} expects nothing", scenario.name);
+            assert!(scenario.smp >= 1 && !scenario.timeout.is_zero(), "{}", scenario.name);
+            assert!(scenario.config.ends_with(".toml"), "{}", scenario.name);
+        }
+    }
+}

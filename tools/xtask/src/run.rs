@@ -1,0 +1,111 @@
+//! `cargo xtask run`: build, then boot the ESP under QEMU on the terminal.
+//!
+//! With a terminal on stdin QEMU gets the terminal (the firmware menu and
+//! Ctrl-A X work) and no timeout applies. Without one (CI, pipes) stdin is
+//! null so nothing can wait for input, the output is copied through and
+//! saved to `target/xtask/logs/run.log`, and QEMU is killed after
+//! [`NON_INTERACTIVE_TIMEOUT`]. Either way the exit code is QEMU's: 0 when
+//! every partition passed (the hypervisor exits QEMU through semihosting).
+
+use crate::build::{self, BuildOptions};
+use crate::config;
+use crate::esp::{self, EspSpec};
+use crate::paths::Workspace;
+use anyhow::{Context, Result};
+use bulkhead_config::Config;
+use bulkhead_harness::runner::{self, Ending, RunOptions};
+use bulkhead_harness::QemuCommand;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Limit on a run whose stdin is not a terminal.
+pub const NON_INTERACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Exit code when the run timed out (as `timeout(1)` uses).
+const TIMED_OUT: u8 = 124;
+
+/// Builds, assembles the ESP for `config_file` and boots it.
+///
+/// # Errors
+/// When the build, the configuration or the ESP fails, or QEMU cannot start.
+pub fn run(ws: &Workspace, options: &BuildOptions, config_file: &Path, bootargs: Option<&str>) -> Result<ExitCode> {
+    let artifacts = build::build_images(ws, options)?;
+    let compiled = config::compile(&ws.resolve(config_file), &config_file.display().to_string())?;
+    let spec = EspSpec::for_config(config_file, &compiled, bootargs);
+    let esp_dir = esp::assemble(ws, &artifacts, &spec)?;
+    let smp = cpus_needed(&compiled.config);
+    let qemu = QemuCommand::for_arch(options.arch, &esp_dir, smp)
+        .with_context(|| format!("{} is not supported yet", options.arch))?;
+    println!("xtask: {qemu}");
+    if std::io::stdin().is_terminal() {
+        let status = qemu.to_command().status().with_context(|| format!("starting {}", qemu.program))?;
+        return Ok(exit_code(status.code()));
+    }
+    install_interrupt_handler();
+    let log = ws.log_path("run");
+    let options = RunOptions {
+        timeout: Some(NON_INTERACTIVE_TIMEOUT),
+        log_path: Some(&log),
+        echo: true,
+        ..RunOptions::default()
+    };
+    let outcome = runner::run(&qemu, &options)?;
+    Ok(match outcome.ending {
+        Ending::Exited(code) => exit_code(code),
+        Ending::TimedOut(limit) => {
+            eprintln!("xtask: QEMU timed out after {} s and was killed (log: {})", limit.as_secs(), log.display());
+            ExitCode::from(TIMED_OUT)
+        }
+        Ending::StoppedEarly => ExitCode::SUCCESS,
+    })
+}
+
+/// CPUs QEMU must emulate: one past the highest CPU any partition names.
+pub fn cpus_needed(config: &Config) -> u32 {
+    config.partitions.iter().flat_map(|p| p.cpus.iter()).max().map_or(1, |&cpu| cpu.saturating_add(1))
+}
+
+/// QEMU's exit status as ours (a death by signal becomes 1).
+fn exit_code(code: Option<i32>) -> ExitCode {
+    match code.and_then(|c| u8::try_from(c).ok()) {
+        Some(code) => ExitCode::from(code),
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// On Ctrl-C, kill the QEMU instances (they run in their own process
+/// groups, so the terminal's signal does not reach them) and exit.
+pub fn install_interrupt_handler() {
+    let result = ctrlc::set_handler(|| {
+        runner::kill_all();
+        eprintln!("\nxtask: interrupted; QEMU killed");
+        std::process::exit(130);
+    });
+    if let Err(err) = result {
+        eprintln!("xtask: warning: cannot handle Ctrl-C ({err}); QEMU may outlive an interrupt");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpus_needed_covers_the_highest_cpu_named() {
+        let text = r#"
+[[partition]]
+name = "a"
+cpus = [0, 3]
+image = { file = "a.bin", load = 0 }
+[[partition]]
+name = "b"
+cpus = [1]
+image = { file = "b.bin", load = 0 }
+"#;
+        let config: Config = toml::from_str(text).unwrap();
+        assert_eq!(cpus_needed(&config), 4);
+        assert_eq!(cpus_needed(&Config { partitions: Vec::new() }), 1);
+    }
+}

@@ -1,0 +1,241 @@
+//! `cargo xtask test`: host unit tests, one build, then the scenarios.
+//!
+//! Every selected scenario gets its own ESP folder and log, runs under a
+//! hard timeout, at most [`MAX_PARALLEL`] at a time, and is reported as it
+//! finishes: `PASS name (12.3 s)` or `FAIL name: reason` followed by the end
+//! of its log. The last line is `N passed, N failed` (host unit tests plus
+//! scenarios); the exit status is non-zero on any failure.
+
+use crate::build::{self, Artifacts, BuildOptions};
+use crate::config;
+use crate::esp::{self, EspSpec};
+use crate::paths::Workspace;
+use crate::run::{cpus_needed, install_interrupt_handler};
+use crate::setup;
+use crate::unit;
+use anyhow::{Context, Result};
+use bulkhead_harness::runner::{self, RunOptions};
+use bulkhead_harness::{QemuCommand, SCENARIOS, Scenario, Verdict, judge};
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// QEMU instances at once (the test machines have two cores).
+pub const MAX_PARALLEL: usize = 2;
+
+/// Log lines shown under a failed scenario.
+const TAIL_LINES: usize = 40;
+
+/// Running totals.
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn fail(&mut self, name: &str, reason: &str) {
+        println!("FAIL {name}: {reason}");
+        self.failed += 1;
+    }
+}
+
+/// A scenario ready to boot.
+struct Job {
+    scenario: &'static Scenario,
+    qemu: QemuCommand,
+    log: PathBuf,
+}
+
+/// What one job came to.
+struct Finished {
+    scenario: &'static Scenario,
+    verdict: Verdict,
+    elapsed: Duration,
+    lines: Vec<String>,
+    log: PathBuf,
+}
+
+/// Runs the host unit tests (unless `unit` is false) and every scenario
+/// whose name contains `filter`.
+///
+/// # Errors
+/// When setup fails; test failures are reported and give a failure status.
+pub fn test(ws: &Workspace, options: &BuildOptions, filter: &str, unit: bool) -> Result<ExitCode> {
+    let selected: Vec<&'static Scenario> = SCENARIOS.iter().filter(|s| s.matches(filter)).collect();
+    if selected.is_empty() {
+        println!("xtask: no scenario name contains '{filter}'");
+    }
+    setup::ensure(ws, setup::Verbosity::Quiet)?;
+    install_interrupt_handler();
+    let mut tally = Tally::default();
+    if unit {
+        let counts = unit::run_host_tests(ws)?;
+        println!("host unit tests: {} passed, {} failed", counts.passed, counts.failed);
+        tally.passed += counts.passed;
+        tally.failed += counts.failed;
+    }
+    if !selected.is_empty() {
+        match build::build_images(ws, options) {
+            Ok(artifacts) => {
+                let jobs = prepare(ws, &artifacts, &selected, &mut tally);
+                run_jobs(jobs, &mut tally);
+            }
+            Err(err) => {
+                println!("xtask: build failed: {err:#}");
+                for scenario in selected {
+                    tally.fail(scenario.name, "not run: the build failed");
+                }
+            }
+        }
+    }
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Compiles each scenario's configuration and assembles its ESP; a scenario
+/// that cannot be prepared fails here with the reason.
+fn prepare(ws: &Workspace, artifacts: &Artifacts, selected: &[&'static Scenario], tally: &mut Tally) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for &scenario in selected {
+        match prepare_one(ws, artifacts, scenario) {
+            Ok(job) => jobs.push(job),
+            Err(err) => tally.fail(scenario.name, &format!("{err:#}")),
+        }
+    }
+    jobs
+}
+
+fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenario) -> Result<Job> {
+    let compiled = config::compile(&ws.root.join(scenario.config), scenario.config)?;
+    let spec = EspSpec {
+        name: scenario.name.to_string(),
+        config_shown: scenario.config.to_string(),
+        compiled: &compiled,
+        bootargs: scenario.bootargs,
+        omit_images: scenario.omit_images,
+    };
+    let esp_dir = esp::assemble(ws, artifacts, &spec)?;
+    let smp = scenario.smp.max(cpus_needed(&compiled.config));
+    let qemu = QemuCommand::for_arch(artifacts.arch, &esp_dir, smp)
+        .with_context(|| format!("{} is not supported yet", artifacts.arch))?;
+    Ok(Job { scenario, qemu, log: ws.log_path(scenario.name) })
+}
+
+/// Boots the jobs, [`MAX_PARALLEL`] at a time, reporting each as it ends.
+fn run_jobs(jobs: Vec<Job>, tally: &mut Tally) {
+    if jobs.is_empty() {
+        return;
+    }
+    let workers = MAX_PARALLEL.min(jobs.len());
+    println!("xtask: running {} scenarios under QEMU, {workers} at a time", jobs.len());
+    let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
+    let (sender, receiver) = mpsc::channel();
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let queue = Arc::clone(&queue);
+            let sender = sender.clone();
+            thread::spawn(move || {
+                loop {
+                    let job = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let Some(job) = job else { break };
+                    if sender.send(run_job(job)).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(sender);
+    for finished in receiver {
+        report(&finished, tally);
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+}
+
+fn run_job(job: Job) -> Finished {
+    let scenario = job.scenario;
+    let options = RunOptions {
+        timeout: Some(scenario.timeout),
+        stop_on: scenario.stop_on,
+        log_path: Some(&job.log),
+        ..RunOptions::default()
+    };
+    match runner::run(&job.qemu, &options) {
+        Ok(outcome) => Finished {
+            scenario,
+            verdict: judge(scenario, &outcome.ending, &outcome.lines),
+            elapsed: outcome.elapsed,
+            lines: outcome.lines,
+            log: job.log,
+        },
+        Err(err) => Finished {
+            scenario,
+            verdict: Verdict::Fail(format!("cannot run QEMU: {err}")),
+            elapsed: Duration::ZERO,
+            lines: Vec::new(),
+            log: job.log,
+        },
+    }
+}
+
+fn report(finished: &Finished, tally: &mut Tally) {
+    let name = finished.scenario.name;
+    match &finished.verdict {
+        Verdict::Pass => {
+            println!("PASS {name} ({:.1} s)", finished.elapsed.as_secs_f64());
+            tally.passed += 1;
+        }
+        Verdict::Fail(reason) => {
+            tally.fail(name, reason);
+            let start = finished.lines.len().saturating_sub(TAIL_LINES);
+            println!("    --- last {} lines of {} ---", finished.lines.len() - start, finished.log.display());
+            for line in &finished.lines[start..] {
+                println!("    | {}", printable(line));
+            }
+        }
+    }
+}
+
+/// A log line without terminal escape sequences and control characters, so
+/// that firmware screen codes do not garble the report.
+pub fn printable(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters... final byte in '@'..='~'; other escapes: one more char.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+        } else if c == '\t' || !c.is_control() {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_and_control_characters_are_dropped() {
+        assert_eq!(printable("\u{1b}[0m\u{1b}[37m\u{1b}[40mBdsDxe: x\r"), "BdsDxe: x");
+        assert_eq!(printable("\u{1b}[2J\u{1b}[01;01Hmenu"), "menu");
+        assert_eq!(printable("a\tb"), "a\tb");
+    }
+}
