@@ -1,1 +1,70 @@
-fn main(){}
+//! The Bulkhead hypervisor image.
+//!
+//! Wiring only: the UEFI loader enters `_start` (in the arch crate), which
+//! calls [`bulkhead_main`]. From there: console, memory, partitions, and the
+//! run loop, each in its own module. Everything with logic of its own lives
+//! in `bulkhead-core`, `bulkhead-arch-aarch64` and `bulkhead-drivers`.
+
+#![no_std]
+#![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+
+mod console;
+mod crash;
+mod memory;
+mod platform;
+mod run;
+mod setup;
+
+use bulkhead_abi::boot::BootInfo;
+use bulkhead_abi::exit::ExitCode;
+
+/// The hypervisor's Rust entry point, called by `_start` on the hypervisor's
+/// own stack with our exception vectors installed.
+///
+/// # Safety
+/// `boot_info` must point at the loader's boot information block, and every
+/// range it names must be memory the loader prepared for us.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
+    // SAFETY: `_start` checked the magic; the loader wrote the whole block
+    // into hypervisor-owned memory that nothing else uses.
+    let boot_info: &'static BootInfo = unsafe { &*boot_info };
+    // SAFETY: called once, first thing, with the loader's pool.
+    unsafe { memory::init_heap(boot_info) };
+    // SAFETY: the loader copied the device tree into hypervisor memory.
+    let platform = unsafe { platform::Platform::discover(boot_info) };
+    let args = platform.bootargs.clone().unwrap_or_default();
+    console::init(platform.uart, args.log_level);
+    platform::set_exit_method(platform.exit_method(&args));
+
+    log::info!("Bulkhead {} hypervisor starting", env!("CARGO_PKG_VERSION"));
+    platform.log_summary();
+    for word in &args.unknown {
+        log::warn!("boot arguments: unknown word '{word}' ignored");
+    }
+
+    let memory = match memory::init(boot_info, &platform) {
+        Ok(memory) => memory,
+        Err(message) => {
+            log::error!("memory set-up failed: {message}");
+            platform::finish(ExitCode::BootFailure);
+        }
+    };
+
+    if let Some(test) = args.crash {
+        crash::trigger(test);
+    }
+
+    let partitions = setup::create_partitions(boot_info, &platform, memory);
+    run::run_all(partitions)
+}
+
+/// Reports a hypervisor panic and ends the run with [`ExitCode::HypervisorFault`].
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    console::emergency_line(format_args!("hypervisor panic: {info}"));
+    platform::finish_quietly(ExitCode::HypervisorFault)
+}

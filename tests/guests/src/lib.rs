@@ -1,2 +1,120 @@
-//! guest runtime
+//! A tiny runtime for Bulkhead's bare-metal test guests.
+//!
+//! Each program in `src/bin` is a flat binary that a partition enters at EL1
+//! with its MMU off. The runtime sets up a stack, FP/SIMD access and EL1
+//! exception vectors (an exception in a guest reports a failure instead of
+//! hanging), then calls the program's `guest_main`. Programs talk to the
+//! hypervisor only through the hypercalls in [`hv`].
+
 #![no_std]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod hv;
+
+use core::fmt::{self, Write};
+
+/// Failure code reported when the guest takes an unexpected exception.
+pub const FAIL_EXCEPTION: u64 = 0xe0;
+/// Failure code reported when the guest panics.
+pub const FAIL_PANIC: u64 = 0xe1;
+
+/// Defines the program's entry: `guest_main!(body)` where `body` is a
+/// `fn() -> Result<(), u64>`; `Ok` reports success, `Err(code)` failure,
+/// then the partition stops.
+#[macro_export]
+macro_rules! guest_main {
+    ($main:path) => {
+        /// Called by the runtime's `_start`.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn bulkhead_guest_main() -> ! {
+            let result: Result<(), u64> = $main();
+            $crate::finish(result)
+        }
+    };
+}
+
+/// Reports `result` and stops the partition.
+pub fn finish(result: Result<(), u64>) -> ! {
+    match result {
+        Ok(()) => hv::report_result(0, 0),
+        Err(code) => hv::report_result(code.max(1), 0),
+    }
+    hv::system_off()
+}
+
+/// Console writer over the `CONSOLE_WRITE` hypercall.
+pub struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for chunk in s.as_bytes().chunks(bulkhead_abi::hypercall::CONSOLE_WRITE_MAX as usize) {
+            hv::console_write(chunk).map_err(|_| fmt::Error)?;
+        }
+        Ok(())
+    }
+}
+
+/// Prints formatted text on the hypervisor console.
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use core::fmt::Write as _;
+        let _ = writeln!($crate::Console, $($arg)*);
+    }};
+}
+
+#[cfg(target_os = "none")]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let _ = writeln!(Console, "guest panic: {info}");
+    hv::report_result(FAIL_PANIC, 0);
+    hv::system_off()
+}
+
+/// Called by the EL1 vectors: report the exception and stop.
+#[cfg(target_os = "none")]
+#[unsafe(no_mangle)]
+extern "C" fn bulkhead_guest_exception(esr: u64, elr: u64, far: u64) -> ! {
+    let _ = writeln!(Console, "guest exception: ESR_EL1 {esr:#x} ELR_EL1 {elr:#x} FAR_EL1 {far:#x}");
+    hv::report_result(FAIL_EXCEPTION, esr);
+    hv::system_off()
+}
+
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+core::arch::global_asm!(
+    ".section .text.entry, \"ax\"",
+    ".global _start",
+    "_start:",
+    "    adrp x9, __stack_top",
+    "    add  x9, x9, :lo12:__stack_top",
+    "    mov  sp, x9",
+    // FP/SIMD untrapped at EL1/EL0 (CPACR_EL1.FPEN = 0b11).
+    "    mov  x9, #(3 << 20)",
+    "    msr  cpacr_el1, x9",
+    "    adrp x9, guest_vectors",
+    "    add  x9, x9, :lo12:guest_vectors",
+    "    msr  vbar_el1, x9",
+    "    isb",
+    "    adrp x9, __bss_start",
+    "    add  x9, x9, :lo12:__bss_start",
+    "    adrp x10, __bss_end",
+    "    add  x10, x10, :lo12:__bss_end",
+    "1:  cmp  x9, x10",
+    "    b.hs 2f",
+    "    str  xzr, [x9], #8",
+    "    b    1b",
+    "2:  bl   bulkhead_guest_main",
+    "3:  b    3b",
+    ".macro report",
+    "    mrs  x0, esr_el1",
+    "    mrs  x1, elr_el1",
+    "    mrs  x2, far_el1",
+    "    b    bulkhead_guest_exception",
+    ".endm",
+    ".balign 2048",
+    "guest_vectors:",
+    ".rept 16",
+    ".balign 0x80",
+    "report",
+    ".endr",
+);

@@ -1,0 +1,157 @@
+//! What the hypervisor learns about the machine from the boot information and
+//! the device tree, and how a run ends.
+
+use bulkhead_abi::boot::BootInfo;
+use bulkhead_abi::exit::ExitCode;
+use bulkhead_arch_aarch64::el2::{self, FirmwareState};
+use bulkhead_arch_aarch64::semihosting;
+use bulkhead_core::bootargs::{BootArgs, ExitMethod};
+use core::sync::atomic::{AtomicU8, Ordering};
+use fdt::Fdt;
+
+/// Facts about the machine.
+pub struct Platform {
+    /// The console PL011's register base, from `/chosen/stdout-path`.
+    pub uart: Option<u64>,
+    /// The root node is compatible with QEMU's `virt` machine.
+    pub is_qemu_virt: bool,
+    /// Boot arguments from the ESP.
+    pub bootargs: Option<BootArgs>,
+    /// EL2 state the firmware left.
+    pub firmware: FirmwareState,
+    /// Problems found while reading the device tree, logged once the console runs.
+    pub notes: alloc::vec::Vec<&'static str>,
+}
+
+/// Compatible strings of the UARTs the console can drive.
+const PL011_COMPATIBLE: &str = "arm,pl011";
+
+impl Platform {
+    /// Reads the device tree and boot arguments.
+    ///
+    /// # Safety
+    /// The ranges in `boot_info` must be the loader's copies in hypervisor memory.
+    pub unsafe fn discover(boot_info: &'static BootInfo) -> Platform {
+        let mut platform = Platform {
+            uart: None,
+            is_qemu_virt: false,
+            bootargs: None,
+            firmware: el2::firmware_state(),
+            notes: alloc::vec::Vec::new(),
+        };
+        if !boot_info.bootargs.is_empty() {
+            // SAFETY: the loader copied the boot arguments here (caller's promise).
+            let bytes = unsafe { range_bytes(boot_info.bootargs.base, boot_info.bootargs.size) };
+            platform.bootargs = Some(BootArgs::parse(core::str::from_utf8(bytes).unwrap_or("")));
+        }
+        if boot_info.device_tree.is_empty() {
+            platform.notes.push("no device tree: no console");
+            return platform;
+        }
+        // SAFETY: as above, for the device tree copy.
+        let bytes = unsafe { range_bytes(boot_info.device_tree.base, boot_info.device_tree.size) };
+        let Ok(fdt) = Fdt::new(bytes) else {
+            platform.notes.push("the device tree is malformed");
+            return platform;
+        };
+        platform.is_qemu_virt = fdt
+            .find_node("/")
+            .and_then(|root| root.compatible())
+            .is_some_and(|c| c.all().any(|s| s == "linux,dummy-virt"));
+        platform.uart = stdout_uart(&fdt);
+        if platform.uart.is_none() {
+            platform.notes.push("no PL011 named by /chosen/stdout-path");
+        }
+        platform
+    }
+
+    /// How the run should end: boot arguments first, then semihosting on
+    /// QEMU `virt` and parking elsewhere.
+    pub fn exit_method(&self, args: &BootArgs) -> ExitMethod {
+        args.exit.unwrap_or(if self.is_qemu_virt { ExitMethod::Semihosting } else { ExitMethod::Park })
+    }
+
+    /// Logs what was found.
+    pub fn log_summary(&self) {
+        let fw = &self.firmware;
+        log::info!(
+            "boot CPU MPIDR {:#x}, EL{}, {}-bit physical addresses; firmware left HCR_EL2 {:#x} SCTLR_EL2 {:#x}",
+            fw.mpidr,
+            fw.current_el,
+            fw.pa_bits,
+            fw.hcr,
+            fw.sctlr
+        );
+        if let Some(uart) = self.uart {
+            log::info!("console: PL011 at {uart:#x}");
+        }
+        for note in &self.notes {
+            log::warn!("device tree: {note}");
+        }
+    }
+}
+
+/// The register base of the PL011 that `/chosen/stdout-path` names (an alias
+/// or a path, optionally followed by `:options`).
+fn stdout_uart(fdt: &Fdt<'_>) -> Option<u64> {
+    let chosen = fdt.find_node("/chosen")?;
+    let path = chosen.property("stdout-path").or_else(|| chosen.property("linux,stdout-path"))?.as_str()?;
+    let path = path.split(':').next()?;
+    let node = if path.starts_with('/') {
+        fdt.find_node(path)?
+    } else {
+        let target = fdt.find_node("/aliases")?.property(path)?.as_str()?;
+        fdt.find_node(target)?
+    };
+    if !node.compatible()?.all().any(|c| c == PL011_COMPATIBLE) {
+        return None;
+    }
+    let region = node.reg()?.next()?;
+    Some(region.starting_address as u64)
+}
+
+/// # Safety
+/// `[base, base + size)` must be readable memory that is not written for `'static`.
+unsafe fn range_bytes(base: u64, size: u64) -> &'static [u8] {
+    // SAFETY: the caller vouches for the range.
+    unsafe { core::slice::from_raw_parts(base as *const u8, size as usize) }
+}
+
+const EXIT_SEMIHOSTING: u8 = 0;
+const EXIT_PARK: u8 = 1;
+static EXIT_METHOD: AtomicU8 = AtomicU8::new(EXIT_SEMIHOSTING);
+
+/// Chooses how [`finish`] ends the run.
+pub fn set_exit_method(method: ExitMethod) {
+    let value = match method {
+        ExitMethod::Semihosting => EXIT_SEMIHOSTING,
+        ExitMethod::Park => EXIT_PARK,
+    };
+    EXIT_METHOD.store(value, Ordering::Relaxed);
+}
+
+/// Logs the exit code and ends the run.
+pub fn finish(code: ExitCode) -> ! {
+    crate::console::line(format_args!("[bulkhead] run finished: exit code {} ({})", code.code(), code.name()));
+    finish_quietly(code)
+}
+
+/// Ends the run without printing (used after a panic or fatal exception has
+/// already printed its report).
+pub fn finish_quietly(code: ExitCode) -> ! {
+    if EXIT_METHOD.load(Ordering::Relaxed) == EXIT_SEMIHOSTING {
+        semihosting::exit(u32::from(code.code()));
+    }
+    park()
+}
+
+/// Stops this CPU for good.
+pub fn park() -> ! {
+    loop {
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: `wfe` only waits.
+        unsafe {
+            core::arch::asm!("wfe");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Creating partitions from the configuration: memory, stage-2 tables,
+//! images and vCPU state.
+
+use crate::memory::{self, Memory};
+use crate::platform::Platform;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bulkhead_abi::boot::BootInfo;
+use bulkhead_abi::exit::ExitCode;
+use bulkhead_arch_aarch64::cache;
+use bulkhead_arch_aarch64::el2::{self, GuestSetup};
+use bulkhead_arch_aarch64::exception::VcpuContext;
+use bulkhead_arch_aarch64::stage2::{IPA_BITS, S2Access, S2MemoryType, Stage2Table};
+use bulkhead_config::{Backing, MemoryAttribute};
+use bulkhead_core::address::{Gpa, Hpa};
+use bulkhead_core::memmap::{self, MemoryKind};
+use bulkhead_core::partition::{Access, Partition, Region, RunState};
+
+/// Largest alignment worth asking the frame allocator for: a level-2 block.
+const BLOCK_2M: u64 = 2 << 20;
+
+/// A partition ready to run on this CPU.
+pub struct Runnable {
+    /// EL2 set-up for its vCPU.
+    pub setup: GuestSetup,
+    /// The vCPU's registers.
+    pub vcpu: VcpuContext,
+    /// Its stage-2 tables, which `setup.vttbr` points at.
+    #[expect(dead_code, reason = "owned here so the tables live while the partition runs")]
+    pub stage2: Stage2Table,
+}
+
+/// A configured partition, and its runnable state if it could be started.
+pub struct Slot {
+    /// The partition.
+    pub partition: Partition,
+    /// `None` if it was not started.
+    pub runnable: Option<Runnable>,
+}
+
+/// Decodes and re-validates the configuration, then builds every partition
+/// whose configuration is sound. Ends the run if the blob itself is bad.
+pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memory) -> Vec<Slot> {
+    // SAFETY: the loader copied the configuration blob into hypervisor memory.
+    let blob = unsafe { core::slice::from_raw_parts(boot_info.config.base as *const u8, boot_info.config.size as usize) };
+    let config = match bulkhead_config::from_blob(blob) {
+        Ok(config) => config,
+        Err(e) => {
+            log::error!("configuration: {e}");
+            crate::platform::finish(ExitCode::BootFailure);
+        }
+    };
+    let errors = bulkhead_config::validate(&config);
+    for e in &errors {
+        log::error!("configuration: {e}");
+    }
+    if !errors.is_empty() {
+        log::error!("configuration rejected: {} error(s); no partition is started", errors.len());
+        crate::platform::finish(ExitCode::BootFailure);
+    }
+
+    let boot_cpu = (platform.firmware.mpidr & 0xff) as u32;
+    let reserved: Vec<(u64, u64)> = {
+        let mut r = memmap::ranges_of(&memory.map, MemoryKind::Hypervisor);
+        r.extend(memmap::ranges_of(&memory.map, MemoryKind::GuestImage));
+        r.extend(memmap::ranges_of(&memory.map, MemoryKind::Free));
+        r.extend(memmap::ranges_of(&memory.map, MemoryKind::FirmwareRam));
+        memmap::merge(&mut r);
+        r
+    };
+    let mut slots = Vec::new();
+    for (index, config) in config.partitions.iter().enumerate() {
+        let mut partition = Partition::new(index, &config.name, Vec::new());
+        let runnable = match build(index, config, boot_cpu, boot_info, &reserved, &mut partition) {
+            Ok(runnable) => Some(runnable),
+            Err(reason) => {
+                log::error!("partition {}: not started: {reason}", config.name);
+                partition.state = RunState::NotStarted(reason);
+                None
+            }
+        };
+        slots.push(Slot { partition, runnable });
+    }
+    slots
+}
+
+fn build(
+    index: usize,
+    config: &bulkhead_config::Partition,
+    boot_cpu: u32,
+    boot_info: &BootInfo,
+    reserved: &[(u64, u64)],
+    partition: &mut Partition,
+) -> Result<Runnable, String> {
+    // Secondary CPUs are not brought up yet: only a partition that owns the
+    // boot CPU can run.
+    if !config.cpus.contains(&boot_cpu) {
+        return Err(format!("its CPUs {:?} do not include the boot CPU {boot_cpu}, and secondary CPUs are not started yet", config.cpus));
+    }
+    if config.cpus.len() > 1 {
+        log::warn!("partition {}: only CPU {boot_cpu} runs; more vCPUs need secondary CPU bring-up", config.name);
+    }
+
+    let mut stage2 = Stage2Table::new();
+    let mut regions = Vec::new();
+    for (i, region) in config.memory.iter().enumerate() {
+        let hpa = match region.backing {
+            Backing::Allocate => {
+                let align = region.size.min(BLOCK_2M).next_power_of_two();
+                memory::alloc_frames(region.size, align)
+                    .ok_or_else(|| format!("memory[{i}]: cannot allocate {:#x} bytes", region.size))?
+            }
+            Backing::Host(base) => {
+                let end = base.checked_add(region.size).ok_or_else(|| format!("memory[{i}].backing wraps"))?;
+                if reserved.iter().any(|&(b, e)| base < e && b < end) {
+                    return Err(format!(
+                        "memory[{i}].backing {base:#x}..{end:#x} overlaps RAM the hypervisor manages; use backing = \"allocate\""
+                    ));
+                }
+                Hpa::new(base)
+            }
+        };
+        let memory_type = match region.attr {
+            MemoryAttribute::NormalWb => S2MemoryType::NormalWriteBack,
+            MemoryAttribute::NormalNc => S2MemoryType::NormalNonCacheable,
+            MemoryAttribute::DeviceNGnRE => S2MemoryType::DeviceNGnRE,
+            MemoryAttribute::DeviceNGnRnE => S2MemoryType::DeviceNGnRnE,
+        };
+        let access = S2Access { read: region.perms.read, write: region.perms.write, execute: region.perms.execute };
+        stage2
+            .map(region.guest, hpa.raw(), region.size, memory_type, access)
+            .map_err(|e| format!("memory[{i}]: stage-2 mapping failed: {e:?} (IPA space is {IPA_BITS} bits)"))?;
+        regions.push(Region { gpa: Gpa::new(region.guest), hpa, size: region.size, attr: region.attr, perms: region.perms });
+        log::debug!("partition {}: memory[{i}] IPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
+    }
+    *partition = Partition::new(index, &config.name, regions);
+
+    let module = boot_info
+        .module(&config.image.file)
+        .ok_or_else(|| format!("image.file '{}' was not loaded", config.image.file))?;
+    let image_len = module.data.size;
+    let load = Gpa::new(config.image.load);
+    let target = partition
+        .translate(load, image_len.max(1), Access::Write)
+        .ok_or_else(|| format!("image.file '{}' ({image_len} bytes) does not fit in writable memory at {load}", config.image.file))?;
+    // SAFETY: the module is the loader's copy in guest-image memory; the
+    // target range was just allocated for this partition and translated.
+    unsafe {
+        core::ptr::copy_nonoverlapping(module.data.base as *const u8, target.raw() as *mut u8, image_len as usize);
+    }
+    cache::clean_invalidate_to_poc(target.raw(), image_len);
+    cache::invalidate_icache();
+
+    let vmid = u8::try_from(index + 1).map_err(|_| String::from("too many partitions for 8-bit VMIDs"))?;
+    let setup = GuestSetup {
+        vttbr: el2::vttbr(stage2.root_address(), vmid),
+        vtcr: el2::vtcr(IPA_BITS, 40),
+        vmpidr: (1 << 31) | u64::from(boot_cpu),
+    };
+    log::info!(
+        "partition {}: {} region(s), image {} ({} bytes) at {load}, entry {:#x}, VMID {vmid}",
+        config.name,
+        partition.regions.len(),
+        config.image.file,
+        image_len,
+        config.image.entry_point()
+    );
+    Ok(Runnable { setup, vcpu: VcpuContext::new(config.image.entry_point(), 0), stage2 })
+}
