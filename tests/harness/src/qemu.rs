@@ -100,13 +100,15 @@ impl QemuCommand {
     /// The command that boots the ESP folder `esp_dir` on arm64 `virt` with
     /// `smp` CPUs, as DESIGN.md §6 gives it: EL2 available, GICv3, SMMUv3,
     /// semihosting for the exit code, the firmware's boot menu without delay,
-    /// serial on stdio and no reboot.
+    /// serial on stdio and no reboot. One addition: `acpi=off`, so that the
+    /// firmware hands over the device tree (the hypervisor reads the
+    /// platform from it) instead of ACPI tables.
     pub fn aarch64_virt(esp_dir: &Path, smp: u32) -> QemuCommand {
         let mut drive = OsString::from("if=virtio,format=raw,file=fat:rw:");
         drive.push(esp_dir.as_os_str());
         let args: Vec<OsString> = [
             "-M",
-            "virt,virtualization=on,gic-version=3,iommu=smmuv3",
+            "virt,virtualization=on,gic-version=3,iommu=smmuv3,acpi=off",
             "-cpu",
             "max",
             "-smp",
@@ -170,7 +172,7 @@ mod tests {
         let command = QemuCommand::aarch64_virt(Path::new("/tmp/esp-x"), 2);
         assert_eq!(
             command.to_string(),
-            "qemu-system-aarch64 -M virt,virtualization=on,gic-version=3,iommu=smmuv3 -cpu max \
+            "qemu-system-aarch64 -M virt,virtualization=on,gic-version=3,iommu=smmuv3,acpi=off -cpu max \
              -smp 2 -m 1G -nographic -no-reboot -bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd \
              -boot menu=on,splash-time=0 -nic none -semihosting-config enable=on,target=native \
              -drive if=virtio,format=raw,file=fat:rw:/tmp/esp-x"

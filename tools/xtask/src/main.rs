@@ -119,9 +119,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => {
             let options = build_options(&args.target)?;
             setup::ensure(&ws, setup::Verbosity::Quiet)?;
+            let compiled = config::compile(&ws.resolve(&args.config), &args.config.display().to_string())?;
             let artifacts = build::build_images(&ws, &options)?;
-            let config_path = ws.resolve(&args.config);
-            let compiled = config::compile(&config_path, &args.config.display().to_string())?;
             let spec = esp::EspSpec::for_config(&args.config, &compiled, args.bootargs.as_deref());
             let dir = esp::assemble(&ws, &artifacts, &spec)?;
             println!("ESP ready: {}", dir.display());

@@ -31,8 +31,8 @@ const TIMED_OUT: u8 = 124;
 /// # Errors
 /// When the build, the configuration or the ESP fails, or QEMU cannot start.
 pub fn run(ws: &Workspace, options: &BuildOptions, config_file: &Path, bootargs: Option<&str>) -> Result<ExitCode> {
-    let artifacts = build::build_images(ws, options)?;
     let compiled = config::compile(&ws.resolve(config_file), &config_file.display().to_string())?;
+    let artifacts = build::build_images(ws, options)?;
     let spec = EspSpec::for_config(config_file, &compiled, bootargs);
     let esp_dir = esp::assemble(ws, &artifacts, &spec)?;
     let smp = cpus_needed(&compiled.config);

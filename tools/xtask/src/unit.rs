@@ -1,8 +1,9 @@
 //! The host unit tests: `cargo test` at the workspace root.
 //!
 //! The workspace's default members are the crates that build for the host,
-//! so plain `cargo test` runs exactly those. Its output is passed through and
-//! the `test result:` lines are added up.
+//! so plain `cargo test` runs exactly those (`--no-fail-fast`: one failing
+//! crate must not hide the others' results). Its output is passed through
+//! and the `test result:` lines are added up.
 
 use crate::paths::Workspace;
 use anyhow::{Context, Result};
@@ -42,10 +43,10 @@ pub fn parse_result_line(line: &str) -> Option<Counts> {
 /// # Errors
 /// When cargo cannot be started.
 pub fn run_host_tests(ws: &Workspace) -> Result<Counts> {
-    println!("xtask: cargo test (host unit tests)");
+    println!("xtask: cargo test --no-fail-fast (host unit tests)");
     let mut child = ws
         .cargo()
-        .arg("test")
+        .args(["test", "--no-fail-fast"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
