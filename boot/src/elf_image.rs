@@ -4,15 +4,21 @@
 //! firmware's allocator puts it: the loader copies its `PT_LOAD` segments into
 //! one hypervisor-owned allocation, zeroes `.bss`, and applies the
 //! `R_*_RELATIVE` relocations (the only kind a static PIE has).
+//! The image's memory is `EfiLoaderCode`, the only type that firmware with
+//! an NX policy leaves executable; `BootInfo::hv_image` marks it as the
+//! hypervisor's.
 
 use crate::LoadError;
 use crate::esp::alloc_pages;
 use alloc::format;
-use bulkhead_abi::boot::{MEMORY_TYPE_HYPERVISOR, PhysRange};
+use bulkhead_abi::boot::PhysRange;
 use elf::ElfBytes;
 use elf::abi::{ET_DYN, PT_LOAD};
 use elf::endian::LittleEndian;
 use uefi::Status;
+
+/// `EfiLoaderCode`.
+const LOADER_CODE: u32 = 1;
 
 #[cfg(target_arch = "aarch64")]
 const MACHINE: u16 = elf::abi::EM_AARCH64;
@@ -59,7 +65,10 @@ pub fn load(bytes: &[u8], path: &str) -> Result<LoadedImage, LoadError> {
         return Err(bad(path, "no loadable segment"));
     }
     let span_start = span_start & !0xfff;
-    let image = alloc_pages(span_end - span_start, MEMORY_TYPE_HYPERVISOR, path)?;
+    // Loader *code*: firmware with a DXE NX policy maps every data type,
+    // including our own OS-defined types, non-executable. The hypervisor
+    // finds its image through `BootInfo::hv_image` and keeps it for itself.
+    let image = alloc_pages(span_end - span_start, LOADER_CODE, path)?;
     let base = image.base;
     let to_host = |vaddr: u64| base + (vaddr - span_start);
 
@@ -95,3 +104,4 @@ pub fn load(bytes: &[u8], path: &str) -> Result<LoadedImage, LoadError> {
     }
     Ok(LoadedImage { image, entry: to_host(entry) })
 }
+

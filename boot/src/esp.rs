@@ -49,7 +49,7 @@ pub fn alloc_pages(size: u64, memory_type: u32, what: &str) -> Result<PhysRange,
     let pages = size.div_ceil(PAGE_SIZE).max(1);
     let pages_usize = usize::try_from(pages)
         .map_err(|_| LoadError::new(Status::OUT_OF_RESOURCES, format!("{what}: {size} bytes is too large")))?;
-    let ptr = boot::allocate_pages(AllocateType::AnyPages, MemoryType::custom(memory_type), pages_usize)
+    let ptr = boot::allocate_pages(AllocateType::AnyPages, MemoryType(memory_type), pages_usize)
         .map_err(|e| LoadError::new(e.status(), format!("cannot allocate {pages} pages for {what}: {:?}", e.status())))?;
     let range = PhysRange { base: ptr.as_ptr() as u64, size: pages * PAGE_SIZE };
     // SAFETY: the firmware just gave us these pages; nothing else refers to them.

@@ -130,7 +130,9 @@ pub struct BootInfo {
     pub version: u32,
     /// Number of used entries in `modules`.
     pub module_count: u32,
-    /// The hypervisor's loaded image (all segments, including `.bss`).
+    /// The hypervisor's loaded image (all segments, including `.bss`). Its
+    /// memory type is `EfiLoaderCode` (firmware NX policies leave no other
+    /// type executable), so this field is what marks it as the hypervisor's.
     pub hv_image: PhysRange,
     /// Hypervisor-owned memory for stack and early heap, [`HV_POOL_SIZE`] bytes.
     pub hv_pool: PhysRange,

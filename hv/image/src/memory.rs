@@ -85,14 +85,16 @@ pub fn init(boot_info: &BootInfo, platform: &Platform) -> Result<Memory, String>
     // attributes the firmware used for them.
     unsafe { idmap.activate(platform.firmware.pa_bits) };
 
-    let free = memmap::ranges_of(&map, MemoryKind::Free);
+    // The image is `EfiLoaderCode` (see `BootInfo::hv_image`): not free.
+    let image = boot_info.hv_image;
+    let free = memmap::subtract(&memmap::ranges_of(&map, MemoryKind::Free), &[(image.base, image.base + image.size)]);
     let mut frames = FRAMES.lock();
     let mut total = 0;
     for &(base, end) in &free {
         frames.add_frame((base / PAGE_SIZE) as usize, (end / PAGE_SIZE) as usize);
         total += end - base;
     }
-    let hv: u64 = memmap::ranges_of(&map, MemoryKind::Hypervisor).iter().map(|(b, e)| e - b).sum();
+    let hv: u64 = memmap::ranges_of(&map, MemoryKind::Hypervisor).iter().map(|(b, e)| e - b).sum::<u64>() + image.size;
     log::info!(
         "memory: {} MiB free for partitions in {} ranges, {} KiB owned by the hypervisor; own EL2 tables active",
         total >> 20,

@@ -66,13 +66,14 @@ pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memo
         r.extend(memmap::ranges_of(&memory.map, MemoryKind::GuestImage));
         r.extend(memmap::ranges_of(&memory.map, MemoryKind::Free));
         r.extend(memmap::ranges_of(&memory.map, MemoryKind::FirmwareRam));
+        r.push((boot_info.hv_image.base, boot_info.hv_image.base + boot_info.hv_image.size));
         memmap::merge(&mut r);
         r
     };
     let mut slots = Vec::new();
     for (index, config) in config.partitions.iter().enumerate() {
         let mut partition = Partition::new(index, &config.name, Vec::new());
-        let runnable = match build(index, config, boot_cpu, boot_info, &reserved, &mut partition) {
+        let runnable = match build(index, config, boot_cpu, platform.firmware.pa_bits, boot_info, &reserved, &mut partition) {
             Ok(runnable) => Some(runnable),
             Err(reason) => {
                 log::error!("partition {}: not started: {reason}", config.name);
@@ -89,6 +90,7 @@ fn build(
     index: usize,
     config: &bulkhead_config::Partition,
     boot_cpu: u32,
+    pa_bits: u32,
     boot_info: &BootInfo,
     reserved: &[(u64, u64)],
     partition: &mut Partition,
@@ -155,7 +157,7 @@ fn build(
     let vmid = u8::try_from(index + 1).map_err(|_| String::from("too many partitions for 8-bit VMIDs"))?;
     let setup = GuestSetup {
         vttbr: el2::vttbr(stage2.root_address(), vmid),
-        vtcr: el2::vtcr(IPA_BITS, 40),
+        vtcr: el2::vtcr(IPA_BITS, pa_bits.min(48)),
         vmpidr: (1 << 31) | u64::from(boot_cpu),
     };
     log::info!(
