@@ -38,7 +38,7 @@ pub fn firmware_tables() -> Result<FirmwareTables, LoadError> {
                 let header = address as *const u32;
                 (u32::from_be(header.read_unaligned()), u32::from_be(header.add(1).read_unaligned()))
             };
-            if magic != FDT_MAGIC || size < 40 || size > FDT_MAX_SIZE {
+            if magic != FDT_MAGIC || !(40..=FDT_MAX_SIZE).contains(&size) {
                 return Err(LoadError::new(
                     Status::LOAD_ERROR,
                     format!("the firmware's device tree at {address:#x} is malformed (magic {magic:#x}, size {size})"),

@@ -103,8 +103,8 @@ pub struct ExceptionFrame {
     _pad: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<ExceptionFrame>() % 16 == 0);
-const _: () = assert!(offset_of!(VcpuContext, v) % 16 == 0);
+const _: () = assert!(core::mem::size_of::<ExceptionFrame>().is_multiple_of(16));
+const _: () = assert!(offset_of!(VcpuContext, v).is_multiple_of(16));
 
 /// Where an exception at EL2 came from, as passed to the unexpected-exception handler.
 pub const UNEXPECTED_KIND_NAMES: [&str; 4] = ["synchronous", "IRQ", "FIQ", "SError"];

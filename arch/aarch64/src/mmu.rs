@@ -12,8 +12,20 @@ use aarch64_paging::descriptor::El23Attributes;
 use aarch64_paging::paging::{El2, MemoryRegion};
 use aarch64_paging::MapError;
 
-/// `MAIR_EL2`: attribute index → memory type (Arm ARM D24.2.109).
-pub const MAIR_EL2_VALUE: u64 = 0x00 | (0x44 << 8) | (0xbb << 16) | (0xff << 24) | (0x04 << 32);
+/// Memory type per `MAIR_EL2` attribute index (Arm ARM D24.2.109):
+/// Device-nGnRnE, Normal-NC, Normal-WT, Normal-WB, Device-nGnRE.
+const MAIR_ATTRIBUTES: [u8; 5] = [0x00, 0x44, 0xbb, 0xff, 0x04];
+
+/// `MAIR_EL2`: [`MAIR_ATTRIBUTES`], one byte per index.
+pub const MAIR_EL2_VALUE: u64 = {
+    let mut value = 0u64;
+    let mut index = 0;
+    while index < MAIR_ATTRIBUTES.len() {
+        value |= (MAIR_ATTRIBUTES[index] as u64) << (8 * index);
+        index += 1;
+    }
+    value
+};
 
 /// What kind of memory a hypervisor mapping is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

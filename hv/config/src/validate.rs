@@ -203,16 +203,16 @@ fn check_region(p: &Partition, i: usize, r: &MemoryRegion, errors: &mut Vec<Conf
     let before = errors.len();
     if r.size == 0 {
         errors.push(error(Some(p), format!("memory[{i}].size"), ErrorKind::ZeroSize));
-    } else if r.size % PAGE_SIZE != 0 {
+    } else if !r.size.is_multiple_of(PAGE_SIZE) {
         errors.push(error(Some(p), format!("memory[{i}].size"), ErrorKind::Misaligned(r.size)));
     }
-    if r.guest % PAGE_SIZE != 0 {
+    if !r.guest.is_multiple_of(PAGE_SIZE) {
         errors.push(error(Some(p), format!("memory[{i}].guest"), ErrorKind::Misaligned(r.guest)));
     } else if r.guest.checked_add(r.size).is_none() {
         errors.push(error(Some(p), format!("memory[{i}].guest"), ErrorKind::Overflow));
     }
     if let Backing::Host(base) = r.backing {
-        if base % PAGE_SIZE != 0 {
+        if !base.is_multiple_of(PAGE_SIZE) {
             errors.push(error(Some(p), format!("memory[{i}].backing"), ErrorKind::Misaligned(base)));
         } else if base.checked_add(r.size).is_none() {
             errors.push(error(Some(p), format!("memory[{i}].backing"), ErrorKind::Overflow));

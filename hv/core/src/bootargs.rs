@@ -68,15 +68,33 @@ impl BootArgs {
     pub fn parse(text: &str) -> BootArgs {
         let mut args = BootArgs::default();
         for word in text.split_whitespace() {
-            let parsed = match word.split_once('=') {
-                Some(("log", level)) => parse_level(level).map(|l| args.log_level = l),
-                Some(("exit", "semihosting")) => Some(args.exit = Some(ExitMethod::Semihosting)),
-                Some(("exit", "park")) => Some(args.exit = Some(ExitMethod::Park)),
-                Some(("crash", "panic")) => Some(args.crash = Some(CrashTest::Panic)),
-                Some(("crash", "exception")) => Some(args.crash = Some(CrashTest::Exception)),
-                _ => None,
+            let understood = match word.split_once('=') {
+                Some(("log", level)) => match parse_level(level) {
+                    Some(l) => {
+                        args.log_level = l;
+                        true
+                    }
+                    None => false,
+                },
+                Some(("exit", "semihosting")) => {
+                    args.exit = Some(ExitMethod::Semihosting);
+                    true
+                }
+                Some(("exit", "park")) => {
+                    args.exit = Some(ExitMethod::Park);
+                    true
+                }
+                Some(("crash", "panic")) => {
+                    args.crash = Some(CrashTest::Panic);
+                    true
+                }
+                Some(("crash", "exception")) => {
+                    args.crash = Some(CrashTest::Exception);
+                    true
+                }
+                _ => false,
             };
-            if parsed.is_none() {
+            if !understood {
                 args.unknown.push(String::from(word));
             }
         }

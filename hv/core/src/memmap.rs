@@ -101,7 +101,7 @@ fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 /// # Errors
 /// See [`MemoryMapError`].
 pub fn parse(bytes: &[u8], descriptor_size: usize) -> Result<Vec<MemoryDescriptor>, MemoryMapError> {
-    if descriptor_size < MIN_DESCRIPTOR_SIZE || descriptor_size % 8 != 0 {
+    if descriptor_size < MIN_DESCRIPTOR_SIZE || !descriptor_size.is_multiple_of(8) {
         return Err(MemoryMapError::BadDescriptorSize(descriptor_size));
     }
     let mut out = Vec::with_capacity(bytes.len() / descriptor_size);
@@ -111,7 +111,7 @@ pub fn parse(bytes: &[u8], descriptor_size: usize) -> Result<Vec<MemoryDescripto
         let pages = u64_at(raw, 24);
         let attribute = u64_at(raw, 32);
         let size = pages.checked_mul(UEFI_PAGE_SIZE).ok_or(MemoryMapError::BadRange { index })?;
-        if base % UEFI_PAGE_SIZE != 0 || base.checked_add(size).is_none() {
+        if !base.is_multiple_of(UEFI_PAGE_SIZE) || base.checked_add(size).is_none() {
             return Err(MemoryMapError::BadRange { index });
         }
         out.push(MemoryDescriptor { uefi_type, base, size, attribute });
