@@ -80,10 +80,16 @@ impl FromStr for Arch {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Arch, String> {
-        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
-            format!("unknown architecture '{s}', expected one of: {}", names.join(", "))
-        })
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Arch::ALL.iter().map(|a| a.name()).collect();
+                format!(
+                    "unknown architecture '{s}', expected one of: {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -131,7 +137,10 @@ impl QemuCommand {
         .map(OsString::from)
         .chain([drive])
         .collect();
-        QemuCommand { program: Arch::Aarch64.qemu_binary().into(), args }
+        QemuCommand {
+            program: Arch::Aarch64.qemu_binary().into(),
+            args,
+        }
     }
 
     /// The command for `arch`, or `None` where the harness cannot boot it yet.

@@ -132,7 +132,10 @@ pub fn run(command: &QemuCommand, options: &RunOptions<'_>) -> io::Result<RunOut
         let _ = reader.join();
     }
     let status = child.wait();
-    RUNNING.lock().unwrap_or_else(|e| e.into_inner()).retain(|&p| p != pid);
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|&p| p != pid);
     let elapsed = start.elapsed();
     let killed_by_us = result?;
     capture.finish(log.as_mut())?;
@@ -143,7 +146,11 @@ pub fn run(command: &QemuCommand, options: &RunOptions<'_>) -> io::Result<RunOut
         Some(ending) => ending,
         None => Ending::Exited(status?.code()),
     };
-    Ok(RunOutcome { ending, lines: capture.lines, elapsed })
+    Ok(RunOutcome {
+        ending,
+        lines: capture.lines,
+        elapsed,
+    })
 }
 
 /// Kills every QEMU instance [`run`] started that is still running (for a
@@ -196,7 +203,12 @@ struct Capture<'a> {
 
 impl<'a> Capture<'a> {
     fn new(options: &RunOptions<'a>) -> Self {
-        Capture { stop_on: options.stop_on, stop_at: None, pending: [Vec::new(), Vec::new()], lines: Vec::new() }
+        Capture {
+            stop_on: options.stop_on,
+            stop_at: None,
+            pending: [Vec::new(), Vec::new()],
+            lines: Vec::new(),
+        }
     }
 
     /// Reads events until both pipes close, the timeout expires or the stop
@@ -258,7 +270,11 @@ impl<'a> Capture<'a> {
         if let Some(Ending::TimedOut(t)) = &killed
             && let Some(file) = log
         {
-            writeln!(file, "[harness] timed out after {} s; QEMU killed", t.as_secs())?;
+            writeln!(
+                file,
+                "[harness] timed out after {} s; QEMU killed",
+                t.as_secs()
+            )?;
         }
         Ok(killed)
     }
@@ -283,7 +299,12 @@ impl<'a> Capture<'a> {
         Ok(())
     }
 
-    fn add_line(&mut self, raw: &[u8], grace: Duration, log: Option<&mut BufWriter<File>>) -> io::Result<()> {
+    fn add_line(
+        &mut self,
+        raw: &[u8],
+        grace: Duration,
+        log: Option<&mut BufWriter<File>>,
+    ) -> io::Result<()> {
         let text = String::from_utf8_lossy(raw);
         let line = text.trim_end_matches(['\n', '\r']).to_string();
         if let Some(file) = log {
@@ -328,15 +349,26 @@ mod tests {
     use std::ffi::OsString;
 
     fn shell(script: &str) -> QemuCommand {
-        QemuCommand { program: "sh".into(), args: vec![OsString::from("-c"), OsString::from(script)] }
+        QemuCommand {
+            program: "sh".into(),
+            args: vec![OsString::from("-c"), OsString::from(script)],
+        }
     }
 
     #[test]
     fn exit_code_and_lines_are_captured_from_both_streams() {
         let dir = std::env::temp_dir().join(format!("bulkhead-harness-{}", std::process::id()));
         let log = dir.join("run.log");
-        let options = RunOptions { timeout: Some(Duration::from_secs(20)), log_path: Some(&log), ..Default::default() };
-        let outcome = run(&shell("printf 'one\\r\\ntwo\\n'; echo err >&2; printf tail; exit 3"), &options).unwrap();
+        let options = RunOptions {
+            timeout: Some(Duration::from_secs(20)),
+            log_path: Some(&log),
+            ..Default::default()
+        };
+        let outcome = run(
+            &shell("printf 'one\\r\\ntwo\\n'; echo err >&2; printf tail; exit 3"),
+            &options,
+        )
+        .unwrap();
         assert_eq!(outcome.ending, Ending::Exited(Some(3)));
         let mut lines = outcome.lines.clone();
         lines.sort();
@@ -349,11 +381,17 @@ mod tests {
 
     #[test]
     fn a_hung_process_is_killed_at_the_timeout() {
-        let options = RunOptions { timeout: Some(Duration::from_millis(300)), ..Default::default() };
+        let options = RunOptions {
+            timeout: Some(Duration::from_millis(300)),
+            ..Default::default()
+        };
         let outcome = run(&shell("echo started; sleep 30 & wait"), &options).unwrap();
         assert_eq!(outcome.ending, Ending::TimedOut(Duration::from_millis(300)));
         assert_eq!(outcome.lines, ["started"]);
-        assert!(outcome.elapsed < Duration::from_secs(10), "the whole group was killed");
+        assert!(
+            outcome.elapsed < Duration::from_secs(10),
+            "the whole group was killed"
+        );
     }
 
     #[test]
@@ -372,7 +410,10 @@ mod tests {
 
     #[test]
     fn a_missing_program_is_an_error_naming_it() {
-        let command = QemuCommand { program: "bulkhead-no-such-qemu".into(), args: Vec::new() };
+        let command = QemuCommand {
+            program: "bulkhead-no-such-qemu".into(),
+            args: Vec::new(),
+        };
         let err = run(&command, &RunOptions::default()).unwrap_err();
         assert!(err.to_string().contains("bulkhead-no-such-qemu"), "{err}");
     }

@@ -86,7 +86,10 @@ pub fn judge(scenario: &Scenario, ending: &Ending, lines: &[String]) -> Verdict 
     }
     for forbidden in scenario.forbid {
         if let Some(index) = lines.iter().position(|line| line.contains(forbidden)) {
-            return Verdict::Fail(format!("forbidden '{forbidden}' appeared (log line {})", index + 1));
+            return Verdict::Fail(format!(
+                "forbidden '{forbidden}' appeared (log line {})",
+                index + 1
+            ));
         }
     }
     Verdict::Pass
@@ -116,9 +119,10 @@ fn check_ending(scenario: &Scenario, ending: &Ending) -> Option<String> {
             "QEMU exited with code {} before '{stop}' appeared",
             describe_code(*code)
         )),
-        (Ending::Exited(Some(code)), None, None) => {
-            Some(format!("QEMU exited with code {}, but the scenario expects no exit", describe_code(*code)))
-        }
+        (Ending::Exited(Some(code)), None, None) => Some(format!(
+            "QEMU exited with code {}, but the scenario expects no exit",
+            describe_code(*code)
+        )),
         (Ending::StoppedEarly, None, _) => None,
         (Ending::StoppedEarly, Some(expected), _) => Some(format!(
             "stopped early on the stop line, expected exit code {}",
@@ -135,7 +139,9 @@ fn check_expected(expect: &[&str], lines: &[String]) -> Option<String> {
     for (index, wanted) in expect.iter().enumerate() {
         let found = lines.iter().enumerate().skip(line).find_map(|(i, text)| {
             let from = if i == line { column } else { 0 };
-            text.get(from..).and_then(|rest| rest.find(wanted)).map(|at| (i, from + at + wanted.len()))
+            text.get(from..)
+                .and_then(|rest| rest.find(wanted))
+                .map(|at| (i, from + at + wanted.len()))
         });
         match found {
             Some((i, end)) => (line, column) = (i, end),
@@ -160,7 +166,11 @@ mod tests {
 
     const HELLO: Scenario = Scenario {
         name: "hello",
-        expect: &["Bulkhead", "partition hello: started", "all 1 partitions passed"],
+        expect: &[
+            "Bulkhead",
+            "partition hello: started",
+            "all 1 partitions passed",
+        ],
         forbid: &["panic"],
         ..Scenario::DEFAULT
     };
@@ -177,11 +187,15 @@ mod tests {
         text.lines().map(String::from).collect()
     }
 
-    const GOOD_LOG: &str = "UEFI\nBulkhead 0.1\npartition hello: started\n[hello] hi\nall 1 partitions passed\n";
+    const GOOD_LOG: &str =
+        "UEFI\nBulkhead 0.1\npartition hello: started\n[hello] hi\nall 1 partitions passed\n";
 
     #[test]
     fn a_good_run_passes() {
-        assert_eq!(judge(&HELLO, &Ending::Exited(Some(0)), &log(GOOD_LOG)), Verdict::Pass);
+        assert_eq!(
+            judge(&HELLO, &Ending::Exited(Some(0)), &log(GOOD_LOG)),
+            Verdict::Pass
+        );
     }
 
     #[test]
@@ -192,14 +206,25 @@ mod tests {
             Verdict::Fail("exit code 3 (partition-failure), expected 0 (success)".into())
         );
         let verdict = judge(&HELLO, &Ending::Exited(Some(1)), &log(GOOD_LOG));
-        assert_eq!(verdict, Verdict::Fail("exit code 1, expected 0 (success)".into()));
+        assert_eq!(
+            verdict,
+            Verdict::Fail("exit code 1, expected 0 (success)".into())
+        );
     }
 
     #[test]
     fn a_timeout_always_fails_even_with_a_perfect_log() {
-        let verdict = judge(&HELLO, &Ending::TimedOut(Duration::from_secs(60)), &log(GOOD_LOG));
+        let verdict = judge(
+            &HELLO,
+            &Ending::TimedOut(Duration::from_secs(60)),
+            &log(GOOD_LOG),
+        );
         assert_eq!(verdict, Verdict::Fail("timed out after 60 s".into()));
-        let verdict = judge(&STOPPED, &Ending::TimedOut(Duration::from_secs(60)), &log("boot: error cannot read"));
+        let verdict = judge(
+            &STOPPED,
+            &Ending::TimedOut(Duration::from_secs(60)),
+            &log("boot: error cannot read"),
+        );
         assert_eq!(verdict, Verdict::Fail("timed out after 60 s".into()));
     }
 
@@ -213,7 +238,9 @@ mod tests {
         let missing = "Bulkhead\npartition hello: started\n";
         assert_eq!(
             judge(&HELLO, &Ending::Exited(Some(0)), &log(missing)),
-            Verdict::Fail("missing 'all 1 partitions passed' (after 'partition hello: started')".into())
+            Verdict::Fail(
+                "missing 'all 1 partitions passed' (after 'partition hello: started')".into()
+            )
         );
         assert_eq!(
             judge(&HELLO, &Ending::Exited(Some(0)), &[]),
@@ -223,12 +250,21 @@ mod tests {
 
     #[test]
     fn several_expected_texts_may_share_a_line_but_not_overlap_backwards() {
-        let scenario = Scenario { expect: &["stage-2 fault", "IPA 0x1000", "stopped"], ..HELLO };
+        let scenario = Scenario {
+            expect: &["stage-2 fault", "IPA 0x1000", "stopped"],
+            ..HELLO
+        };
         let one_line = "x stage-2 fault in partition 'p' at IPA 0x1000 -> stopped\n";
-        assert_eq!(judge(&scenario, &Ending::Exited(Some(0)), &log(one_line)), Verdict::Pass);
+        assert_eq!(
+            judge(&scenario, &Ending::Exited(Some(0)), &log(one_line)),
+            Verdict::Pass
+        );
         let backwards = "IPA 0x1000 then stage-2 fault\nstopped\n";
         assert!(!judge(&scenario, &Ending::Exited(Some(0)), &log(backwards)).passed());
-        let repeated = Scenario { expect: &["ab", "ab"], ..HELLO };
+        let repeated = Scenario {
+            expect: &["ab", "ab"],
+            ..HELLO
+        };
         assert!(!judge(&repeated, &Ending::Exited(Some(0)), &log("xab\n")).passed());
         assert!(judge(&repeated, &Ending::Exited(Some(0)), &log("abab\n")).passed());
     }
@@ -248,7 +284,9 @@ mod tests {
         assert_eq!(judge(&STOPPED, &Ending::StoppedEarly, &text), Verdict::Pass);
         assert_eq!(
             judge(&STOPPED, &Ending::Exited(Some(4)), &text),
-            Verdict::Fail("QEMU exited with code 4 (boot-failure) before 'boot: error' appeared".into())
+            Verdict::Fail(
+                "QEMU exited with code 4 (boot-failure) before 'boot: error' appeared".into()
+            )
         );
         assert!(!judge(&HELLO, &Ending::StoppedEarly, &log(GOOD_LOG)).passed());
         assert!(!judge(&HELLO, &Ending::Exited(None), &log(GOOD_LOG)).passed());

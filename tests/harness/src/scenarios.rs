@@ -60,7 +60,13 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "hv-exception",
         bootargs: Some("crash=exception"),
         expect_exit: Some(ExitCode::HypervisorFault),
-        expect: &["unexpected exception", "ESR_EL2", "ELR_EL2", "FAR_EL2", "HPFAR_EL2"],
+        expect: &[
+            "unexpected exception",
+            "ESR_EL2",
+            "ELR_EL2",
+            "FAR_EL2",
+            "HPFAR_EL2",
+        ],
         ..Scenario::DEFAULT
     },
     // The loader names the image it cannot read; the firmware then returns to
@@ -84,10 +90,17 @@ mod tests {
     fn names_are_unique_and_usable_as_file_names() {
         let mut seen = HashSet::new();
         for scenario in SCENARIOS {
-            assert!(seen.insert(scenario.name), "duplicate scenario {}", scenario.name);
+            assert!(
+                seen.insert(scenario.name),
+                "duplicate scenario {}",
+                scenario.name
+            );
             assert!(!scenario.name.is_empty());
             assert!(
-                scenario.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                scenario
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
                 "{}",
                 scenario.name
             );
@@ -103,8 +116,16 @@ mod tests {
                 "{}: a scenario without an exit code must have a stop line, and only then",
                 scenario.name
             );
-            assert!(!scenario.expect.is_empty(), "{} expects nothing", scenario.name);
-            assert!(scenario.smp >= 1 && !scenario.timeout.is_zero(), "{}", scenario.name);
+            assert!(
+                !scenario.expect.is_empty(),
+                "{} expects nothing",
+                scenario.name
+            );
+            assert!(
+                scenario.smp >= 1 && !scenario.timeout.is_zero(),
+                "{}",
+                scenario.name
+            );
             assert!(scenario.config.ends_with(".toml"), "{}", scenario.name);
         }
     }

@@ -33,16 +33,25 @@ pub fn parse_deb822(text: &str) -> Vec<Entry> {
     for stanza in split_blank_lines(text) {
         let fields = deb822_fields(&stanza);
         let get = |key: &str| {
-            fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.clone())
+            fields
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.clone())
         };
         let words = |key: &str| -> Vec<String> {
-            get(key).map(|v| v.split_whitespace().map(String::from).collect()).unwrap_or_default()
+            get(key)
+                .map(|v| v.split_whitespace().map(String::from).collect())
+                .unwrap_or_default()
         };
         let enabled = get("Enabled").is_none_or(|v| !v.trim().eq_ignore_ascii_case("no"));
         if !enabled || !words("Types").iter().any(|t| t == "deb") {
             continue;
         }
-        entries.push(Entry { uris: words("URIs"), suites: words("Suites"), signed_by: get("Signed-By") });
+        entries.push(Entry {
+            uris: words("URIs"),
+            suites: words("Suites"),
+            signed_by: get("Signed-By"),
+        });
     }
     entries
 }
@@ -87,7 +96,10 @@ pub fn parse_one_line(text: &str) -> Vec<Entry> {
     let mut entries = Vec::new();
     for line in text.lines() {
         let line = line.split('#').next().unwrap_or("").trim();
-        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+        let Some(rest) = line
+            .strip_prefix("deb ")
+            .or_else(|| line.strip_prefix("deb\t"))
+        else {
             continue;
         };
         let rest = rest.trim_start();
@@ -99,12 +111,18 @@ pub fn parse_one_line(text: &str) -> Vec<Entry> {
             None => ("", rest),
         };
         let mut words = rest.split_whitespace();
-        let (Some(uri), Some(suite)) = (words.next(), words.next()) else { continue };
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else {
+            continue;
+        };
         let signed_by = options
             .split_whitespace()
             .find_map(|o| o.strip_prefix("signed-by="))
             .map(String::from);
-        entries.push(Entry { uris: vec![uri.into()], suites: vec![suite.into()], signed_by });
+        entries.push(Entry {
+            uris: vec![uri.into()],
+            suites: vec![suite.into()],
+            signed_by,
+        });
     }
     entries
 }
@@ -146,7 +164,9 @@ fn read_sources(root: &Path) -> Vec<(PathBuf, Vec<Entry>)> {
         .unwrap_or_default();
     paths.sort();
     for path in paths {
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
         match path.extension().and_then(|e| e.to_str()) {
             Some("sources") => files.push((path, parse_deb822(&text))),
             Some("list") => files.push((path, parse_one_line(&text))),
@@ -173,12 +193,16 @@ pub fn ensure_backports() -> Result<Outcome> {
 
 fn ensure_backports_in(root: &Path) -> Result<Outcome> {
     let files = read_sources(root);
-    if let Some((path, _)) =
-        files.iter().find(|(_, entries)| entries.iter().any(|e| has_suite(e, BACKPORTS_SUITE)))
+    if let Some((path, _)) = files
+        .iter()
+        .find(|(_, entries)| entries.iter().any(|e| has_suite(e, BACKPORTS_SUITE)))
     {
         return Ok(Outcome::Present(path.clone()));
     }
-    let base = files.iter().flat_map(|(_, entries)| entries).find(|e| has_suite(e, BASE_SUITE));
+    let base = files
+        .iter()
+        .flat_map(|(_, entries)| entries)
+        .find(|e| has_suite(e, BASE_SUITE));
     let Some(stanza) = base.and_then(backports_stanza) else {
         bail!(
             "no APT entry for Debian '{BASE_SUITE}' in {SOURCES_LIST} or {SOURCES_DIR}/ to take the \
@@ -213,7 +237,10 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].uris, ["http://mirror.example/debian"]);
         assert_eq!(entries[0].suites, ["bookworm", "bookworm-updates"]);
-        assert_eq!(entries[0].signed_by.as_deref(), Some("/usr/share/keyrings/debian-archive-keyring.gpg"));
+        assert_eq!(
+            entries[0].signed_by.as_deref(),
+            Some("/usr/share/keyrings/debian-archive-keyring.gpg")
+        );
         assert_eq!(entries[1].signed_by, None);
     }
 
@@ -229,7 +256,10 @@ mod tests {
         let text = "Types: deb\nURIs: http://a/\nSuites: bookworm\nSigned-By:\n -----BEGIN PGP\n .\n -----END PGP\n";
         let entries = parse_deb822(text);
         let stanza = backports_stanza(&entries[0]).unwrap();
-        assert!(stanza.ends_with("Signed-By: \n -----BEGIN PGP\n .\n -----END PGP\n"), "{stanza}");
+        assert!(
+            stanza.ends_with("Signed-By: \n -----BEGIN PGP\n .\n -----END PGP\n"),
+            "{stanza}"
+        );
     }
 
     #[test]
@@ -262,12 +292,20 @@ mod tests {
         let dir = under(&root, SOURCES_DIR);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("debian.sources"), DEBIAN_SOURCES).unwrap();
-        std::fs::write(dir.join("other.list.disabled"), "deb http://x/ bookworm-backports main\n").unwrap();
-        let Outcome::Added(path) = ensure_backports_in(&root).unwrap() else { panic!("expected Added") };
+        std::fs::write(
+            dir.join("other.list.disabled"),
+            "deb http://x/ bookworm-backports main\n",
+        )
+        .unwrap();
+        let Outcome::Added(path) = ensure_backports_in(&root).unwrap() else {
+            panic!("expected Added")
+        };
         assert_eq!(path, under(&root, BACKPORTS_FILE));
         let written = parse_deb822(&std::fs::read_to_string(&path).unwrap());
         assert_eq!(written[0].uris, ["http://mirror.example/debian"]);
-        let Outcome::Present(again) = ensure_backports_in(&root).unwrap() else { panic!("expected Present") };
+        let Outcome::Present(again) = ensure_backports_in(&root).unwrap() else {
+            panic!("expected Present")
+        };
         assert_eq!(again, path);
         std::fs::remove_dir_all(&root).unwrap();
     }
@@ -278,7 +316,11 @@ mod tests {
         std::fs::create_dir_all(under(&root, SOURCES_DIR)).unwrap();
         std::fs::write(under(&root, SOURCES_LIST), "deb http://x/ trixie main\n").unwrap();
         let err = ensure_backports_in(&root).err().unwrap();
-        assert!(err.to_string().contains("no APT entry for Debian 'bookworm'"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no APT entry for Debian 'bookworm'"),
+            "{err}"
+        );
         assert!(!under(&root, BACKPORTS_FILE).exists());
         std::fs::remove_dir_all(&root).unwrap();
     }

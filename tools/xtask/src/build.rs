@@ -28,7 +28,11 @@ pub enum Profile {
 impl Profile {
     /// `Debug` when `debug` is set.
     pub fn from_debug(debug: bool) -> Profile {
-        if debug { Profile::Debug } else { Profile::Release }
+        if debug {
+            Profile::Debug
+        } else {
+            Profile::Release
+        }
     }
 }
 
@@ -83,7 +87,10 @@ pub fn build_images(ws: &Workspace, options: &BuildOptions) -> Result<Artifacts>
             .status()
             .with_context(|| format!("running {}", objcopy.display()))?;
         if !status.success() {
-            bail!("llvm-objcopy -O binary {} failed with {status}", elf.display());
+            bail!(
+                "llvm-objcopy -O binary {} failed with {status}",
+                elf.display()
+            );
         }
         images.push(file_name(&flat));
     }
@@ -92,7 +99,13 @@ pub fn build_images(ws: &Workspace, options: &BuildOptions) -> Result<Artifacts>
         Some(dir) => dir.to_path_buf(),
         None => profile_dir(ws, bare, options.profile),
     };
-    Ok(Artifacts { arch, hv_elf, loader, images_dir, images })
+    Ok(Artifacts {
+        arch,
+        hv_elf,
+        loader,
+        images_dir,
+        images,
+    })
 }
 
 /// `target/<target>/<release|debug>`.
@@ -112,7 +125,9 @@ pub fn flat_binary_path(elf: &Path) -> PathBuf {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn single(mut executables: Vec<PathBuf>, package: &str) -> Result<PathBuf> {
@@ -148,14 +163,23 @@ fn cargo_build(
     extra: &[&str],
 ) -> Result<Vec<PathBuf>> {
     let mut command = ws.cargo();
-    command.args(["build", "--package", package, "--target", target]).args(extra);
+    command
+        .args(["build", "--package", package, "--target", target])
+        .args(extra);
     if options.profile == Profile::Release {
         command.arg("--release");
     }
-    command.arg("--message-format=json-render-diagnostics").stdout(Stdio::piped());
-    let shown = format!("cargo build -p {package} --target {target} {}", extra.join(" "));
+    command
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    let shown = format!(
+        "cargo build -p {package} --target {target} {}",
+        extra.join(" ")
+    );
     println!("xtask: {}", shown.trim_end());
-    let mut child = command.spawn().with_context(|| format!("running `{shown}`"))?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("running `{shown}`"))?;
     let stdout = child.stdout.take().context("cargo's stdout")?;
     let mut executables = Vec::new();
     for line in BufReader::new(stdout).lines() {
@@ -172,9 +196,14 @@ fn cargo_build(
 /// The bin executable a JSON message reports for `package`, if any.
 fn executable_of(line: &str, package: &str) -> Option<PathBuf> {
     let message: Message = serde_json::from_str(line).ok()?;
-    let is_bin = message.target.as_ref().is_some_and(|t| t.kind.iter().any(|k| k == "bin"));
+    let is_bin = message
+        .target
+        .as_ref()
+        .is_some_and(|t| t.kind.iter().any(|k| k == "bin"));
     let ours = package_id_names(&message.package_id, package);
-    (message.reason == "compiler-artifact" && is_bin && ours).then_some(message.executable).flatten()
+    (message.reason == "compiler-artifact" && is_bin && ours)
+        .then_some(message.executable)
+        .flatten()
 }
 
 /// Whether a cargo package ID (`path+file:///…/boot#bulkhead-boot@0.1.0` or
@@ -200,25 +229,42 @@ mod tests {
         let dep = r#"{"reason":"compiler-artifact","package_id":"registry+https://x#log@0.4.0","target":{"kind":["lib"]},"executable":null}"#;
         assert_eq!(
             executable_of(bin, "bulkhead-test-guests"),
-            Some(PathBuf::from("/w/target/aarch64-unknown-none/release/hello"))
+            Some(PathBuf::from(
+                "/w/target/aarch64-unknown-none/release/hello"
+            ))
         );
         assert_eq!(executable_of(bin, "bulkhead-hv"), None);
         assert_eq!(executable_of(lib, "bulkhead-test-guests"), None);
         assert_eq!(executable_of(dep, "log"), None);
         assert_eq!(executable_of("not json", "x"), None);
-        assert_eq!(executable_of(r#"{"reason":"build-finished","success":true}"#, "x"), None);
+        assert_eq!(
+            executable_of(r#"{"reason":"build-finished","success":true}"#, "x"),
+            None
+        );
     }
 
     #[test]
     fn package_ids_in_both_formats() {
-        assert!(package_id_names("path+file:///w/boot#bulkhead-boot@0.1.0", "bulkhead-boot"));
-        assert!(!package_id_names("path+file:///w/boot#bulkhead-boot@0.1.0", "bulkhead"));
+        assert!(package_id_names(
+            "path+file:///w/boot#bulkhead-boot@0.1.0",
+            "bulkhead-boot"
+        ));
+        assert!(!package_id_names(
+            "path+file:///w/boot#bulkhead-boot@0.1.0",
+            "bulkhead"
+        ));
         assert!(package_id_names("path+file:///w/boot#0.1.0", "boot"));
-        assert!(package_id_names("bulkhead-boot 0.1.0 (path+file:///w/boot)", "bulkhead-boot"));
+        assert!(package_id_names(
+            "bulkhead-boot 0.1.0 (path+file:///w/boot)",
+            "bulkhead-boot"
+        ));
     }
 
     #[test]
     fn flat_binaries_sit_next_to_their_elf() {
-        assert_eq!(flat_binary_path(Path::new("/t/release/hello")), PathBuf::from("/t/release/hello.bin"));
+        assert_eq!(
+            flat_binary_path(Path::new("/t/release/hello")),
+            PathBuf::from("/t/release/hello.bin")
+        );
     }
 }

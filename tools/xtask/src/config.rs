@@ -23,7 +23,8 @@ pub struct Compiled {
 /// validation. Validation errors are printed to stderr one per line as
 /// `FILE: <error>` and summarized in the returned error.
 pub fn compile(path: &Path, shown: &str) -> Result<Compiled> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{shown}: cannot read the configuration"))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{shown}: cannot read the configuration"))?;
     let config = parse(&text, shown).map_err(|message| anyhow!(message))?;
     let problems = check(&config, shown);
     if !problems.is_empty() {
@@ -31,7 +32,10 @@ pub fn compile(path: &Path, shown: &str) -> Result<Compiled> {
             eprintln!("{problem}");
         }
         let count = problems.len();
-        anyhow::bail!("{shown}: {count} configuration error{}", if count == 1 { "" } else { "s" });
+        anyhow::bail!(
+            "{shown}: {count} configuration error{}",
+            if count == 1 { "" } else { "s" }
+        );
     }
     let blob = bulkhead_config::to_blob(&config);
     Ok(Compiled { config, blob })
@@ -45,7 +49,10 @@ pub fn parse(text: &str, shown: &str) -> Result<Config, String> {
 
 /// Validates a configuration: one `FILE: <error>` line per problem.
 pub fn check(config: &Config, shown: &str) -> Vec<String> {
-    bulkhead_config::validate(config).iter().map(|err| format!("{shown}: {err}")).collect()
+    bulkhead_config::validate(config)
+        .iter()
+        .map(|err| format!("{shown}: {err}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -81,16 +88,28 @@ size = 0x10_0000
 
     #[test]
     fn validation_errors_are_one_line_each_with_the_file_name() {
-        let text = GOOD.replace("cpus = [0]", "cpus = []").replace("0x10_0000", "0x10_0001");
+        let text = GOOD
+            .replace("cpus = [0]", "cpus = []")
+            .replace("0x10_0000", "0x10_0001");
         let problems = check(&parse(&text, "x.toml").unwrap(), "x.toml");
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems.iter().all(|p| p.starts_with("x.toml: partition 'hello', field '")), "{problems:?}");
+        assert!(
+            problems
+                .iter()
+                .all(|p| p.starts_with("x.toml: partition 'hello', field '")),
+            "{problems:?}"
+        );
         assert!(problems.iter().all(|p| !p.contains('\n')));
     }
 
     #[test]
     fn compile_reports_a_missing_file_by_its_shown_name() {
-        let err = compile(Path::new("/nonexistent/bulkhead.toml"), "cfg.toml").err().unwrap();
-        assert!(format!("{err:#}").starts_with("cfg.toml: cannot read"), "{err:#}");
+        let err = compile(Path::new("/nonexistent/bulkhead.toml"), "cfg.toml")
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").starts_with("cfg.toml: cannot read"),
+            "{err:#}"
+        );
     }
 }

@@ -37,16 +37,32 @@ pub struct EspSpec<'a> {
 
 impl<'a> EspSpec<'a> {
     /// The ESP for a configuration file, named after its stem.
-    pub fn for_config(config: &Path, compiled: &'a Compiled, bootargs: Option<&'a str>) -> EspSpec<'a> {
-        let name = config.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "config".into());
-        EspSpec { name, config_shown: config.display().to_string(), compiled, bootargs, omit_images: false }
+    pub fn for_config(
+        config: &Path,
+        compiled: &'a Compiled,
+        bootargs: Option<&'a str>,
+    ) -> EspSpec<'a> {
+        let name = config
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "config".into());
+        EspSpec {
+            name,
+            config_shown: config.display().to_string(),
+            compiled,
+            bootargs,
+            omit_images: false,
+        }
     }
 }
 
 /// An ESP path from `bulkhead_abi::boot` (`\bulkhead\hv.elf`) as a relative
 /// host path (`bulkhead/hv.elf`).
 pub fn esp_path(abi_path: &str) -> PathBuf {
-    abi_path.split('\\').filter(|part| !part.is_empty()).collect()
+    abi_path
+        .split('\\')
+        .filter(|part| !part.is_empty())
+        .collect()
 }
 
 /// Assembles the ESP folder for `spec` and returns it.
@@ -61,16 +77,25 @@ pub fn assemble(ws: &Workspace, artifacts: &Artifacts, spec: &EspSpec<'_>) -> Re
 }
 
 fn assemble_in(dir: &Path, artifacts: &Artifacts, spec: &EspSpec<'_>) -> Result<()> {
-    let images = if spec.omit_images { Vec::new() } else { image_sources(artifacts, &spec.compiled.config, &spec.config_shown)? };
+    let images = if spec.omit_images {
+        Vec::new()
+    } else {
+        image_sources(artifacts, &spec.compiled.config, &spec.config_shown)?
+    };
     if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("removing the old {}", dir.display()))?;
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("removing the old {}", dir.display()))?;
     }
     let boot_dir = dir.join("EFI").join("BOOT");
     let image_dir = dir.join(esp_path(IMAGE_DIR));
     for folder in [&boot_dir, &image_dir] {
-        std::fs::create_dir_all(folder).with_context(|| format!("creating {}", folder.display()))?;
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("creating {}", folder.display()))?;
     }
-    copy(&artifacts.loader, &boot_dir.join(artifacts.arch.removable_boot_file()))?;
+    copy(
+        &artifacts.loader,
+        &boot_dir.join(artifacts.arch.removable_boot_file()),
+    )?;
     copy(&artifacts.hv_elf, &dir.join(esp_path(HV_IMAGE_PATH)))?;
     write(&dir.join(esp_path(CONFIG_PATH)), &spec.compiled.blob)?;
     if let Some(text) = spec.bootargs {
@@ -84,7 +109,11 @@ fn assemble_in(dir: &Path, artifacts: &Artifacts, spec: &EspSpec<'_>) -> Result<
 
 /// Each distinct `image.file` of the configuration with the built file it
 /// comes from.
-fn image_sources(artifacts: &Artifacts, config: &Config, shown: &str) -> Result<Vec<(String, PathBuf)>> {
+fn image_sources(
+    artifacts: &Artifacts,
+    config: &Config,
+    shown: &str,
+) -> Result<Vec<(String, PathBuf)>> {
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
     for partition in &config.partitions {
         let file = &partition.image.file;
@@ -93,7 +122,11 @@ fn image_sources(artifacts: &Artifacts, config: &Config, shown: &str) -> Result<
         }
         let source = artifacts.images_dir.join(file);
         if !source.is_file() {
-            let built = if artifacts.images.is_empty() { "none".to_string() } else { artifacts.images.join(", ") };
+            let built = if artifacts.images.is_empty() {
+                "none".to_string()
+            } else {
+                artifacts.images.join(", ")
+            };
             bail!(
                 "{shown}: partition '{}', field 'image.file': no guest image '{file}' in {} \
                  (guest images built: {built}; a guest is a bin in tests/guests/src/bin)",
@@ -107,7 +140,8 @@ fn image_sources(artifacts: &Artifacts, config: &Config, shown: &str) -> Result<
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {
-    std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(())
 }
 
@@ -159,15 +193,29 @@ size = 0x10_0000
             hv_elf: out.join("bulkhead-hv"),
             loader: out.join("bulkhead-boot.efi"),
             images_dir: out.clone(),
-            images: if with_image { vec!["hello.bin".into()] } else { Vec::new() },
+            images: if with_image {
+                vec!["hello.bin".into()]
+            } else {
+                Vec::new()
+            },
         };
         let config: Config = toml::from_str(CONFIG).unwrap();
         let blob = bulkhead_config::to_blob(&config);
         (artifacts, Compiled { config, blob })
     }
 
-    fn spec<'a>(compiled: &'a Compiled, bootargs: Option<&'a str>, omit_images: bool) -> EspSpec<'a> {
-        EspSpec { name: "t".into(), config_shown: "demo.toml".into(), compiled, bootargs, omit_images }
+    fn spec<'a>(
+        compiled: &'a Compiled,
+        bootargs: Option<&'a str>,
+        omit_images: bool,
+    ) -> EspSpec<'a> {
+        EspSpec {
+            name: "t".into(),
+            config_shown: "demo.toml".into(),
+            compiled,
+            bootargs,
+            omit_images,
+        }
     }
 
     #[test]
@@ -182,25 +230,60 @@ size = 0x10_0000
         let (artifacts, compiled) = fixture(&scratch, true);
         let esp = scratch.0.join("esp");
         std::fs::create_dir_all(esp.join("stale")).unwrap();
-        assemble_in(&esp, &artifacts, &spec(&compiled, Some("crash=panic"), false)).unwrap();
-        assert_eq!(std::fs::read(esp.join("EFI/BOOT/BOOTAA64.EFI")).unwrap(), b"pe");
+        assemble_in(
+            &esp,
+            &artifacts,
+            &spec(&compiled, Some("crash=panic"), false),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read(esp.join("EFI/BOOT/BOOTAA64.EFI")).unwrap(),
+            b"pe"
+        );
         assert_eq!(std::fs::read(esp.join("bulkhead/hv.elf")).unwrap(), b"elf");
-        assert_eq!(std::fs::read(esp.join("bulkhead/config.bin")).unwrap(), compiled.blob);
-        assert_eq!(std::fs::read_to_string(esp.join("bulkhead/bootargs.txt")).unwrap(), "crash=panic");
-        assert_eq!(std::fs::read(esp.join("bulkhead/images/hello.bin")).unwrap(), b"guest");
+        assert_eq!(
+            std::fs::read(esp.join("bulkhead/config.bin")).unwrap(),
+            compiled.blob
+        );
+        assert_eq!(
+            std::fs::read_to_string(esp.join("bulkhead/bootargs.txt")).unwrap(),
+            "crash=panic"
+        );
+        assert_eq!(
+            std::fs::read(esp.join("bulkhead/images/hello.bin")).unwrap(),
+            b"guest"
+        );
         assert!(!esp.join("stale").exists(), "stale files are removed");
 
         assemble_in(&esp, &artifacts, &spec(&compiled, None, true)).unwrap();
-        assert!(!esp.join("bulkhead/bootargs.txt").exists(), "no boot args, no file");
-        assert_eq!(std::fs::read_dir(esp.join("bulkhead/images")).unwrap().count(), 0);
+        assert!(
+            !esp.join("bulkhead/bootargs.txt").exists(),
+            "no boot args, no file"
+        );
+        assert_eq!(
+            std::fs::read_dir(esp.join("bulkhead/images"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]
     fn a_missing_image_names_file_partition_and_field() {
         let scratch = Scratch::new("missing");
         let (artifacts, compiled) = fixture(&scratch, false);
-        let err = assemble_in(&scratch.0.join("esp"), &artifacts, &spec(&compiled, None, false)).unwrap_err();
+        let err = assemble_in(
+            &scratch.0.join("esp"),
+            &artifacts,
+            &spec(&compiled, None, false),
+        )
+        .unwrap_err();
         let text = err.to_string();
-        assert!(text.starts_with("demo.toml: partition 'hello', field 'image.file': no guest image 'hello.bin'"), "{text}");
+        assert!(
+            text.starts_with(
+                "demo.toml: partition 'hello', field 'image.file': no guest image 'hello.bin'"
+            ),
+            "{text}"
+        );
     }
 }

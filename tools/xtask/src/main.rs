@@ -119,7 +119,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => {
             let options = build_options(&args.target)?;
             setup::ensure(&ws, setup::Verbosity::Quiet)?;
-            let compiled = config::compile(&ws.resolve(&args.config), &args.config.display().to_string())?;
+            let compiled = config::compile(
+                &ws.resolve(&args.config),
+                &args.config.display().to_string(),
+            )?;
             let artifacts = build::build_images(&ws, &options)?;
             let spec = esp::EspSpec::for_config(&args.config, &compiled, args.bootargs.as_deref());
             let dir = esp::assemble(&ws, &artifacts, &spec)?;
@@ -156,5 +159,8 @@ fn build_options(target: &TargetArgs) -> Result<build::BuildOptions> {
         Arch::Aarch64 => {}
         Arch::X86_64 => bail!("x86_64 is not supported yet"),
     }
-    Ok(build::BuildOptions { arch: target.arch, profile: build::Profile::from_debug(target.debug) })
+    Ok(build::BuildOptions {
+        arch: target.arch,
+        profile: build::Profile::from_debug(target.debug),
+    })
 }

@@ -36,7 +36,9 @@ impl Workspace {
 
     /// The ESP folder called `name` for `arch`.
     pub fn esp_dir(&self, arch: Arch, name: &str) -> PathBuf {
-        self.xtask_dir().join(arch.name()).join(format!("esp-{name}"))
+        self.xtask_dir()
+            .join(arch.name())
+            .join(format!("esp-{name}"))
     }
 
     /// The log file of a QEMU run called `name`.

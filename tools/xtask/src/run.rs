@@ -13,8 +13,8 @@ use crate::esp::{self, EspSpec};
 use crate::paths::Workspace;
 use anyhow::{Context, Result};
 use bulkhead_config::Config;
-use bulkhead_harness::runner::{self, Ending, RunOptions};
 use bulkhead_harness::QemuCommand;
+use bulkhead_harness::runner::{self, Ending, RunOptions};
 use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
@@ -30,7 +30,12 @@ const TIMED_OUT: u8 = 124;
 ///
 /// # Errors
 /// When the build, the configuration or the ESP fails, or QEMU cannot start.
-pub fn run(ws: &Workspace, options: &BuildOptions, config_file: &Path, bootargs: Option<&str>) -> Result<ExitCode> {
+pub fn run(
+    ws: &Workspace,
+    options: &BuildOptions,
+    config_file: &Path,
+    bootargs: Option<&str>,
+) -> Result<ExitCode> {
     let compiled = config::compile(&ws.resolve(config_file), &config_file.display().to_string())?;
     let artifacts = build::build_images(ws, options)?;
     let spec = EspSpec::for_config(config_file, &compiled, bootargs);
@@ -40,7 +45,10 @@ pub fn run(ws: &Workspace, options: &BuildOptions, config_file: &Path, bootargs:
         .with_context(|| format!("{} is not supported yet", options.arch))?;
     println!("xtask: {qemu}");
     if std::io::stdin().is_terminal() {
-        let status = qemu.to_command().status().with_context(|| format!("starting {}", qemu.program))?;
+        let status = qemu
+            .to_command()
+            .status()
+            .with_context(|| format!("starting {}", qemu.program))?;
         return Ok(exit_code(status.code()));
     }
     install_interrupt_handler();
@@ -55,7 +63,11 @@ pub fn run(ws: &Workspace, options: &BuildOptions, config_file: &Path, bootargs:
     Ok(match outcome.ending {
         Ending::Exited(code) => exit_code(code),
         Ending::TimedOut(limit) => {
-            eprintln!("xtask: QEMU timed out after {} s and was killed (log: {})", limit.as_secs(), log.display());
+            eprintln!(
+                "xtask: QEMU timed out after {} s and was killed (log: {})",
+                limit.as_secs(),
+                log.display()
+            );
             ExitCode::from(TIMED_OUT)
         }
         Ending::StoppedEarly => ExitCode::SUCCESS,
@@ -64,7 +76,12 @@ pub fn run(ws: &Workspace, options: &BuildOptions, config_file: &Path, bootargs:
 
 /// CPUs QEMU must emulate: one past the highest CPU any partition names.
 pub fn cpus_needed(config: &Config) -> u32 {
-    config.partitions.iter().flat_map(|p| p.cpus.iter()).max().map_or(1, |&cpu| cpu.saturating_add(1))
+    config
+        .partitions
+        .iter()
+        .flat_map(|p| p.cpus.iter())
+        .max()
+        .map_or(1, |&cpu| cpu.saturating_add(1))
 }
 
 /// QEMU's exit status as ours (a death by signal becomes 1).
@@ -106,6 +123,11 @@ image = { file = "b.bin", load = 0 }
 "#;
         let config: Config = toml::from_str(text).unwrap();
         assert_eq!(cpus_needed(&config), 4);
-        assert_eq!(cpus_needed(&Config { partitions: Vec::new() }), 1);
+        assert_eq!(
+            cpus_needed(&Config {
+                partitions: Vec::new()
+            }),
+            1
+        );
     }
 }

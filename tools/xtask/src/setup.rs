@@ -17,7 +17,12 @@ use std::process::Command;
 /// Oldest QEMU major version with SMMUv3 stage 2 (Debian's own 7.2 lacks it).
 const QEMU_MIN_MAJOR: u32 = 10;
 /// Debian packages that provide the QEMU binaries and the firmware.
-const APT_PACKAGES: [&str; 4] = ["qemu-system-arm", "qemu-system-x86", "ovmf", "qemu-efi-aarch64"];
+const APT_PACKAGES: [&str; 4] = [
+    "qemu-system-arm",
+    "qemu-system-x86",
+    "ovmf",
+    "qemu-efi-aarch64",
+];
 /// Firmware files the QEMU command lines name.
 const FIRMWARE: [&str; 3] = [AARCH64_FIRMWARE, OVMF_CODE, OVMF_VARS];
 
@@ -46,7 +51,10 @@ pub fn ensure(ws: &Workspace, verbosity: Verbosity) -> Result<()> {
     }
     let rust = rust_missing(ws, verbosity);
     if !rust.is_empty() {
-        println!("setup: missing {}; running `rustup toolchain install`", rust.join(", "));
+        println!(
+            "setup: missing {}; running `rustup toolchain install`",
+            rust.join(", ")
+        );
         let status = rustup(ws)
             .args(["toolchain", "install"])
             .status()
@@ -56,7 +64,10 @@ pub fn ensure(ws: &Workspace, verbosity: Verbosity) -> Result<()> {
         }
         let still = rust_missing(ws, Verbosity::Quiet);
         if !still.is_empty() {
-            bail!("still missing after `rustup toolchain install`: {}", still.join(", "));
+            bail!(
+                "still missing after `rustup toolchain install`: {}",
+                still.join(", ")
+            );
         }
     }
     if verbosity == Verbosity::Report {
@@ -82,15 +93,23 @@ fn system_missing(verbosity: Verbosity) -> Vec<String> {
     for arch in Arch::ALL {
         let binary = arch.qemu_binary();
         let output = Command::new(binary).arg("--version").output();
-        let version = output.ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+        let version = output
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
         match version.as_deref().map(parse_qemu_version) {
             Some(Some(v)) if v.0 >= QEMU_MIN_MAJOR => {
                 if verbosity == Verbosity::Report {
                     println!("ok       {binary} {}.{}.{}", v.0, v.1, v.2);
                 }
             }
-            Some(Some(v)) => missing.push(format!("{binary} >= {QEMU_MIN_MAJOR} (found {}.{}.{})", v.0, v.1, v.2)),
-            Some(None) => missing.push(format!("{binary} >= {QEMU_MIN_MAJOR} (unrecognized --version output)")),
+            Some(Some(v)) => missing.push(format!(
+                "{binary} >= {QEMU_MIN_MAJOR} (found {}.{}.{})",
+                v.0, v.1, v.2
+            )),
+            Some(None) => missing.push(format!(
+                "{binary} >= {QEMU_MIN_MAJOR} (unrecognized --version output)"
+            )),
             None => missing.push(format!("{binary} >= {QEMU_MIN_MAJOR} (not found)")),
         }
     }
@@ -124,12 +143,24 @@ fn install_system(missing: &[String]) -> Result<()> {
         );
     }
     match apt::ensure_backports()? {
-        apt::Outcome::Present(path) => println!("setup: APT already has {} ({})", apt::BACKPORTS_SUITE, path.display()),
-        apt::Outcome::Added(path) => println!("setup: added the {} suite to APT: {}", apt::BACKPORTS_SUITE, path.display()),
+        apt::Outcome::Present(path) => println!(
+            "setup: APT already has {} ({})",
+            apt::BACKPORTS_SUITE,
+            path.display()
+        ),
+        apt::Outcome::Added(path) => println!(
+            "setup: added the {} suite to APT: {}",
+            apt::BACKPORTS_SUITE,
+            path.display()
+        ),
     }
     println!("setup: apt-get update");
     run_checked(Command::new("apt-get").arg("update"), "apt-get update")?;
-    println!("setup: installing {} from {}", APT_PACKAGES.join(" "), apt::BACKPORTS_SUITE);
+    println!(
+        "setup: installing {} from {}",
+        APT_PACKAGES.join(" "),
+        apt::BACKPORTS_SUITE
+    );
     run_checked(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
@@ -140,7 +171,9 @@ fn install_system(missing: &[String]) -> Result<()> {
 }
 
 fn run_checked(command: &mut Command, shown: &str) -> Result<()> {
-    let status = command.status().with_context(|| format!("running `{shown}`"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running `{shown}`"))?;
     if !status.success() {
         bail!("`{shown}` failed with {status}");
     }
@@ -151,20 +184,29 @@ fn run_checked(command: &mut Command, shown: &str) -> Result<()> {
 /// `RUSTUP_TOOLCHAIN` cargo's proxy sets would otherwise override it).
 fn rustup(ws: &Workspace) -> Command {
     let mut command = Command::new("rustup");
-    command.current_dir(&ws.root).env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTUP_TOOLCHAIN_SOURCE");
+    command
+        .current_dir(&ws.root)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTUP_TOOLCHAIN_SOURCE");
     command
 }
 
 /// `rustc` of the workspace's toolchain.
 fn rustc(ws: &Workspace) -> Command {
     let mut command = Command::new("rustc");
-    command.current_dir(&ws.root).env_remove("RUSTUP_TOOLCHAIN").env_remove("RUSTUP_TOOLCHAIN_SOURCE");
+    command
+        .current_dir(&ws.root)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTUP_TOOLCHAIN_SOURCE");
     command
 }
 
 /// The four Rust targets the images need.
 fn required_targets() -> Vec<&'static str> {
-    Arch::ALL.iter().flat_map(|a| [a.uefi_target(), a.bare_metal_target()]).collect()
+    Arch::ALL
+        .iter()
+        .flat_map(|a| [a.uefi_target(), a.bare_metal_target()])
+        .collect()
 }
 
 /// Describes what is missing on the Rust side (empty: nothing).
@@ -177,7 +219,10 @@ fn rust_missing(ws: &Workspace, verbosity: Verbosity) -> Vec<String> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
     for target in required_targets() {
-        if installed.as_deref().is_some_and(|list| list.lines().any(|l| l.trim() == target)) {
+        if installed
+            .as_deref()
+            .is_some_and(|list| list.lines().any(|l| l.trim() == target))
+        {
             if verbosity == Verbosity::Report {
                 println!("ok       Rust target {target}");
             }
@@ -208,11 +253,16 @@ pub fn objcopy_path(ws: &Workspace) -> Result<PathBuf> {
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
         .context("`rustc -vV` printed no host line")?;
-    Ok(Path::new(sysroot.trim()).join("lib/rustlib").join(host.trim()).join("bin/llvm-objcopy"))
+    Ok(Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(host.trim())
+        .join("bin/llvm-objcopy"))
 }
 
 fn capture(command: &mut Command) -> Result<String> {
-    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
         bail!("{command:?} failed with {}", output.status);
     }
@@ -225,10 +275,17 @@ mod tests {
 
     #[test]
     fn qemu_versions_are_read_from_the_banner() {
-        let banner = "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright";
+        let banner =
+            "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\nCopyright";
         assert_eq!(parse_qemu_version(banner), Some((10, 0, 2)));
-        assert_eq!(parse_qemu_version("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7)"), Some((7, 2, 15)));
-        assert_eq!(parse_qemu_version("QEMU emulator version 9.1"), Some((9, 1, 0)));
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 7.2.15 (Debian 1:7.2+dfsg-7)"),
+            Some((7, 2, 15))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 9.1"),
+            Some((9, 1, 0))
+        );
         assert_eq!(parse_qemu_version("something else"), None);
     }
 
@@ -236,7 +293,12 @@ mod tests {
     fn the_four_targets_are_required() {
         assert_eq!(
             required_targets(),
-            ["aarch64-unknown-uefi", "aarch64-unknown-none", "x86_64-unknown-uefi", "x86_64-unknown-none"]
+            [
+                "aarch64-unknown-uefi",
+                "aarch64-unknown-none",
+                "x86_64-unknown-uefi",
+                "x86_64-unknown-none"
+            ]
         );
     }
 }

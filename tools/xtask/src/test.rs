@@ -75,7 +75,10 @@ pub fn test(ws: &Workspace, options: &BuildOptions, filter: &str, unit: bool) ->
     let mut tally = Tally::default();
     if unit {
         let counts = unit::run_host_tests(ws)?;
-        println!("host unit tests: {} passed, {} failed", counts.passed, counts.failed);
+        println!(
+            "host unit tests: {} passed, {} failed",
+            counts.passed, counts.failed
+        );
         tally.passed += counts.passed;
         tally.failed += counts.failed;
     }
@@ -94,12 +97,21 @@ pub fn test(ws: &Workspace, options: &BuildOptions, filter: &str, unit: bool) ->
         }
     }
     println!("{} passed, {} failed", tally.passed, tally.failed);
-    Ok(if tally.failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if tally.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Compiles each scenario's configuration and assembles its ESP; a scenario
 /// that cannot be prepared fails here with the reason.
-fn prepare(ws: &Workspace, artifacts: &Artifacts, selected: &[&'static Scenario], tally: &mut Tally) -> Vec<Job> {
+fn prepare(
+    ws: &Workspace,
+    artifacts: &Artifacts,
+    selected: &[&'static Scenario],
+    tally: &mut Tally,
+) -> Vec<Job> {
     let mut jobs = Vec::new();
     for &scenario in selected {
         match prepare_one(ws, artifacts, scenario) {
@@ -123,7 +135,11 @@ fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenari
     let smp = scenario.smp.max(cpus_needed(&compiled.config));
     let qemu = QemuCommand::for_arch(artifacts.arch, &esp_dir, smp)
         .with_context(|| format!("{} is not supported yet", artifacts.arch))?;
-    Ok(Job { scenario, qemu, log: ws.log_path(scenario.name) })
+    Ok(Job {
+        scenario,
+        qemu,
+        log: ws.log_path(scenario.name),
+    })
 }
 
 /// Boots the jobs, [`MAX_PARALLEL`] at a time, reporting each as it ends.
@@ -132,7 +148,10 @@ fn run_jobs(jobs: Vec<Job>, tally: &mut Tally) {
         return;
     }
     let workers = MAX_PARALLEL.min(jobs.len());
-    println!("xtask: running {} scenarios under QEMU, {workers} at a time", jobs.len());
+    println!(
+        "xtask: running {} scenarios under QEMU, {workers} at a time",
+        jobs.len()
+    );
     let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
     let (sender, receiver) = mpsc::channel();
     let handles: Vec<_> = (0..workers)
@@ -195,7 +214,11 @@ fn report(finished: &Finished, tally: &mut Tally) {
         Verdict::Fail(reason) => {
             tally.fail(name, reason);
             let start = finished.lines.len().saturating_sub(TAIL_LINES);
-            println!("    --- last {} lines of {} ---", finished.lines.len() - start, finished.log.display());
+            println!(
+                "    --- last {} lines of {} ---",
+                finished.lines.len() - start,
+                finished.log.display()
+            );
             for line in &finished.lines[start..] {
                 println!("    | {}", printable(line));
             }
@@ -234,7 +257,10 @@ mod tests {
 
     #[test]
     fn escape_sequences_and_control_characters_are_dropped() {
-        assert_eq!(printable("\u{1b}[0m\u{1b}[37m\u{1b}[40mBdsDxe: x\r"), "BdsDxe: x");
+        assert_eq!(
+            printable("\u{1b}[0m\u{1b}[37m\u{1b}[40mBdsDxe: x\r"),
+            "BdsDxe: x"
+        );
         assert_eq!(printable("\u{1b}[2J\u{1b}[01;01Hmenu"), "menu");
         assert_eq!(printable("a\tb"), "a\tb");
     }

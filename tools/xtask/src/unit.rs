@@ -26,8 +26,12 @@ pub fn parse_result_line(line: &str) -> Option<Counts> {
     let mut result = Counts::default();
     for part in counts.split(';') {
         let mut words = part.split_whitespace();
-        let (Some(number), Some(what)) = (words.next(), words.next()) else { continue };
-        let Ok(number) = number.parse::<usize>() else { continue };
+        let (Some(number), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(number) = number.parse::<usize>() else {
+            continue;
+        };
         match what {
             "passed" => result.passed = number,
             "failed" => result.failed = number,
@@ -77,9 +81,21 @@ mod tests {
     #[test]
     fn result_lines_give_passed_and_failed() {
         let ok = "test result: ok. 17 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.30s";
-        assert_eq!(parse_result_line(ok), Some(Counts { passed: 17, failed: 0 }));
+        assert_eq!(
+            parse_result_line(ok),
+            Some(Counts {
+                passed: 17,
+                failed: 0
+            })
+        );
         let bad = "test result: FAILED. 3 passed; 2 failed; 1 ignored; 0 measured; 0 filtered out";
-        assert_eq!(parse_result_line(bad), Some(Counts { passed: 3, failed: 2 }));
+        assert_eq!(
+            parse_result_line(bad),
+            Some(Counts {
+                passed: 3,
+                failed: 2
+            })
+        );
         assert_eq!(parse_result_line("running 3 tests"), None);
         assert_eq!(parse_result_line("test a::b ... ok"), None);
     }
