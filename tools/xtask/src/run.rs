@@ -92,7 +92,7 @@ fn exit_code(code: Option<i32>) -> ExitCode {
     }
 }
 
-/// On Ctrl-C, kill the QEMU instances (they run in their own process
+/// On Ctrl-C, SIGTERM or SIGHUP, kill the QEMU instances (they run in their own process
 /// groups, so the terminal's signal does not reach them) and exit.
 pub fn install_interrupt_handler() {
     let result = ctrlc::set_handler(|| {
