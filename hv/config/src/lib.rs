@@ -20,11 +20,17 @@ pub use validate::{ConfigError, ErrorKind, validate};
 /// Bumped on every incompatible change of the blob format.
 pub const BLOB_VERSION: u32 = 1;
 
-/// Encodes a configuration into the blob the hypervisor reads.
+/// The first bytes of every blob.
+pub const BLOB_MAGIC: [u8; 4] = *b"BHCF";
+
+/// Encodes a configuration into the blob the hypervisor reads: the magic,
+/// then postcard-encoded version and configuration.
 pub fn to_blob(config: &Config) -> alloc::vec::Vec<u8> {
     let blob = Blob { version: BLOB_VERSION, config: config.clone() };
+    let mut bytes = alloc::vec::Vec::from(BLOB_MAGIC);
     // Serializing plain data into a growable buffer cannot fail.
-    postcard::to_allocvec(&blob).expect("serializing a configuration into memory")
+    bytes.extend(postcard::to_allocvec(&blob).expect("serializing a configuration into memory"));
+    bytes
 }
 
 /// Why a blob could not be decoded.
@@ -35,7 +41,9 @@ pub enum BlobError {
         /// The version in the blob.
         found: u32,
     },
-    /// The bytes are not a configuration blob.
+    /// The bytes do not start with [`BLOB_MAGIC`].
+    NotABlob,
+    /// The bytes are a blob of the right version that does not decode.
     Malformed,
 }
 
@@ -45,6 +53,7 @@ impl core::fmt::Display for BlobError {
             BlobError::Version { found } => {
                 write!(f, "configuration blob version {found}, expected {BLOB_VERSION}")
             }
+            BlobError::NotABlob => write!(f, "not a Bulkhead configuration blob (bad magic)"),
             BlobError::Malformed => write!(f, "configuration blob is malformed"),
         }
     }
@@ -53,9 +62,11 @@ impl core::fmt::Display for BlobError {
 /// Decodes a blob written by [`to_blob`].
 ///
 /// # Errors
-/// [`BlobError::Version`] for a blob of another version, [`BlobError::Malformed`]
-/// for anything else that does not decode.
+/// [`BlobError::NotABlob`] without the magic, [`BlobError::Version`] for a
+/// blob of another version, [`BlobError::Malformed`] for anything else that
+/// does not decode.
 pub fn from_blob(bytes: &[u8]) -> Result<Config, BlobError> {
+    let bytes = bytes.strip_prefix(&BLOB_MAGIC).ok_or(BlobError::NotABlob)?;
     let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|_| BlobError::Malformed)?;
     if version != BLOB_VERSION {
         return Err(BlobError::Version { found: version });

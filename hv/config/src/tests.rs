@@ -38,10 +38,12 @@ fn a_good_configuration_has_no_errors_and_survives_the_blob() {
 fn blobs_of_another_version_or_garbage_are_refused() {
     let config = Config { partitions: vec![partition("a", 0)] };
     let mut blob = to_blob(&config);
-    blob[0] = 7;
+    blob[4] = 7;
     assert_eq!(from_blob(&blob), Err(BlobError::Version { found: 7 }));
-    assert_eq!(from_blob(&[1, 0xff, 0xff]), Err(BlobError::Malformed));
-    assert_eq!(from_blob(&[]), Err(BlobError::Malformed));
+    assert_eq!(from_blob(b"BHCF\x01\xff\xff"), Err(BlobError::Malformed));
+    assert_eq!(from_blob(b"BHCF"), Err(BlobError::Malformed));
+    assert_eq!(from_blob(&[]), Err(BlobError::NotABlob));
+    assert_eq!(from_blob(b"this is not a configuration blob"), Err(BlobError::NotABlob));
 }
 
 #[test]

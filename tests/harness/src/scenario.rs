@@ -34,6 +34,10 @@ pub struct Scenario {
     pub forbid: &'static [&'static str],
     /// Leave `bulkhead/images/` empty on the ESP (tests the loader's error path).
     pub omit_images: bool,
+    /// Files on the ESP replaced with these bytes after assembly: pairs of
+    /// an ESP path from `bulkhead_abi::boot` and the new contents (tests the
+    /// loader's handling of malformed files).
+    pub overwrite: &'static [(&'static str, &'static [u8])],
 }
 
 impl Scenario {
@@ -50,6 +54,7 @@ impl Scenario {
         expect: &[],
         forbid: &[],
         omit_images: false,
+        overwrite: &[],
     };
 
     /// Whether `filter` selects this scenario (substring of the name; the

@@ -6,6 +6,7 @@
 //! to it) and its own log (`target/xtask/logs/<name>.log`).
 
 use crate::scenario::Scenario;
+use bulkhead_abi::boot::{CONFIG_PATH, HV_IMAGE_PATH};
 use bulkhead_abi::exit::ExitCode;
 
 /// Every scenario, in the order they are started.
@@ -77,6 +78,26 @@ pub const SCENARIOS: &[Scenario] = &[
         expect_exit: None,
         stop_on: Some("bulkhead-boot: error"),
         expect: &["cannot read", "\\bulkhead\\images\\"],
+        ..Scenario::DEFAULT
+    },
+    // A configuration blob that is not one: the loader says which file and why.
+    Scenario {
+        name: "malformed-config",
+        overwrite: &[(CONFIG_PATH, b"this is not a configuration blob")],
+        expect_exit: None,
+        stop_on: Some("bulkhead-boot: error"),
+        expect: &["bulkhead-boot: error: \\bulkhead\\config.bin", "not a Bulkhead configuration blob"],
+        forbid: &["entering the hypervisor"],
+        ..Scenario::DEFAULT
+    },
+    // A hypervisor image that is not an ELF file is refused before the jump.
+    Scenario {
+        name: "malformed-hv-image",
+        overwrite: &[(HV_IMAGE_PATH, b"MZ not an ELF image at all")],
+        expect_exit: None,
+        stop_on: Some("bulkhead-boot: error"),
+        expect: &["bulkhead-boot: error: \\bulkhead\\hv.elf", "not an ELF file"],
+        forbid: &["entering the hypervisor"],
         ..Scenario::DEFAULT
     },
 ];

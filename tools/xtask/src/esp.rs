@@ -33,6 +33,8 @@ pub struct EspSpec<'a> {
     pub bootargs: Option<&'a str>,
     /// Leave `bulkhead/images/` empty.
     pub omit_images: bool,
+    /// ESP files (paths as in `bulkhead_abi::boot`) replaced with these bytes.
+    pub overwrite: &'a [(&'a str, &'a [u8])],
 }
 
 impl<'a> EspSpec<'a> {
@@ -52,6 +54,7 @@ impl<'a> EspSpec<'a> {
             compiled,
             bootargs,
             omit_images: false,
+            overwrite: &[],
         }
     }
 }
@@ -103,6 +106,9 @@ fn assemble_in(dir: &Path, artifacts: &Artifacts, spec: &EspSpec<'_>) -> Result<
     }
     for (file, source) in images {
         copy(&source, &image_dir.join(file))?;
+    }
+    for (abi_path, bytes) in spec.overwrite {
+        write(&dir.join(esp_path(abi_path)), bytes)?;
     }
     Ok(())
 }
@@ -215,6 +221,7 @@ size = 0x10_0000
             compiled,
             bootargs,
             omit_images,
+            overwrite: &[],
         }
     }
 

@@ -130,6 +130,7 @@ fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenari
         compiled: &compiled,
         bootargs: scenario.bootargs,
         omit_images: scenario.omit_images,
+        overwrite: scenario.overwrite,
     };
     let esp_dir = esp::assemble(ws, artifacts, &spec)?;
     let smp = scenario.smp.max(cpus_needed(&compiled.config));
