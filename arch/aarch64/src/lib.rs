@@ -4,7 +4,8 @@
 //! the image entry point, the EL2 exception vectors, entering a guest and
 //! coming back on its exits ([`exception`]), decoding exit syndromes
 //! ([`esr`]), the EL2 and stage-2 translation tables ([`mmu`], [`stage2`]),
-//! system-register set-up ([`el2`]) and semihosting ([`semihosting`]).
+//! system-register set-up ([`el2`]), secondary CPU start ([`smp`]) and
+//! semihosting ([`semihosting`]).
 //!
 //! Assembly and system-register accesses are compiled only for
 //! `target_arch = "aarch64"` outside tests, so the decoding and table logic run
@@ -21,6 +22,7 @@ pub mod esr;
 pub mod exception;
 pub mod mmu;
 pub mod semihosting;
+pub mod smp;
 pub mod stage2;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

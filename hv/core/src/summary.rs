@@ -51,8 +51,9 @@ impl Outcome {
 }
 
 /// The summary lines and the exit code for a finished run.
-pub fn summarize(partitions: &[Partition]) -> (Vec<String>, ExitCode) {
-    let outcomes: Vec<Outcome> = partitions.iter().map(Outcome::of).collect();
+pub fn summarize<'a>(partitions: impl IntoIterator<Item = &'a Partition>) -> (Vec<String>, ExitCode) {
+    let partitions: Vec<&Partition> = partitions.into_iter().collect();
+    let outcomes: Vec<Outcome> = partitions.iter().map(|p| Outcome::of(p)).collect();
     let mut lines: Vec<String> = partitions.iter().zip(&outcomes).map(|(p, o)| o.line(&p.name)).collect();
     let total = outcomes.len();
     let passed = outcomes.iter().filter(|o| **o == Outcome::Passed).count();
@@ -113,6 +114,6 @@ mod tests {
         let (lines, code) = summarize(core::slice::from_ref(&unstarted));
         assert_eq!(code, ExitCode::BootFailure);
         assert_eq!(lines[0], "partition p: not started: bad image");
-        assert_eq!(summarize(&[]).1, ExitCode::BootFailure);
+        assert_eq!(summarize(&[] as &[Partition]).1, ExitCode::BootFailure);
     }
 }

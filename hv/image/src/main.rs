@@ -13,6 +13,7 @@ extern crate alloc;
 
 mod console;
 mod crash;
+mod exits;
 mod memory;
 mod platform;
 mod run;
@@ -58,8 +59,8 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         crash::trigger(test);
     }
 
-    let partitions = setup::create_partitions(boot_info, &platform, memory);
-    run::run_all(partitions)
+    let slots = setup::create_partitions(boot_info, &platform, memory);
+    run::start(slots, &platform)
 }
 
 /// Reports a hypervisor panic and ends the run with [`ExitCode::HypervisorFault`].

@@ -5,6 +5,8 @@ use bulkhead_abi::boot::BootInfo;
 use bulkhead_abi::exit::ExitCode;
 use bulkhead_arch_aarch64::el2::{self, FirmwareState};
 use bulkhead_arch_aarch64::semihosting;
+use bulkhead_arch_aarch64::smp::PsciConduit;
+use alloc::vec::Vec;
 use bulkhead_core::bootargs::{BootArgs, ExitMethod};
 use core::sync::atomic::{AtomicU8, Ordering};
 use fdt::Fdt;
@@ -20,8 +22,16 @@ pub struct Platform {
     /// EL2 state the firmware left.
     pub firmware: FirmwareState,
     /// Problems found while reading the device tree, logged once the console runs.
-    pub notes: alloc::vec::Vec<&'static str>,
+    pub notes: Vec<&'static str>,
+    /// Affinity (`reg`) of every CPU in `/cpus`, in device-tree order: the
+    /// index into this list is the CPU number configurations use.
+    pub cpus: Vec<u64>,
+    /// How PSCI calls reach the firmware, if the device tree says.
+    pub psci: Option<PsciConduit>,
 }
+
+/// The affinity fields of an MPIDR (Aff3, Aff2, Aff1, Aff0).
+pub const MPIDR_AFFINITY_MASK: u64 = 0xff_00ff_ffff;
 
 /// Compatible strings of the UARTs the console can drive.
 const PL011_COMPATIBLE: &str = "arm,pl011";
@@ -37,7 +47,9 @@ impl Platform {
             is_qemu_virt: false,
             bootargs: None,
             firmware: el2::firmware_state(),
-            notes: alloc::vec::Vec::new(),
+            notes: Vec::new(),
+            cpus: Vec::new(),
+            psci: None,
         };
         if !boot_info.bootargs.is_empty() {
             // SAFETY: the loader copied the boot arguments here (caller's promise).
@@ -59,10 +71,25 @@ impl Platform {
             .and_then(|root| root.compatible())
             .is_some_and(|c| c.all().any(|s| s == "linux,dummy-virt"));
         platform.uart = stdout_uart(&fdt);
+        platform.cpus = cpu_affinities(&fdt);
+        platform.psci = fdt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
+            "smc" => Some(PsciConduit::Smc),
+            "hvc" => Some(PsciConduit::Hvc),
+            _ => None,
+        });
+        if platform.cpus.is_empty() {
+            platform.notes.push("no CPU in /cpus");
+        }
         if platform.uart.is_none() {
             platform.notes.push("no PL011 named by /chosen/stdout-path");
         }
         platform
+    }
+
+    /// The CPU number of the calling CPU (its index in [`Platform::cpus`]).
+    pub fn boot_cpu(&self) -> Option<usize> {
+        let mpidr = self.firmware.mpidr & MPIDR_AFFINITY_MASK;
+        self.cpus.iter().position(|&reg| reg == mpidr)
     }
 
     /// How the run should end: boot arguments first, then semihosting on
@@ -82,6 +109,7 @@ impl Platform {
             fw.hcr,
             fw.sctlr
         );
+        log::info!("{} CPU(s) in the device tree, PSCI via {:?}", self.cpus.len(), self.psci);
         if let Some(uart) = self.uart {
             log::info!("console: PL011 at {uart:#x}");
         }
@@ -108,6 +136,24 @@ fn stdout_uart(fdt: &Fdt<'_>) -> Option<u64> {
     }
     let region = node.reg()?.next()?;
     Some(region.starting_address as u64)
+}
+
+/// The `reg` (affinity) of each `/cpus/cpu@*` node of `device_type = "cpu"`.
+fn cpu_affinities(fdt: &Fdt<'_>) -> Vec<u64> {
+    let Some(cpus) = fdt.find_node("/cpus") else {
+        return Vec::new();
+    };
+    cpus.children()
+        .filter(|node| node.property("device_type").and_then(|p| p.as_str()) == Some("cpu"))
+        .filter_map(|node| {
+            let reg = node.property("reg")?.value;
+            let mut value = 0u64;
+            for &byte in reg.iter().take(8) {
+                value = (value << 8) | u64::from(byte);
+            }
+            Some(value & MPIDR_AFFINITY_MASK)
+        })
+        .collect()
 }
 
 /// # Safety

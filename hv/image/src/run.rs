@@ -1,32 +1,135 @@
-//! The run loop: enter a partition's vCPU, handle its exits, and end the run
-//! with a summary once every partition has stopped.
+//! Running partitions: one CPU per partition, each in its own run loop, and
+//! the end of the run once the last partition has stopped.
+//!
+//! The boot CPU starts every other CPU that owns a partition (PSCI
+//! `CPU_ON`), then runs its own partition if it has one. Each CPU enters its
+//! partition's vCPU and handles its exits ([`crate::exits`]) until the
+//! partition stops. The CPU whose partition stops last prints the summary
+//! and ends the run; the others park.
 
-use crate::console::{GuestConsole, line};
-use crate::memory::IdentityMemory;
-use crate::platform::finish;
-use crate::setup::{Runnable, Slot};
-use alloc::format;
+use crate::console::line;
+use crate::exits;
+use crate::platform::{Platform, finish, park};
+use crate::setup::Slot;
+use alloc::boxed::Box;
 use alloc::vec::Vec;
+use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::el2;
-use bulkhead_arch_aarch64::esr::{self, Esr, ExceptionClass};
-use bulkhead_arch_aarch64::exception::{self, ExitKind};
-use bulkhead_core::hypercall::{self, Conduit, Outcome};
-use bulkhead_core::partition::{Partition, RunState, StopReason};
+use bulkhead_arch_aarch64::exception;
+use bulkhead_arch_aarch64::smp::{self, SecondaryBoot};
+use bulkhead_core::partition::{Partition, RunState};
 use bulkhead_core::summary;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spin::{Mutex, Once};
 
-/// Physical IRQ exits logged per partition before going quiet.
-const IRQ_LOG_LIMIT: u32 = 4;
+/// Bytes of stack each secondary CPU gets.
+const SECONDARY_STACK_SIZE: usize = 256 << 10;
 
-/// Runs every started partition to completion, then prints the summary and
-/// ends the run.
-pub fn run_all(mut slots: Vec<Slot>) -> ! {
-    for slot in &mut slots {
-        if let Some(runnable) = slot.runnable.as_mut() {
-            run_partition(&mut slot.partition, runnable);
+/// Every partition, and how many are still running.
+struct Machine {
+    slots: Vec<Mutex<Slot>>,
+    running: AtomicUsize,
+}
+
+static MACHINE: Once<Machine> = Once::new();
+
+/// Starts every partition and runs the boot CPU's own; never returns.
+pub fn start(slots: Vec<Slot>, platform: &Platform) -> ! {
+    let started = slots.iter().filter(|s| s.runnable.is_some()).count();
+    let machine = MACHINE.call_once(|| Machine {
+        slots: slots.into_iter().map(Mutex::new).collect(),
+        running: AtomicUsize::new(started),
+    });
+    let boot_cpu = platform.boot_cpu().unwrap_or(0);
+    let mut own = None;
+    for (index, slot) in machine.slots.iter().enumerate() {
+        let mut slot = slot.lock();
+        if slot.runnable.is_none() {
+            continue;
+        }
+        if slot.cpu == boot_cpu {
+            own = Some(index);
+        } else if let Err(reason) = start_cpu(platform, slot.cpu) {
+            log::error!("partition {}: not started: {reason}", slot.partition.name);
+            slot.partition.state = RunState::NotStarted(reason);
+            slot.runnable = None;
+            machine.running.fetch_sub(1, Ordering::AcqRel);
         }
     }
-    let partitions: Vec<Partition> = slots.into_iter().map(|s| s.partition).collect();
-    let (lines, code) = summary::summarize(&partitions);
+    if let Some(index) = own {
+        run_slot(machine, index);
+    } else {
+        cpu_idle(machine)
+    }
+}
+
+/// Entered by each secondary CPU from `_secondary_start`.
+#[unsafe(no_mangle)]
+pub extern "C" fn bulkhead_secondary_main(block: &SecondaryBoot) -> ! {
+    let Some(machine) = MACHINE.get() else { park() };
+    let cpu = block.cpu_index as usize;
+    let index = machine.slots.iter().position(|slot| {
+        let slot = slot.lock();
+        slot.cpu == cpu && slot.runnable.is_some()
+    });
+    match index {
+        Some(index) => run_slot(machine, index),
+        None => park(),
+    }
+}
+
+fn start_cpu(platform: &Platform, cpu: usize) -> Result<(), alloc::string::String> {
+    let mpidr = *platform.cpus.get(cpu).ok_or_else(|| alloc::format!("CPU {cpu} does not exist"))?;
+    let conduit = platform.psci.ok_or_else(|| alloc::string::String::from("no PSCI method to start CPUs"))?;
+    let stack: &'static mut [u8] = Box::leak(alloc::vec![0u8; SECONDARY_STACK_SIZE].into_boxed_slice());
+    let stack_top = (stack.as_ptr() as u64 + SECONDARY_STACK_SIZE as u64) & !0xf;
+    let block = Box::leak(Box::new(SecondaryBoot { stack_top, cpu_index: cpu as u64, ..SecondaryBoot::default() }));
+    smp::current_translation(block);
+    // The new CPU reads the block with its MMU (and so its caches) off.
+    cache::clean_invalidate_to_poc(block as *const SecondaryBoot as u64, core::mem::size_of::<SecondaryBoot>() as u64);
+    // SAFETY: the block and stack are leaked (never freed or reused) and the
+    // block was cleaned to the point of coherency.
+    unsafe { smp::cpu_on(conduit, mpidr, block) }
+        .map_err(|e| alloc::format!("CPU {cpu} (MPIDR {mpidr:#x}) did not start: PSCI error {}", e.0))?;
+    log::info!("CPU {cpu} (MPIDR {mpidr:#x}) started");
+    Ok(())
+}
+
+fn run_slot(machine: &'static Machine, index: usize) -> ! {
+    {
+        let mut guard = machine.slots[index].lock();
+        let Slot { partition, runnable, .. } = &mut *guard;
+        if let Some(runnable) = runnable.as_mut() {
+            // SAFETY: the stage-2 table maps only this partition's memory and
+            // stays alive (in the slot) for as long as the partition runs.
+            unsafe { el2::configure_guest(&runnable.setup) };
+            partition.state = RunState::Running;
+            log::info!("partition {}: started", partition.name);
+            while !partition.is_stopped() {
+                // SAFETY: EL2 was configured for this partition just above.
+                let exit = unsafe { exception::enter_guest(&mut runnable.vcpu) };
+                exits::handle(partition, runnable, exit);
+            }
+        }
+    }
+    if machine.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+        end_run(machine)
+    }
+    park()
+}
+
+fn cpu_idle(machine: &'static Machine) -> ! {
+    if machine.running.load(Ordering::Acquire) == 0 {
+        end_run(machine)
+    }
+    park()
+}
+
+/// Prints the summary and ends the run: called once, by the last CPU.
+fn end_run(machine: &'static Machine) -> ! {
+    let guards: Vec<_> = machine.slots.iter().map(|slot| slot.lock()).collect();
+    let partitions: Vec<&Partition> = guards.iter().map(|slot| &slot.partition).collect();
+    let (lines, code) = summary::summarize(partitions);
     line(format_args!("[bulkhead] ---- summary ----"));
     for text in &lines {
         line(format_args!("[bulkhead] {text}"));
@@ -34,85 +137,3 @@ pub fn run_all(mut slots: Vec<Slot>) -> ! {
     finish(code)
 }
 
-fn run_partition(partition: &mut Partition, runnable: &mut Runnable) {
-    // SAFETY: the stage-2 table maps only this partition's memory and stays
-    // alive (in `runnable`) for as long as the partition runs.
-    unsafe { el2::configure_guest(&runnable.setup) };
-    partition.state = RunState::Running;
-    log::info!("partition {}: started", partition.name);
-    let mut irq_exits = 0u32;
-    while !partition.is_stopped() {
-        // SAFETY: EL2 was configured for this partition just above.
-        let exit = unsafe { exception::enter_guest(&mut runnable.vcpu) };
-        match exit {
-            ExitKind::Sync => handle_sync(partition, runnable),
-            ExitKind::Irq | ExitKind::Fiq => {
-                irq_exits = irq_exits.saturating_add(1);
-                if irq_exits <= IRQ_LOG_LIMIT {
-                    log::warn!("partition {}: physical {exit:?} while it ran; no interrupt controller driver yet", partition.name);
-                }
-            }
-            ExitKind::SError => stop_for_fault(partition, format!("SError at PC {:#x}", runnable.vcpu.elr)),
-            ExitKind::Aarch32 => stop_for_fault(partition, format!("exception from AArch32 state at PC {:#x}", runnable.vcpu.elr)),
-        }
-    }
-}
-
-fn handle_sync(partition: &mut Partition, runnable: &mut Runnable) {
-    let (esr_value, far, hpfar) = el2::exit_syndrome();
-    let esr = Esr(esr_value);
-    let vcpu = &mut runnable.vcpu;
-    match esr.class() {
-        ExceptionClass::Hvc64 => hypercall_exit(partition, runnable, Conduit::Hvc),
-        ExceptionClass::Smc64 => {
-            // A trapped SMC returns to the SMC itself (Arm ARM D1.10.x); skip it.
-            vcpu.elr = vcpu.elr.wrapping_add(4);
-            hypercall_exit(partition, runnable, Conduit::Smc)
-        }
-        ExceptionClass::DataAbortLower | ExceptionClass::InstructionAbortLower => {
-            let what = if esr.class() == ExceptionClass::InstructionAbortLower {
-                "instruction fetch"
-            } else if esr.is_write() {
-                "write"
-            } else {
-                "read"
-            };
-            let ipa = if esr.fault_has_ipa() {
-                format!("IPA {:#x}", esr::fault_ipa(hpfar, far))
-            } else {
-                String::from("IPA unknown")
-            };
-            let message = format!(
-                "stage-2 fault: partition '{}' {what} at {ipa} ({}, ESR {:#x}, FAR {far:#x}, PC {:#x})",
-                partition.name,
-                esr.fault_name(),
-                esr.0,
-                vcpu.elr
-            );
-            log::error!("{message}");
-            stop_for_fault(partition, message);
-        }
-        other => {
-            let message = format!("unhandled exit {other:?} ({esr:?}) at PC {:#x}", vcpu.elr);
-            log::error!("partition '{}': {message}", partition.name);
-            stop_for_fault(partition, message);
-        }
-    }
-}
-
-use alloc::string::String;
-
-fn hypercall_exit(partition: &mut Partition, runnable: &mut Runnable, conduit: Conduit) {
-    let vcpu = &mut runnable.vcpu;
-    let mut args = [0u64; 8];
-    args.copy_from_slice(&vcpu.x[..8]);
-    match hypercall::dispatch(partition, &IdentityMemory, &mut GuestConsole, conduit, &args) {
-        Outcome::Return(x0) => vcpu.x[0] = x0,
-        Outcome::Stop => log::info!("partition {}: stopped at its request", partition.name),
-    }
-}
-
-fn stop_for_fault(partition: &mut Partition, message: String) {
-    partition.stop(StopReason::Fault(message), &mut GuestConsole);
-    log::warn!("partition {}: stopped (fault policy: stop)", partition.name);
-}

@@ -29,6 +29,8 @@ pub struct Runnable {
     /// Its stage-2 tables, which `setup.vttbr` points at.
     #[expect(dead_code, reason = "owned here so the tables live while the partition runs")]
     pub stage2: Stage2Table,
+    /// Physical interrupt exits seen so far (for rate-limited logging).
+    pub irq_exits: u32,
 }
 
 /// A configured partition, and its runnable state if it could be started.
@@ -37,6 +39,8 @@ pub struct Slot {
     pub partition: Partition,
     /// `None` if it was not started.
     pub runnable: Option<Runnable>,
+    /// The CPU number (index in the platform's CPU list) that runs it.
+    pub cpu: usize,
 }
 
 /// Decodes and re-validates the configuration, then builds every partition
@@ -60,7 +64,6 @@ pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memo
         crate::platform::finish(ExitCode::BootFailure);
     }
 
-    let boot_cpu = (platform.firmware.mpidr & 0xff) as u32;
     let reserved: Vec<(u64, u64)> = {
         let mut r = memmap::ranges_of(&memory.map, MemoryKind::Hypervisor);
         r.extend(memmap::ranges_of(&memory.map, MemoryKind::GuestImage));
@@ -73,7 +76,8 @@ pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memo
     let mut slots = Vec::new();
     for (index, config) in config.partitions.iter().enumerate() {
         let mut partition = Partition::new(index, &config.name, Vec::new());
-        let runnable = match build(index, config, boot_cpu, platform.firmware.pa_bits, boot_info, &reserved, &mut partition) {
+        let cpu = config.cpus.first().copied().unwrap_or(0) as usize;
+        let runnable = match build(index, config, platform, boot_info, &reserved, &mut partition) {
             Ok(runnable) => Some(runnable),
             Err(reason) => {
                 log::error!("partition {}: not started: {reason}", config.name);
@@ -81,7 +85,7 @@ pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memo
                 None
             }
         };
-        slots.push(Slot { partition, runnable });
+        slots.push(Slot { partition, runnable, cpu });
     }
     slots
 }
@@ -89,19 +93,21 @@ pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memo
 fn build(
     index: usize,
     config: &bulkhead_config::Partition,
-    boot_cpu: u32,
-    pa_bits: u32,
+    platform: &Platform,
     boot_info: &BootInfo,
     reserved: &[(u64, u64)],
     partition: &mut Partition,
 ) -> Result<Runnable, String> {
-    // Secondary CPUs are not brought up yet: only a partition that owns the
-    // boot CPU can run.
-    if !config.cpus.contains(&boot_cpu) {
-        return Err(format!("its CPUs {:?} do not include the boot CPU {boot_cpu}, and secondary CPUs are not started yet", config.cpus));
+    let pa_bits = platform.firmware.pa_bits;
+    let cpu = config.cpus.first().copied().unwrap_or(0) as usize;
+    if cpu >= platform.cpus.len() {
+        return Err(format!("cpus[0] = {cpu}, but the machine has {} CPU(s)", platform.cpus.len()));
+    }
+    if cpu != platform.boot_cpu().unwrap_or(0) && platform.psci.is_none() {
+        return Err(format!("CPU {cpu} cannot be started: the device tree names no PSCI method"));
     }
     if config.cpus.len() > 1 {
-        log::warn!("partition {}: only CPU {boot_cpu} runs; more vCPUs need secondary CPU bring-up", config.name);
+        log::warn!("partition {}: runs one vCPU on CPU {cpu}; CPUs {:?} stay idle until multi-vCPU partitions exist", config.name, &config.cpus[1..]);
     }
 
     let mut stage2 = Stage2Table::new();
@@ -158,15 +164,16 @@ fn build(
     let setup = GuestSetup {
         vttbr: el2::vttbr(stage2.root_address(), vmid),
         vtcr: el2::vtcr(IPA_BITS, pa_bits.min(48)),
-        vmpidr: (1 << 31) | u64::from(boot_cpu),
+        // The guest's only vCPU is its CPU 0, whichever physical CPU runs it.
+        vmpidr: 1 << 31,
     };
     log::info!(
-        "partition {}: {} region(s), image {} ({} bytes) at {load}, entry {:#x}, VMID {vmid}",
+        "partition {}: CPU {cpu}, {} region(s), image {} ({} bytes) at {load}, entry {:#x}, VMID {vmid}",
         config.name,
         partition.regions.len(),
         config.image.file,
         image_len,
         config.image.entry_point()
     );
-    Ok(Runnable { setup, vcpu: VcpuContext::new(config.image.entry_point(), 0), stage2 })
+    Ok(Runnable { setup, vcpu: VcpuContext::new(config.image.entry_point(), 0), stage2, irq_exits: 0 })
 }
