@@ -5,20 +5,32 @@
 //! on the ESP. The hypervisor decodes the same blob into the same types and
 //! validates it again before starting any partition, so a blob that was
 //! tampered with or built by an older tool is refused with the same messages.
+//!
+//! [`validate`] returns every problem as a [`ConfigError`] that names the
+//! partition (index and name) and the field. The hypervisor starts no
+//! partition when [`has_global_errors`] is true, and otherwise skips exactly
+//! the partitions in [`partitions_with_errors`]: a conflict between two
+//! partitions is always charged to the later one, so the earlier one runs.
 
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+mod error;
 mod model;
 mod validate;
 
+pub use error::{
+    ConfigError, ErrorKind, MAX_PARTITIONS, PAGE_SIZE, SPI_INTIDS, has_global_errors,
+    partitions_with_errors,
+};
 pub use model::*;
-pub use validate::{ConfigError, ErrorKind, validate};
+pub use validate::validate;
 
 /// Bumped on every incompatible change of the blob format.
-pub const BLOB_VERSION: u32 = 1;
+/// 2: `platform`, `passthrough`, `interrupts`, `console`, `shared`, `on_fault = "inject"`.
+pub const BLOB_VERSION: u32 = 2;
 
 /// The first bytes of every blob.
 pub const BLOB_MAGIC: [u8; 4] = *b"BHCF";
@@ -26,7 +38,10 @@ pub const BLOB_MAGIC: [u8; 4] = *b"BHCF";
 /// Encodes a configuration into the blob the hypervisor reads: the magic,
 /// then postcard-encoded version and configuration.
 pub fn to_blob(config: &Config) -> alloc::vec::Vec<u8> {
-    let blob = Blob { version: BLOB_VERSION, config: config.clone() };
+    let blob = Blob {
+        version: BLOB_VERSION,
+        config: config.clone(),
+    };
     let mut bytes = alloc::vec::Vec::from(BLOB_MAGIC);
     // Serializing plain data into a growable buffer cannot fail.
     bytes.extend(postcard::to_allocvec(&blob).expect("serializing a configuration into memory"));
@@ -51,7 +66,10 @@ impl core::fmt::Display for BlobError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             BlobError::Version { found } => {
-                write!(f, "configuration blob version {found}, expected {BLOB_VERSION}")
+                write!(
+                    f,
+                    "configuration blob version {found}, expected {BLOB_VERSION}"
+                )
             }
             BlobError::NotABlob => write!(f, "not a Bulkhead configuration blob (bad magic)"),
             BlobError::Malformed => write!(f, "configuration blob is malformed"),

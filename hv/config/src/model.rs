@@ -5,12 +5,104 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 /// A whole machine's configuration: the platform and its partitions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The machine the partitions run on. Optional in the TOML so that small
+    /// test configurations stay short; an empty platform turns off every
+    /// host-physical check (RAM, reserved ranges, devices, CPU count).
+    #[serde(default)]
+    pub platform: Platform,
     /// The partitions, started in this order.
     #[serde(rename = "partition", default)]
     pub partitions: Vec<Partition>,
+}
+
+/// The physical machine: what RAM, devices and CPUs exist and what no guest
+/// may ever be given.
+///
+/// ```toml
+/// [platform]
+/// name = "qemu-virt"
+/// cpus = 4
+/// ram = [{ base = 0x4000_0000, size = 0x4000_0000 }]
+/// reserved = [{ base = 0x4000_0000, size = 0x20_0000, what = "firmware" }]
+/// devices = [
+///     { name = "uart0", base = 0x0900_0000, size = 0x1000, attr = "device-ngnre", interrupts = [33] },
+/// ]
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Platform {
+    /// Name used in summaries, e.g. `qemu-virt`.
+    #[serde(default)]
+    pub name: String,
+    /// Physical CPUs; CPU numbers in partitions must be below it. 0: unchecked.
+    #[serde(default)]
+    pub cpus: u32,
+    /// Host-physical RAM ranges. Host-backed guest memory must lie inside
+    /// one of them; empty: unchecked.
+    #[serde(default)]
+    pub ram: Vec<PhysRange>,
+    /// Host-physical ranges no guest may ever be given (firmware, the
+    /// hypervisor's own carve-out).
+    #[serde(default)]
+    pub reserved: Vec<ReservedRange>,
+    /// MMIO blocks that partitions may be given with `passthrough`.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+impl Platform {
+    /// The device called `name`.
+    pub fn device(&self, name: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.name == name)
+    }
+
+    /// Whether the platform says nothing, so host-physical checks are off.
+    pub fn is_empty(&self) -> bool {
+        self.cpus == 0 && self.ram.is_empty() && self.reserved.is_empty() && self.devices.is_empty()
+    }
+}
+
+/// A host-physical address range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhysRange {
+    /// First host-physical address.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// A host-physical range that no partition may be given.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservedRange {
+    /// First host-physical address.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// What lives there, for messages: `"firmware"`, `"hypervisor"`.
+    pub what: String,
+}
+
+/// An MMIO block of the platform that may be passed through to a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Name partitions use in `passthrough`: ASCII letters, digits, `-`, `_`.
+    pub name: String,
+    /// First host-physical address of its registers.
+    pub base: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// The attribute the hardware needs (DESIGN.md §4); guest mappings get
+    /// exactly this one, or Device where this is `normal-nc`.
+    pub attr: MemoryAttribute,
+    /// Its interrupt IDs (GIC INTIDs; SPI n is INTID 32 + n).
+    #[serde(default)]
+    pub interrupts: Vec<u32>,
 }
 
 /// One statically configured partition.
@@ -30,6 +122,73 @@ pub struct Partition {
     /// forbidden guest-physical address.
     #[serde(default)]
     pub on_fault: FaultPolicy,
+    /// Platform devices mapped into the partition.
+    #[serde(default)]
+    pub passthrough: Vec<Passthrough>,
+    /// Interrupt IDs (SPIs, 32..=1019) routed to the partition besides those
+    /// of its passed-through devices, which it gets anyway.
+    #[serde(default)]
+    pub interrupts: Vec<u32>,
+    /// Where the partition's console output goes.
+    #[serde(default)]
+    pub console: Console,
+}
+
+impl Partition {
+    /// Every interrupt the partition owns: its `interrupts` and those of its
+    /// passed-through devices, sorted, without repeats. Devices the platform
+    /// does not know are skipped (validation reports them).
+    pub fn interrupt_ids(&self, platform: &Platform) -> Vec<u32> {
+        let mut ids = self.interrupts.clone();
+        for passthrough in &self.passthrough {
+            if let Some(device) = platform.device(&passthrough.device) {
+                ids.extend_from_slice(&device.interrupts);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+/// A platform device given to a partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Passthrough {
+    /// The platform device's `name`.
+    pub device: String,
+    /// Guest-physical address of the mapping; defaults to the device's
+    /// host-physical base (an identity mapping).
+    #[serde(default)]
+    pub guest: Option<u64>,
+    /// Attribute of the mapping; defaults to the device's. It may differ
+    /// only by asking for Device memory where the platform says `normal-nc`.
+    #[serde(default)]
+    pub attr: Option<MemoryAttribute>,
+}
+
+impl Passthrough {
+    /// The guest-physical base of the mapping of `device`.
+    pub fn guest_base(&self, device: &Device) -> u64 {
+        self.guest.unwrap_or(device.base)
+    }
+
+    /// The attribute of the mapping of `device`.
+    pub fn attr_for(&self, device: &Device) -> MemoryAttribute {
+        self.attr.unwrap_or(device.attr)
+    }
+}
+
+/// Where a partition's console output goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Console {
+    /// The console hypercall: the hypervisor prints the text, prefixed with
+    /// the partition's name.
+    #[default]
+    Hypercall,
+    /// No console: console hypercalls are refused.
+    None,
 }
 
 /// A guest image file and its entry.
@@ -84,10 +243,19 @@ pub struct MemoryRegion {
     /// Whether devices assigned to the partition may DMA to this region.
     #[serde(default)]
     pub dma: bool,
+    /// Whether this host range is deliberately shared with other
+    /// partitions. Two partitions may name the same host memory only when
+    /// both regions say `shared = true` and cover exactly the same range.
+    #[serde(default)]
+    pub shared: bool,
 }
 
 fn default_perms() -> Permissions {
-    Permissions { read: true, write: true, execute: true }
+    Permissions {
+        read: true,
+        write: true,
+        execute: true,
+    }
 }
 
 /// Where a region's memory comes from.
@@ -101,7 +269,8 @@ pub enum Backing {
     Host(u64),
 }
 
-/// The memory attribute of a mapping (DESIGN.md §4).
+/// The memory attribute of a mapping (DESIGN.md §4), from weakest to
+/// strongest ordering.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MemoryAttribute {
     /// Normal memory, write-back cacheable: ordinary RAM.
@@ -119,6 +288,40 @@ pub enum MemoryAttribute {
     DeviceNGnRnE,
 }
 
+impl MemoryAttribute {
+    /// The configuration name, e.g. `"device-ngnre"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MemoryAttribute::NormalWb => "normal-wb",
+            MemoryAttribute::NormalNc => "normal-nc",
+            MemoryAttribute::DeviceNGnRE => "device-ngnre",
+            MemoryAttribute::DeviceNGnRnE => "device-ngnrne",
+        }
+    }
+
+    /// Whether this is one of the Device types.
+    pub fn is_device(&self) -> bool {
+        matches!(
+            self,
+            MemoryAttribute::DeviceNGnRE | MemoryAttribute::DeviceNGnRnE
+        )
+    }
+
+    /// Whether a mapping of memory the platform describes as `platform` may
+    /// use this attribute: the same one, or Device memory for a `normal-nc`
+    /// block (never more weakly ordered or more cacheable than the hardware
+    /// allows, and no Device type other than the platform's own).
+    pub fn may_map(&self, platform: MemoryAttribute) -> bool {
+        *self == platform || (platform == MemoryAttribute::NormalNc && self.is_device())
+    }
+}
+
+impl core::fmt::Display for MemoryAttribute {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Read, write and execute permission.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Permissions {
@@ -133,7 +336,11 @@ pub struct Permissions {
 impl Permissions {
     /// Parses `"rwx"`-style text: any subset of `r`, `w`, `x`, each at most once.
     pub fn parse(text: &str) -> Option<Permissions> {
-        let mut perms = Permissions { read: false, write: false, execute: false };
+        let mut perms = Permissions {
+            read: false,
+            write: false,
+            execute: false,
+        };
         for c in text.chars() {
             let slot = match c {
                 'r' => &mut perms.read,
@@ -179,7 +386,8 @@ impl<'de> Deserialize<'de> for Permissions {
                 f.write_str("permissions made of the letters r, w, x")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Permissions, E> {
-                Permissions::parse(v).ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+                Permissions::parse(v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
             }
         }
         deserializer.deserialize_str(Visitor)
@@ -193,4 +401,7 @@ pub enum FaultPolicy {
     /// Log the fault and stop the partition; the others keep running.
     #[default]
     Stop,
+    /// Log the fault and inject a synchronous external abort into the
+    /// guest, which may handle it.
+    Inject,
 }

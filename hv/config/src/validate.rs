@@ -1,230 +1,567 @@
 //! Checks that a configuration is safe to start, with errors that name the
 //! partition and the field at fault.
+//!
+//! Nothing is clamped or corrected: every problem becomes a [`ConfigError`].
+//! What is checked:
+//!
+//! | where | check |
+//! |---|---|
+//! | `partition` | at least one, at most [`MAX_PARTITIONS`] |
+//! | `platform.ram/reserved/devices[i]` | page-aligned, non-empty, no wrap; RAM ranges and devices do not overlap each other |
+//! | `platform.devices[i]` | unique valid name; interrupts are SPIs |
+//! | `name` | valid, unique |
+//! | `cpus[i]` | below `platform.cpus` (when set), each CPU in one partition only |
+//! | `image` | plain file name; load and entry inside executable memory |
+//! | `memory[i]` | page-aligned, non-empty, no wrap, guest ranges disjoint |
+//! | `memory[i].backing` (host) | inside `platform.ram` (when set), not reserved, not a device, not another partition's unless both `shared` with the same range and attribute |
+//! | `passthrough[i]` | known device, in one partition only, not reserved, guest range free, attribute allowed by [`crate::MemoryAttribute::may_map`] |
+//! | `interrupts[i]` | SPI, not a line of a device the partition does not have, in one partition only |
+//!
+//! Global errors come first, then each partition's in file order. A
+//! conflict between two partitions is reported on the later one.
 
-use crate::model::{Backing, Config, MemoryRegion, Partition};
+use crate::error::{ConfigError, ErrorKind, MAX_PARTITIONS, PAGE_SIZE, SPI_INTIDS};
+use crate::model::{Backing, Config, MemoryRegion, Partition, Platform};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::fmt;
 
-/// Granule every region is aligned to.
-pub const PAGE_SIZE: u64 = 4096;
-
-/// Most partitions one configuration may hold.
-pub const MAX_PARTITIONS: usize = 64;
-
-/// One problem found in a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Name of the partition, when the problem is inside one.
-    pub partition: Option<String>,
-    /// Path of the offending field, e.g. `memory[1].size`.
-    pub field: String,
-    /// What is wrong.
-    pub kind: ErrorKind,
-}
-
-/// What is wrong with a field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The configuration has no partition.
-    NoPartitions,
-    /// More than [`MAX_PARTITIONS`] partitions.
-    TooManyPartitions(usize),
-    /// The name is empty, too long, or has characters other than ASCII
-    /// letters, digits, `-` and `_`.
-    BadName,
-    /// Another partition has the same name.
-    DuplicateName,
-    /// The partition has no CPU.
-    NoCpus,
-    /// The CPU is listed twice, or given to two partitions (`other` names the first).
-    CpuTaken {
-        /// The CPU.
-        cpu: u32,
-        /// The partition that already has it.
-        other: String,
-    },
-    /// Zero-sized region.
-    ZeroSize,
-    /// Address or size is not a multiple of [`PAGE_SIZE`].
-    Misaligned(u64),
-    /// The range wraps around the address space.
-    Overflow,
-    /// Two guest ranges of one partition overlap.
-    GuestOverlap {
-        /// Index of the other region.
-        other: usize,
-    },
-    /// Host memory given to two partitions.
-    HostOverlap {
-        /// The other partition.
-        other: String,
-    },
-    /// The image is not loaded inside one executable, writable region.
-    ImageOutsideMemory(u64),
-    /// The entry point is not inside an executable region.
-    EntryOutsideMemory(u64),
-    /// The image file name is empty or has path separators.
-    BadFileName,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.partition {
-            Some(name) => write!(f, "partition '{name}', field '{}': ", self.field)?,
-            None => write!(f, "field '{}': ", self.field)?,
-        }
-        match &self.kind {
-            ErrorKind::NoPartitions => write!(f, "the configuration has no partition"),
-            ErrorKind::TooManyPartitions(n) => {
-                write!(f, "{n} partitions, at most {MAX_PARTITIONS} are supported")
-            }
-            ErrorKind::BadName => {
-                write!(f, "name must be 1-32 ASCII letters, digits, '-' or '_'")
-            }
-            ErrorKind::DuplicateName => write!(f, "another partition has the same name"),
-            ErrorKind::NoCpus => write!(f, "a partition needs at least one CPU"),
-            ErrorKind::CpuTaken { cpu, other } => {
-                write!(f, "CPU {cpu} is already given to partition '{other}'")
-            }
-            ErrorKind::ZeroSize => write!(f, "size is zero"),
-            ErrorKind::Misaligned(v) => {
-                write!(f, "{v:#x} is not a multiple of the {PAGE_SIZE:#x}-byte page")
-            }
-            ErrorKind::Overflow => write!(f, "range wraps around the end of the address space"),
-            ErrorKind::GuestOverlap { other } => {
-                write!(f, "guest range overlaps memory[{other}] of the same partition")
-            }
-            ErrorKind::HostOverlap { other } => {
-                write!(f, "host range overlaps memory of partition '{other}'")
-            }
-            ErrorKind::ImageOutsideMemory(a) => write!(
-                f,
-                "image load address {a:#x} is not inside a writable, executable memory region"
-            ),
-            ErrorKind::EntryOutsideMemory(a) => {
-                write!(f, "entry point {a:#x} is not inside an executable memory region")
-            }
-            ErrorKind::BadFileName => write!(f, "file name must be a plain name without '/' or '\\'"),
-        }
-    }
-}
-
-fn error(partition: Option<&Partition>, field: String, kind: ErrorKind) -> ConfigError {
-    ConfigError { partition: partition.map(|p| p.name.clone()), field, kind }
-}
-
-fn valid_name(name: &str) -> bool {
-    (1..=32).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// Checks a configuration; returns every problem found, in file order.
+/// Checks a configuration; returns every problem found (empty: all good).
 pub fn validate(config: &Config) -> Vec<ConfigError> {
-    let mut errors = Vec::new();
+    let mut checker = Checker {
+        config,
+        errors: Vec::new(),
+    };
+    checker.platform(&config.platform);
     if config.partitions.is_empty() {
-        errors.push(error(None, "partition".into(), ErrorKind::NoPartitions));
+        checker.global("partition".into(), ErrorKind::NoPartitions);
     }
     if config.partitions.len() > MAX_PARTITIONS {
-        errors.push(error(
-            None,
+        checker.global(
             "partition".into(),
             ErrorKind::TooManyPartitions(config.partitions.len()),
-        ));
+        );
     }
     for (index, partition) in config.partitions.iter().enumerate() {
-        check_partition(config, index, partition, &mut errors);
+        checker.partition(index, partition);
     }
-    errors
+    checker.errors
 }
 
-fn check_partition(config: &Config, index: usize, p: &Partition, errors: &mut Vec<ConfigError>) {
-    let earlier = &config.partitions[..index];
-    if !valid_name(&p.name) {
-        errors.push(error(Some(p), "name".into(), ErrorKind::BadName));
-    } else if earlier.iter().any(|q| q.name == p.name) {
-        errors.push(error(Some(p), "name".into(), ErrorKind::DuplicateName));
-    }
-    if p.cpus.is_empty() {
-        errors.push(error(Some(p), "cpus".into(), ErrorKind::NoCpus));
-    }
-    for (i, &cpu) in p.cpus.iter().enumerate() {
-        let owner = if p.cpus[..i].contains(&cpu) {
-            Some(p.name.clone())
-        } else {
-            earlier.iter().find(|q| q.cpus.contains(&cpu)).map(|q| q.name.clone())
+/// Whether `name` is 1-32 ASCII letters, digits, `-` or `_`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+struct Checker<'a> {
+    config: &'a Config,
+    errors: Vec<ConfigError>,
+}
+
+/// Where errors go: the top of the file, or one partition.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    Global,
+    Partition(usize, &'a Partition),
+}
+
+impl<'a> Checker<'a> {
+    fn push(&mut self, scope: Scope<'_>, field: String, kind: ErrorKind) {
+        let (partition, partition_index) = match scope {
+            Scope::Global => (None, None),
+            Scope::Partition(index, p) => (Some(p.name.clone()), Some(index)),
         };
-        if let Some(other) = owner {
-            errors.push(error(Some(p), format!("cpus[{i}]"), ErrorKind::CpuTaken { cpu, other }));
+        self.errors.push(ConfigError {
+            partition,
+            partition_index,
+            field,
+            kind,
+        });
+    }
+
+    fn global(&mut self, field: String, kind: ErrorKind) {
+        self.push(Scope::Global, field, kind);
+    }
+
+    /// Checks `base`/`size` of a range named `field` (`platform.ram[0]`,
+    /// `memory[1]`); `base_key` is the key holding the base. Returns whether
+    /// the range is usable for overlap checks.
+    fn range(
+        &mut self,
+        scope: Scope<'_>,
+        field: &str,
+        base_key: &str,
+        base: u64,
+        size: u64,
+    ) -> bool {
+        let before = self.errors.len();
+        if size == 0 {
+            self.push(scope, format!("{field}.size"), ErrorKind::ZeroSize);
+        } else if !size.is_multiple_of(PAGE_SIZE) {
+            self.push(scope, format!("{field}.size"), ErrorKind::Misaligned(size));
         }
-    }
-    if p.image.file.is_empty() || p.image.file.contains(['/', '\\']) {
-        errors.push(error(Some(p), "image.file".into(), ErrorKind::BadFileName));
-    }
-    let mut regions_ok = true;
-    for (i, region) in p.memory.iter().enumerate() {
-        regions_ok &= check_region(p, i, region, errors);
-    }
-    if !regions_ok {
-        return;
-    }
-    for (i, region) in p.memory.iter().enumerate() {
-        if let Some(other) = p.memory[..i].iter().position(|r| ranges_overlap(r.guest, r.size, region.guest, region.size)) {
-            errors.push(error(Some(p), format!("memory[{i}].guest"), ErrorKind::GuestOverlap { other }));
+        if !base.is_multiple_of(PAGE_SIZE) {
+            self.push(
+                scope,
+                format!("{field}.{base_key}"),
+                ErrorKind::Misaligned(base),
+            );
+        } else if base.checked_add(size).is_none() {
+            self.push(scope, format!("{field}.{base_key}"), ErrorKind::Overflow);
         }
-        if let Backing::Host(base) = region.backing {
-            let clash = earlier.iter().find(|q| {
-                q.memory.iter().any(|r| match r.backing {
-                    Backing::Host(b) => ranges_overlap(b, r.size, base, region.size),
-                    Backing::Allocate => false,
-                })
-            });
-            if let Some(q) = clash {
-                errors.push(error(
-                    Some(p),
-                    format!("memory[{i}].backing"),
-                    ErrorKind::HostOverlap { other: q.name.clone() },
-                ));
+        self.errors.len() == before
+    }
+
+    fn platform(&mut self, platform: &Platform) {
+        if !platform.name.is_empty() && !valid_name(&platform.name) {
+            self.global("platform.name".into(), ErrorKind::BadName);
+        }
+        for (i, ram) in platform.ram.iter().enumerate() {
+            if self.range(
+                Scope::Global,
+                &format!("platform.ram[{i}]"),
+                "base",
+                ram.base,
+                ram.size,
+            ) && let Some(j) = platform.ram[..i]
+                .iter()
+                .position(|r| overlap(r.base, r.size, ram.base, ram.size))
+            {
+                self.global(
+                    format!("platform.ram[{i}].base"),
+                    ErrorKind::PlatformOverlap {
+                        other: format!("platform.ram[{j}]"),
+                    },
+                );
+            }
+        }
+        for (i, reserved) in platform.reserved.iter().enumerate() {
+            self.range(
+                Scope::Global,
+                &format!("platform.reserved[{i}]"),
+                "base",
+                reserved.base,
+                reserved.size,
+            );
+        }
+        for (i, device) in platform.devices.iter().enumerate() {
+            if !valid_name(&device.name) {
+                self.global(format!("platform.devices[{i}].name"), ErrorKind::BadName);
+            } else if platform.devices[..i].iter().any(|d| d.name == device.name) {
+                self.global(
+                    format!("platform.devices[{i}].name"),
+                    ErrorKind::DuplicateDeviceName,
+                );
+            }
+            let field = format!("platform.devices[{i}]");
+            if self.range(Scope::Global, &field, "base", device.base, device.size) {
+                let clash = platform
+                    .ram
+                    .iter()
+                    .position(|r| overlap(r.base, r.size, device.base, device.size))
+                    .map(|j| format!("platform.ram[{j}]"))
+                    .or_else(|| {
+                        platform.devices[..i]
+                            .iter()
+                            .position(|d| overlap(d.base, d.size, device.base, device.size))
+                            .map(|j| format!("platform.devices[{j}]"))
+                    });
+                if let Some(other) = clash {
+                    self.global(
+                        format!("{field}.base"),
+                        ErrorKind::PlatformOverlap { other },
+                    );
+                }
+            }
+            for (j, &intid) in device.interrupts.iter().enumerate() {
+                if !SPI_INTIDS.contains(&intid) {
+                    self.global(
+                        format!("{field}.interrupts[{j}]"),
+                        ErrorKind::BadInterrupt(intid),
+                    );
+                }
             }
         }
     }
-    let load = p.image.load;
-    if !p.memory.iter().any(|r| r.perms.write && r.perms.execute && contains(r, load)) {
-        errors.push(error(Some(p), "image.load".into(), ErrorKind::ImageOutsideMemory(load)));
+
+    fn partition(&mut self, index: usize, p: &'a Partition) {
+        let scope = Scope::Partition(index, p);
+        let earlier = &self.config.partitions[..index];
+        if !valid_name(&p.name) {
+            self.push(scope, "name".into(), ErrorKind::BadName);
+        } else if earlier.iter().any(|q| q.name == p.name) {
+            self.push(scope, "name".into(), ErrorKind::DuplicateName);
+        }
+        self.cpus(scope, p, earlier);
+        if p.image.file.is_empty() || p.image.file.contains(['/', '\\']) {
+            self.push(scope, "image.file".into(), ErrorKind::BadFileName);
+        }
+        let mut regions_ok = true;
+        for (i, region) in p.memory.iter().enumerate() {
+            regions_ok &= self.range(
+                scope,
+                &format!("memory[{i}]"),
+                "guest",
+                region.guest,
+                region.size,
+            );
+        }
+        for (i, region) in p.memory.iter().enumerate() {
+            self.host_backing(scope, i, region, earlier);
+        }
+        if regions_ok {
+            for (i, region) in p.memory.iter().enumerate() {
+                if let Some(j) = p.memory[..i]
+                    .iter()
+                    .position(|r| overlap(r.guest, r.size, region.guest, region.size))
+                {
+                    self.push(
+                        scope,
+                        format!("memory[{i}].guest"),
+                        ErrorKind::GuestOverlap {
+                            other: format!("memory[{j}]"),
+                        },
+                    );
+                }
+            }
+            let load = p.image.load;
+            if !p
+                .memory
+                .iter()
+                .any(|r| r.perms.write && r.perms.execute && contains(r, load))
+            {
+                self.push(
+                    scope,
+                    "image.load".into(),
+                    ErrorKind::ImageOutsideMemory(load),
+                );
+            }
+            let entry = p.image.entry_point();
+            if !p
+                .memory
+                .iter()
+                .any(|r| r.perms.execute && contains(r, entry))
+            {
+                self.push(
+                    scope,
+                    "image.entry".into(),
+                    ErrorKind::EntryOutsideMemory(entry),
+                );
+            }
+        }
+        self.passthrough(scope, p, earlier, regions_ok);
+        self.interrupts(scope, p, earlier);
     }
-    let entry = p.image.entry_point();
-    if !p.memory.iter().any(|r| r.perms.execute && contains(r, entry)) {
-        errors.push(error(Some(p), "image.entry".into(), ErrorKind::EntryOutsideMemory(entry)));
+
+    fn cpus(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
+        if p.cpus.is_empty() {
+            self.push(scope, "cpus".into(), ErrorKind::NoCpus);
+        }
+        let count = self.config.platform.cpus;
+        for (i, &cpu) in p.cpus.iter().enumerate() {
+            if count > 0 && cpu >= count {
+                self.push(
+                    scope,
+                    format!("cpus[{i}]"),
+                    ErrorKind::CpuOutOfRange { cpu, count },
+                );
+                continue;
+            }
+            let owner = if p.cpus[..i].contains(&cpu) {
+                Some(p.name.clone())
+            } else {
+                earlier
+                    .iter()
+                    .find(|q| q.cpus.contains(&cpu))
+                    .map(|q| q.name.clone())
+            };
+            if let Some(other) = owner {
+                self.push(
+                    scope,
+                    format!("cpus[{i}]"),
+                    ErrorKind::CpuTaken { cpu, other },
+                );
+            }
+        }
+    }
+
+    /// Host-physical checks of one region: `shared` needs a host range, and
+    /// a host range must be RAM that nobody else has.
+    fn host_backing(
+        &mut self,
+        scope: Scope<'_>,
+        i: usize,
+        region: &MemoryRegion,
+        earlier: &[Partition],
+    ) {
+        let Backing::Host(base) = region.backing else {
+            if region.shared {
+                self.push(
+                    scope,
+                    format!("memory[{i}].shared"),
+                    ErrorKind::SharedNotHost,
+                );
+            }
+            return;
+        };
+        let field = format!("memory[{i}].backing");
+        if !base.is_multiple_of(PAGE_SIZE) {
+            self.push(scope, field, ErrorKind::Misaligned(base));
+            return;
+        }
+        if base.checked_add(region.size).is_none() {
+            self.push(scope, field, ErrorKind::Overflow);
+            return;
+        }
+        let size = region.size;
+        let platform = &self.config.platform;
+        if let Some(reserved) = platform
+            .reserved
+            .iter()
+            .find(|r| overlap(r.base, r.size, base, size))
+        {
+            let what = reserved.what.clone();
+            self.push(scope, field, ErrorKind::ReservedMemory { base, size, what });
+        } else if let Some(device) = platform
+            .devices
+            .iter()
+            .find(|d| overlap(d.base, d.size, base, size))
+        {
+            let device = device.name.clone();
+            self.push(scope, field, ErrorKind::DeviceMemory { device });
+        } else if !platform.ram.is_empty()
+            && !platform.ram.iter().any(|r| {
+                base >= r.base && base.saturating_add(size) <= r.base.saturating_add(r.size)
+            })
+        {
+            self.push(scope, field, ErrorKind::OutsideRam { base, size });
+        } else if let Some(kind) = host_clash(region, base, earlier) {
+            self.push(scope, field, kind);
+        }
+    }
+
+    fn passthrough(
+        &mut self,
+        scope: Scope<'_>,
+        p: &Partition,
+        earlier: &[Partition],
+        regions_ok: bool,
+    ) {
+        let platform = &self.config.platform;
+        // Guest ranges already placed, for the overlap check: (field, base, size).
+        let mut placed: Vec<(String, u64, u64)> = Vec::new();
+        if regions_ok {
+            placed.extend(
+                p.memory
+                    .iter()
+                    .enumerate()
+                    .map(|(j, r)| (format!("memory[{j}]"), r.guest, r.size)),
+            );
+        }
+        for (i, pass) in p.passthrough.iter().enumerate() {
+            let field = format!("passthrough[{i}]");
+            let Some(device) = platform.device(&pass.device) else {
+                self.push(
+                    scope,
+                    format!("{field}.device"),
+                    ErrorKind::UnknownDevice(pass.device.clone()),
+                );
+                continue;
+            };
+            let owner = if p.passthrough[..i].iter().any(|q| q.device == pass.device) {
+                Some(p.name.clone())
+            } else {
+                earlier
+                    .iter()
+                    .find(|q| q.passthrough.iter().any(|r| r.device == pass.device))
+                    .map(|q| q.name.clone())
+            };
+            if let Some(other) = owner {
+                let device = device.name.clone();
+                self.push(
+                    scope,
+                    format!("{field}.device"),
+                    ErrorKind::DeviceTaken { device, other },
+                );
+            } else if let Some(reserved) = platform
+                .reserved
+                .iter()
+                .find(|r| overlap(r.base, r.size, device.base, device.size))
+            {
+                let (base, size, what) = (device.base, device.size, reserved.what.clone());
+                self.push(
+                    scope,
+                    format!("{field}.device"),
+                    ErrorKind::ReservedMemory { base, size, what },
+                );
+            }
+            if let Some(attr) = pass.attr
+                && !attr.may_map(device.attr)
+            {
+                let kind = ErrorKind::AttrMismatch {
+                    device: device.name.clone(),
+                    asked: attr,
+                    platform: device.attr,
+                };
+                self.push(scope, format!("{field}.attr"), kind);
+            }
+            let guest = pass.guest_base(device);
+            if !guest.is_multiple_of(PAGE_SIZE) {
+                self.push(
+                    scope,
+                    format!("{field}.guest"),
+                    ErrorKind::Misaligned(guest),
+                );
+            } else if guest.checked_add(device.size).is_none() {
+                self.push(scope, format!("{field}.guest"), ErrorKind::Overflow);
+            } else {
+                if let Some((other, ..)) = placed
+                    .iter()
+                    .find(|(_, b, s)| overlap(*b, *s, guest, device.size))
+                {
+                    let other = other.clone();
+                    self.push(
+                        scope,
+                        format!("{field}.guest"),
+                        ErrorKind::GuestOverlap { other },
+                    );
+                }
+                placed.push((field, guest, device.size));
+            }
+        }
+    }
+
+    fn interrupts(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
+        let platform = &self.config.platform;
+        let owner_of = |intid: u32| {
+            earlier
+                .iter()
+                .find(|q| q.interrupt_ids(platform).contains(&intid))
+                .map(|q| q.name.clone())
+        };
+        for (i, &intid) in p.interrupts.iter().enumerate() {
+            let field = format!("interrupts[{i}]");
+            if !SPI_INTIDS.contains(&intid) {
+                self.push(scope, field, ErrorKind::BadInterrupt(intid));
+                continue;
+            }
+            let line_of = platform.devices.iter().find(|d| {
+                d.interrupts.contains(&intid)
+                    && !p.passthrough.iter().any(|pass| pass.device == d.name)
+            });
+            if let Some(device) = line_of {
+                let device = device.name.clone();
+                self.push(scope, field, ErrorKind::InterruptOfDevice { intid, device });
+            } else if p.interrupts[..i].contains(&intid) {
+                self.push(
+                    scope,
+                    field,
+                    ErrorKind::InterruptTaken {
+                        intid,
+                        other: p.name.clone(),
+                    },
+                );
+            } else if let Some(other) = owner_of(intid) {
+                self.push(scope, field, ErrorKind::InterruptTaken { intid, other });
+            }
+        }
+        // A passed-through device brings its lines; one shared with a device
+        // of an earlier partition is a conflict too.
+        for (i, pass) in p.passthrough.iter().enumerate() {
+            let Some(device) = platform.device(&pass.device) else {
+                continue;
+            };
+            if earlier
+                .iter()
+                .any(|q| q.passthrough.iter().any(|r| r.device == pass.device))
+            {
+                continue; // already reported as DeviceTaken
+            }
+            if let Some((intid, other)) = device
+                .interrupts
+                .iter()
+                .find_map(|&n| owner_of(n).map(|o| (n, o)))
+            {
+                self.push(
+                    scope,
+                    format!("passthrough[{i}].device"),
+                    ErrorKind::InterruptTaken { intid, other },
+                );
+            }
+        }
     }
 }
 
-fn check_region(p: &Partition, i: usize, r: &MemoryRegion, errors: &mut Vec<ConfigError>) -> bool {
-    let before = errors.len();
-    if r.size == 0 {
-        errors.push(error(Some(p), format!("memory[{i}].size"), ErrorKind::ZeroSize));
-    } else if !r.size.is_multiple_of(PAGE_SIZE) {
-        errors.push(error(Some(p), format!("memory[{i}].size"), ErrorKind::Misaligned(r.size)));
-    }
-    if !r.guest.is_multiple_of(PAGE_SIZE) {
-        errors.push(error(Some(p), format!("memory[{i}].guest"), ErrorKind::Misaligned(r.guest)));
-    } else if r.guest.checked_add(r.size).is_none() {
-        errors.push(error(Some(p), format!("memory[{i}].guest"), ErrorKind::Overflow));
-    }
-    if let Backing::Host(base) = r.backing {
-        if !base.is_multiple_of(PAGE_SIZE) {
-            errors.push(error(Some(p), format!("memory[{i}].backing"), ErrorKind::Misaligned(base)));
-        } else if base.checked_add(r.size).is_none() {
-            errors.push(error(Some(p), format!("memory[{i}].backing"), ErrorKind::Overflow));
+/// How host range `base..base+region.size` conflicts with the host memory
+/// of the earlier partitions, if it does.
+fn host_clash(region: &MemoryRegion, base: u64, earlier: &[Partition]) -> Option<ErrorKind> {
+    for q in earlier {
+        for (j, r) in q.memory.iter().enumerate() {
+            let Backing::Host(other_base) = r.backing else {
+                continue;
+            };
+            if !overlap(other_base, r.size, base, region.size) {
+                continue;
+            }
+            let (other, region_index) = (q.name.clone(), j);
+            if !(r.shared && region.shared) {
+                return Some(ErrorKind::HostOverlap {
+                    other,
+                    region: region_index,
+                });
+            }
+            if other_base != base || r.size != region.size {
+                return Some(ErrorKind::SharedRangeMismatch {
+                    other,
+                    region: region_index,
+                });
+            }
+            if r.attr != region.attr {
+                return Some(ErrorKind::SharedAttrMismatch {
+                    other,
+                    region: region_index,
+                    attr: r.attr,
+                });
+            }
         }
     }
-    errors.len() == before
+    None
 }
 
 fn contains(r: &MemoryRegion, address: u64) -> bool {
     address >= r.guest && address - r.guest < r.size
 }
 
-fn ranges_overlap(a: u64, a_size: u64, b: u64, b_size: u64) -> bool {
+fn overlap(a: u64, a_size: u64, b: u64, b_size: u64) -> bool {
     a_size != 0 && b_size != 0 && a < b.saturating_add(b_size) && b < a.saturating_add(a_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MemoryAttribute;
+
+    #[test]
+    fn attributes_may_only_be_strengthened_from_normal_nc_to_device() {
+        use MemoryAttribute::*;
+        assert!(DeviceNGnRE.may_map(DeviceNGnRE));
+        assert!(DeviceNGnRE.may_map(NormalNc));
+        assert!(DeviceNGnRnE.may_map(NormalNc));
+        assert!(!NormalWb.may_map(NormalNc));
+        assert!(!NormalWb.may_map(DeviceNGnRE));
+        assert!(!NormalNc.may_map(DeviceNGnRE));
+        assert!(!DeviceNGnRnE.may_map(DeviceNGnRE));
+        assert!(!DeviceNGnRE.may_map(DeviceNGnRnE));
+    }
+
+    #[test]
+    fn overlap_is_half_open_and_ignores_empty_ranges() {
+        assert!(overlap(0x1000, 0x1000, 0x1fff, 1));
+        assert!(!overlap(0x1000, 0x1000, 0x2000, 0x1000));
+        assert!(!overlap(0x1000, 0, 0x1000, 0x1000));
+        assert!(overlap(0x1000, 0x3000, 0x2000, 0x1000));
+    }
 }
