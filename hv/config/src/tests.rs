@@ -480,7 +480,13 @@ fn host_memory_is_shared_only_when_both_say_so_with_the_same_range_and_attribute
         let errors = found(&config(vec![a, b]));
         let expected: Vec<Found> = expected
             .into_iter()
-            .map(|k| at(1, "memory[1].backing", k))
+            .map(|k| {
+                let field = match k {
+                    ErrorKind::SharedAttrMismatch { .. } => "memory[1].attr",
+                    _ => "memory[1].backing",
+                };
+                at(1, field, k)
+            })
             .collect();
         assert_eq!(errors, expected);
     }

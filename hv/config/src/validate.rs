@@ -339,6 +339,10 @@ impl<'a> Checker<'a> {
         {
             self.push(scope, field, ErrorKind::OutsideRam { base, size });
         } else if let Some(kind) = host_clash(region, base, earlier) {
+            let field = match kind {
+                ErrorKind::SharedAttrMismatch { .. } => format!("memory[{i}].attr"),
+                _ => field,
+            };
             self.push(scope, field, kind);
         }
     }

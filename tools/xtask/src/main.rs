@@ -91,7 +91,8 @@ struct TestArgs {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a configuration file; print every problem, one per line.
+    /// Validate a configuration file; print every problem as
+    /// `FILE:LINE: partition 'NAME', field 'FIELD': message`, or a summary.
     Check {
         /// The configuration TOML.
         file: PathBuf,
@@ -142,9 +143,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Config(ConfigCommand::Check { file }) => {
             let compiled = config::compile(&ws.resolve(&file), &file.display().to_string())?;
             println!(
-                "{}: ok ({} partitions, {} byte blob)",
+                "{}: ok: {} ({}-byte blob)",
                 file.display(),
-                compiled.config.partitions.len(),
+                config::summary(&compiled.config),
                 compiled.blob.len()
             );
             Ok(ExitCode::SUCCESS)

@@ -123,9 +123,6 @@ image = { file = "b.bin", load = 0 }
 "#;
         let config: Config = toml::from_str(text).unwrap();
         assert_eq!(cpus_needed(&config), 4);
-        assert_eq!(
-            cpus_needed(&Config::default()),
-            1
-        );
+        assert_eq!(cpus_needed(&Config::default()), 1);
     }
 }
