@@ -20,10 +20,12 @@ pub mod cache;
 pub mod el2;
 pub mod esr;
 pub mod exception;
+pub mod inject;
 pub mod mmu;
 pub mod semihosting;
 pub mod smp;
 pub mod stage2;
+pub mod translate;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 mod entry;

@@ -7,6 +7,7 @@
 //! hypervisor's identity map), turns the MMU on, moves to its own stack and
 //! calls `bulkhead_secondary_main(block)`, which the image defines.
 
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
 use core::mem::offset_of;
 
 /// Everything a secondary CPU needs before it can run Rust code.

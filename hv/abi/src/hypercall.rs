@@ -40,6 +40,17 @@ pub const REPORT_RESULT: u32 = vendor_hyp_call(0x0002);
 /// `x1` = 0 for a normal stop. PSCI `SYSTEM_OFF` has the same effect.
 pub const PARTITION_STOP: u32 = vendor_hyp_call(0x0003);
 
+/// Check a guest address's memory attribute (arm64).
+///
+/// `x1` = a guest virtual address, translated through the guest's own
+/// stage 1 and the hypervisor's stage 2 (`AT S1E1R`, `AT S12E1R`). The
+/// hypervisor logs both results and checks the combined attribute against
+/// the one configured for the region the address falls in. Returns the
+/// combined attribute (MAIR encoding, as `PAR_EL1.ATTR`) in `x0`, or
+/// [`HvError::InvalidParameter`] when the address does not translate to the
+/// partition's memory, or [`HvError::CheckFailed`] when the attribute differs.
+pub const CHECK_ATTRIBUTE: u32 = vendor_hyp_call(0x0010);
+
 /// Return the ABI version in `x0`: major in bits 31:16, minor in 15:0.
 pub const ABI_VERSION: u32 = vendor_hyp_call(0x0000);
 
@@ -61,6 +72,8 @@ pub enum HvError {
     /// An argument is out of range, or an address is not the partition's own
     /// memory (SMCCC `INVALID_PARAMETER`).
     InvalidParameter = -3,
+    /// A check the caller asked for found a difference.
+    CheckFailed = -5,
 }
 
 impl HvError {
@@ -74,6 +87,7 @@ impl HvError {
         match x0 as i64 {
             -1 => Err(HvError::NotSupported),
             -3 => Err(HvError::InvalidParameter),
+            -5 => Err(HvError::CheckFailed),
             _ => Ok(x0),
         }
     }
@@ -85,7 +99,7 @@ mod tests {
 
     #[test]
     fn function_ids_are_fast_smc64_vendor_hypervisor_calls() {
-        for id in [ABI_VERSION, CONSOLE_WRITE, REPORT_RESULT, PARTITION_STOP] {
+        for id in [ABI_VERSION, CONSOLE_WRITE, REPORT_RESULT, PARTITION_STOP, CHECK_ATTRIBUTE] {
             assert_eq!(id >> 24, 0xc6, "{id:#x}");
         }
         assert_eq!(CONSOLE_WRITE, 0xc600_0001);
@@ -99,6 +113,7 @@ mod tests {
             HvError::check(HvError::InvalidParameter.to_register()),
             Err(HvError::InvalidParameter)
         );
+        assert_eq!(HvError::check(HvError::CheckFailed.to_register()), Err(HvError::CheckFailed));
         assert_eq!(HvError::check(12), Ok(12));
     }
 }

@@ -10,11 +10,22 @@ use alloc::string::String;
 use bulkhead_arch_aarch64::el2;
 use bulkhead_arch_aarch64::esr::{self, Esr, ExceptionClass};
 use bulkhead_arch_aarch64::exception::ExitKind;
+use bulkhead_arch_aarch64::inject::{InjectedFault, inject_abort};
+use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
+use bulkhead_arch_aarch64::translate::{Stages, combine, s2_memattr, translate};
+use bulkhead_config::FaultPolicy;
+use bulkhead_core::address::Gpa;
+use crate::setup::s2_memory_type;
 use bulkhead_core::hypercall::{self, Conduit, Outcome};
 use bulkhead_core::partition::{Partition, StopReason};
 
 /// Physical interrupt exits logged per partition before going quiet.
 const IRQ_LOG_LIMIT: u32 = 4;
+/// Injected faults logged per partition before going quiet, so a guest that
+/// faults in a loop cannot flood the console.
+const INJECT_LOG_LIMIT: u32 = 16;
+/// Stage-2 fault status code of an alignment fault.
+const FSC_ALIGNMENT: u8 = 0x21;
 
 /// Handles one exit of `partition`'s vCPU.
 pub fn handle(partition: &mut Partition, runnable: &mut Runnable, exit: ExitKind) {
@@ -55,6 +66,14 @@ fn handle_sync(partition: &mut Partition, runnable: &mut Runnable) {
 }
 
 fn stage2_fault(partition: &mut Partition, runnable: &mut Runnable, esr: Esr, far: u64, hpfar: u64) {
+    // QEMU TCG (DESIGN.md §4) may report a guest's unaligned access to Device
+    // memory as a stage-2 alignment fault at EL2: it is the guest's own fault,
+    // so it gets it, whatever the policy for stage-2 violations.
+    if esr.fault_status() == FSC_ALIGNMENT {
+        log::debug!("partition {}: alignment fault at FAR {far:#x} forwarded to the guest", partition.name);
+        inject(partition, runnable, esr, far, InjectedFault::Alignment);
+        return;
+    }
     let vcpu = &mut runnable.vcpu;
     let what = if esr.class() == ExceptionClass::InstructionAbortLower {
         "instruction fetch"
@@ -75,18 +94,67 @@ fn stage2_fault(partition: &mut Partition, runnable: &mut Runnable, esr: Esr, fa
         esr.0,
         vcpu.elr
     );
-    log::error!("{message}");
-    stop_for_fault(partition, message);
+    match runnable.on_fault {
+        FaultPolicy::Stop => {
+            log::error!("{message}");
+            stop_for_fault(partition, message);
+        }
+        FaultPolicy::Inject => {
+            runnable.injected_faults = runnable.injected_faults.saturating_add(1);
+            if runnable.injected_faults <= INJECT_LOG_LIMIT {
+                log::warn!("{message}; injecting an external abort (fault policy: inject)");
+                if runnable.injected_faults == INJECT_LOG_LIMIT {
+                    log::warn!("partition {}: further injected faults are not logged", partition.name);
+                }
+            }
+            inject(partition, runnable, esr, far, InjectedFault::ExternalAbort);
+        }
+    }
+}
+
+fn inject(partition: &mut Partition, runnable: &mut Runnable, esr: Esr, far: u64, fault: InjectedFault) {
+    if let Err(e) = inject_abort(&mut runnable.vcpu, esr, far, fault) {
+        stop_for_fault(partition, format!("cannot inject a fault: guest PSTATE {:#x} is not an EL1/EL0 mode", e.spsr));
+    }
 }
 
 fn hypercall_exit(partition: &mut Partition, runnable: &mut Runnable, conduit: Conduit) {
     let vcpu = &mut runnable.vcpu;
     let mut args = [0u64; 8];
     args.copy_from_slice(&vcpu.x[..8]);
+    if args[0] as u32 == CHECK_ATTRIBUTE {
+        vcpu.x[0] = check_attribute(partition, args[1]);
+        return;
+    }
     match hypercall::dispatch(partition, &IdentityMemory, &mut GuestConsole, conduit, &args) {
         Outcome::Return(x0) => vcpu.x[0] = x0,
         Outcome::Stop => log::info!("partition {}: stopped at its request", partition.name),
     }
+}
+
+/// `CHECK_ATTRIBUTE`: translates the guest's VA through its stage 1 and
+/// through both stages, and compares the combined attribute with the one the
+/// configuration gives the region (DESIGN.md §4).
+fn check_attribute(partition: &Partition, va: u64) -> u64 {
+    let (Some(stage1), Some(both)) = (translate(va, Stages::Stage1), translate(va, Stages::Stage1And2)) else {
+        log::warn!("attribute check: partition '{}': VA {va:#x} does not translate", partition.name);
+        return HvError::InvalidParameter.to_register();
+    };
+    let ipa = Gpa::new(stage1.address);
+    let Some(region) = partition.regions.iter().find(|r| ipa >= r.gpa && ipa.offset_from(r.gpa).is_some_and(|o| o < r.size)) else {
+        log::warn!("attribute check: partition '{}': VA {va:#x} is IPA {ipa}, in no region", partition.name);
+        return HvError::InvalidParameter.to_register();
+    };
+    let expected = combine(stage1.attr, s2_memattr(s2_memory_type(region.attr)));
+    let verdict = if both.attr == expected { "match" } else { "MISMATCH" };
+    log::info!(
+        "attribute check: partition '{}' VA {va:#x} -> IPA {ipa} ({:?}): stage 1 {:#04x}, stages 1+2 {:#04x}, expected {expected:#04x}: {verdict}",
+        partition.name,
+        region.attr,
+        stage1.attr,
+        both.attr
+    );
+    if both.attr == expected { u64::from(both.attr) } else { HvError::CheckFailed.to_register() }
 }
 
 fn stop_for_fault(partition: &mut Partition, message: String) {

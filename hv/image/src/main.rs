@@ -47,7 +47,8 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         log::warn!("boot arguments: unknown word '{word}' ignored");
     }
 
-    let memory = match memory::init(boot_info, &platform) {
+    let (config, refused) = setup::load_config(boot_info);
+    let memory = match memory::init(boot_info, &platform, &setup::host_backed_ranges(&config)) {
         Ok(memory) => memory,
         Err(message) => {
             log::error!("memory set-up failed: {message}");
@@ -59,7 +60,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         crash::trigger(test);
     }
 
-    let slots = setup::create_partitions(boot_info, &platform, memory);
+    let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory);
     run::start(slots, &platform)
 }
 

@@ -51,13 +51,17 @@ pub unsafe fn init_heap(boot_info: &BootInfo) {
 pub struct Memory {
     /// The firmware memory map.
     pub map: Vec<MemoryDescriptor>,
+    /// The hypervisor image, `(base, end)` (its memory type is loader code).
+    pub hv_image: (u64, u64),
 }
 
 /// Builds and activates the identity map, then fills the frame allocator.
 ///
 /// # Errors
 /// A malformed memory map or a mapping failure, as text for the boot log.
-pub fn init(boot_info: &BootInfo, platform: &Platform) -> Result<Memory, String> {
+/// `host_backed` lists host ranges the configuration assigns by address;
+/// they are kept out of the allocator.
+pub fn init(boot_info: &BootInfo, platform: &Platform, host_backed: &[(u64, u64)]) -> Result<Memory, String> {
     let mm = boot_info.memory_map;
     // SAFETY: the loader left the memory map in hypervisor-owned memory.
     let bytes = unsafe { core::slice::from_raw_parts(mm.buffer.base as *const u8, mm.buffer.size as usize) };
@@ -87,7 +91,10 @@ pub fn init(boot_info: &BootInfo, platform: &Platform) -> Result<Memory, String>
 
     // The image is `EfiLoaderCode` (see `BootInfo::hv_image`): not free.
     let image = boot_info.hv_image;
-    let free = memmap::subtract(&memmap::ranges_of(&map, MemoryKind::Free), &[(image.base, image.base + image.size)]);
+    let mut keep_out = alloc::vec![(image.base, image.base + image.size)];
+    keep_out.extend_from_slice(host_backed);
+    memmap::merge(&mut keep_out);
+    let free = memmap::subtract(&memmap::ranges_of(&map, MemoryKind::Free), &keep_out);
     let mut frames = FRAMES.lock();
     let mut total = 0;
     for &(base, end) in &free {
@@ -101,7 +108,7 @@ pub fn init(boot_info: &BootInfo, platform: &Platform) -> Result<Memory, String>
         free.len(),
         hv >> 10
     );
-    Ok(Memory { map })
+    Ok(Memory { map, hv_image: (image.base, image.base + image.size) })
 }
 
 /// Allocates `size` bytes of zeroed, physically contiguous host memory,

@@ -28,6 +28,9 @@ const SECONDARY_STACK_SIZE: usize = 256 << 10;
 /// Every partition, and how many are still running.
 struct Machine {
     slots: Vec<Mutex<Slot>>,
+    /// The CPU of each slot, readable without taking the slot's lock (which
+    /// its CPU holds for as long as the partition runs).
+    cpus: Vec<usize>,
     running: AtomicUsize,
 }
 
@@ -37,6 +40,7 @@ static MACHINE: Once<Machine> = Once::new();
 pub fn start(slots: Vec<Slot>, platform: &Platform) -> ! {
     let started = slots.iter().filter(|s| s.runnable.is_some()).count();
     let machine = MACHINE.call_once(|| Machine {
+        cpus: slots.iter().map(|s| s.cpu).collect(),
         slots: slots.into_iter().map(Mutex::new).collect(),
         running: AtomicUsize::new(started),
     });
@@ -68,11 +72,9 @@ pub fn start(slots: Vec<Slot>, platform: &Platform) -> ! {
 pub extern "C" fn bulkhead_secondary_main(block: &SecondaryBoot) -> ! {
     let Some(machine) = MACHINE.get() else { park() };
     let cpu = block.cpu_index as usize;
-    let index = machine.slots.iter().position(|slot| {
-        let slot = slot.lock();
-        slot.cpu == cpu && slot.runnable.is_some()
-    });
-    match index {
+    // Only started partitions' CPUs are brought up, so the first slot on
+    // this CPU is the one to run (validation gives each CPU one partition).
+    match machine.cpus.iter().position(|&c| c == cpu) {
         Some(index) => run_slot(machine, index),
         None => park(),
     }

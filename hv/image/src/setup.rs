@@ -12,7 +12,7 @@ use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::el2::{self, GuestSetup};
 use bulkhead_arch_aarch64::exception::VcpuContext;
 use bulkhead_arch_aarch64::stage2::{IPA_BITS, S2Access, S2MemoryType, Stage2Table};
-use bulkhead_config::{Backing, MemoryAttribute};
+use bulkhead_config::{Backing, Config, FaultPolicy, MemoryAttribute};
 use bulkhead_core::address::{Gpa, Hpa};
 use bulkhead_core::memmap::{self, MemoryKind};
 use bulkhead_core::partition::{Access, Partition, Region, RunState};
@@ -31,6 +31,10 @@ pub struct Runnable {
     pub stage2: Stage2Table,
     /// Physical interrupt exits seen so far (for rate-limited logging).
     pub irq_exits: u32,
+    /// What a stage-2 fault does to this partition.
+    pub on_fault: FaultPolicy,
+    /// Faults injected so far (for rate-limited logging).
+    pub injected_faults: u32,
 }
 
 /// A configured partition, and its runnable state if it could be started.
@@ -43,9 +47,11 @@ pub struct Slot {
     pub cpu: usize,
 }
 
-/// Decodes and re-validates the configuration, then builds every partition
-/// whose configuration is sound. Ends the run if the blob itself is bad.
-pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memory) -> Vec<Slot> {
+/// Decodes the configuration blob and validates it again. Ends the run if
+/// the blob is unreadable or has errors that concern no single partition;
+/// returns the configuration and, per partition, the reason it must not be
+/// started (its own validation errors).
+pub fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
     // SAFETY: the loader copied the configuration blob into hypervisor memory.
     let blob = unsafe { core::slice::from_raw_parts(boot_info.config.base as *const u8, boot_info.config.size as usize) };
     let config = match bulkhead_config::from_blob(blob) {
@@ -59,25 +65,53 @@ pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memo
     for e in &errors {
         log::error!("configuration: {e}");
     }
-    if !errors.is_empty() {
-        log::error!("configuration rejected: {} error(s); no partition is started", errors.len());
+    if bulkhead_config::has_global_errors(&errors) {
+        log::error!("configuration rejected: errors outside any partition; no partition is started");
         crate::platform::finish(ExitCode::BootFailure);
     }
+    let mut refused = alloc::vec![None; config.partitions.len()];
+    for e in errors {
+        if let Some(slot) = e.partition_index.and_then(|i| refused.get_mut(i)) {
+            let text = format!("configuration: {e}");
+            slot.get_or_insert(text);
+        }
+    }
+    (config, refused)
+}
 
-    let reserved: Vec<(u64, u64)> = {
-        let mut r = memmap::ranges_of(&memory.map, MemoryKind::Hypervisor);
-        r.extend(memmap::ranges_of(&memory.map, MemoryKind::GuestImage));
-        r.extend(memmap::ranges_of(&memory.map, MemoryKind::Free));
-        r.extend(memmap::ranges_of(&memory.map, MemoryKind::FirmwareRam));
-        r.push((boot_info.hv_image.base, boot_info.hv_image.base + boot_info.hv_image.size));
-        memmap::merge(&mut r);
-        r
-    };
+/// Every host range the configuration assigns by address: the frame
+/// allocator must never hand these out.
+pub fn host_backed_ranges(config: &Config) -> Vec<(u64, u64)> {
+    let mut ranges: Vec<(u64, u64)> = config
+        .partitions
+        .iter()
+        .flat_map(|p| p.memory.iter())
+        .filter_map(|r| match r.backing {
+            Backing::Host(base) => base.checked_add(r.size).map(|end| (base, end)),
+            Backing::Allocate => None,
+        })
+        .collect();
+    memmap::merge(&mut ranges);
+    ranges
+}
+
+/// Builds every partition whose configuration is sound.
+pub fn create_partitions(
+    config: &Config,
+    refused: Vec<Option<String>>,
+    boot_info: &BootInfo,
+    platform: &Platform,
+    memory: &Memory,
+) -> Vec<Slot> {
     let mut slots = Vec::new();
-    for (index, config) in config.partitions.iter().enumerate() {
+    for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
         let mut partition = Partition::new(index, &config.name, Vec::new());
         let cpu = config.cpus.first().copied().unwrap_or(0) as usize;
-        let runnable = match build(index, config, platform, boot_info, &reserved, &mut partition) {
+        let built = match refusal {
+            Some(reason) => Err(reason),
+            None => build(index, config, platform, boot_info, memory, &mut partition),
+        };
+        let runnable = match built {
             Ok(runnable) => Some(runnable),
             Err(reason) => {
                 log::error!("partition {}: not started: {reason}", config.name);
@@ -90,12 +124,49 @@ pub fn create_partitions(boot_info: &BootInfo, platform: &Platform, memory: Memo
     slots
 }
 
+/// Checks that a host-backed range is either RAM reserved for partitions
+/// (free memory the allocator was told to skip) or lies outside all RAM
+/// (device memory). Anything touching the hypervisor's, the firmware's or
+/// the guest images' memory is refused.
+fn check_host_range(memory: &Memory, base: u64, end: u64) -> Result<(), String> {
+    for (kind, what) in [
+        (MemoryKind::Hypervisor, "the hypervisor's own memory"),
+        (MemoryKind::GuestImage, "the loaded guest images"),
+        (MemoryKind::FirmwareRam, "firmware runtime memory"),
+        (MemoryKind::Reserved, "reserved memory"),
+    ] {
+        if let Some((b, e)) = memmap::ranges_of(&memory.map, kind).into_iter().find(|&(b, e)| base < e && b < end) {
+            return Err(format!("host range {base:#x}..{end:#x} overlaps {what} at {b:#x}..{e:#x}"));
+        }
+    }
+    if memory.hv_image.0 < end && base < memory.hv_image.1 {
+        return Err(format!("host range {base:#x}..{end:#x} overlaps the hypervisor image"));
+    }
+    let free = memmap::ranges_of(&memory.map, MemoryKind::Free);
+    let inside_free = free.iter().any(|&(b, e)| b <= base && end <= e);
+    let touches_free = free.iter().any(|&(b, e)| base < e && b < end);
+    if touches_free && !inside_free {
+        return Err(format!("host range {base:#x}..{end:#x} is partly RAM and partly not"));
+    }
+    Ok(())
+}
+
+/// The stage-2 memory type for a configured attribute: exactly that one.
+pub fn s2_memory_type(attr: MemoryAttribute) -> S2MemoryType {
+    match attr {
+        MemoryAttribute::NormalWb => S2MemoryType::NormalWriteBack,
+        MemoryAttribute::NormalNc => S2MemoryType::NormalNonCacheable,
+        MemoryAttribute::DeviceNGnRE => S2MemoryType::DeviceNGnRE,
+        MemoryAttribute::DeviceNGnRnE => S2MemoryType::DeviceNGnRnE,
+    }
+}
+
 fn build(
     index: usize,
     config: &bulkhead_config::Partition,
     platform: &Platform,
     boot_info: &BootInfo,
-    reserved: &[(u64, u64)],
+    memory: &Memory,
     partition: &mut Partition,
 ) -> Result<Runnable, String> {
     let pa_bits = platform.firmware.pa_bits;
@@ -121,20 +192,11 @@ fn build(
             }
             Backing::Host(base) => {
                 let end = base.checked_add(region.size).ok_or_else(|| format!("memory[{i}].backing wraps"))?;
-                if reserved.iter().any(|&(b, e)| base < e && b < end) {
-                    return Err(format!(
-                        "memory[{i}].backing {base:#x}..{end:#x} overlaps RAM the hypervisor manages; use backing = \"allocate\""
-                    ));
-                }
+                check_host_range(memory, base, end).map_err(|e| format!("memory[{i}].backing: {e}"))?;
                 Hpa::new(base)
             }
         };
-        let memory_type = match region.attr {
-            MemoryAttribute::NormalWb => S2MemoryType::NormalWriteBack,
-            MemoryAttribute::NormalNc => S2MemoryType::NormalNonCacheable,
-            MemoryAttribute::DeviceNGnRE => S2MemoryType::DeviceNGnRE,
-            MemoryAttribute::DeviceNGnRnE => S2MemoryType::DeviceNGnRnE,
-        };
+        let memory_type = s2_memory_type(region.attr);
         let access = S2Access { read: region.perms.read, write: region.perms.write, execute: region.perms.execute };
         stage2
             .map(region.guest, hpa.raw(), region.size, memory_type, access)
@@ -175,5 +237,12 @@ fn build(
         image_len,
         config.image.entry_point()
     );
-    Ok(Runnable { setup, vcpu: VcpuContext::new(config.image.entry_point(), 0), stage2, irq_exits: 0 })
+    Ok(Runnable {
+        setup,
+        vcpu: VcpuContext::new(config.image.entry_point(), 0),
+        stage2,
+        irq_exits: 0,
+        on_fault: config.on_fault,
+        injected_faults: 0,
+    })
 }

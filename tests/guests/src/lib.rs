@@ -9,7 +9,10 @@
 #![no_std]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod fault;
 pub mod hv;
+pub mod mmu;
+pub mod time;
 
 use core::fmt::{self, Write};
 
@@ -71,15 +74,6 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     hv::system_off()
 }
 
-/// Called by the EL1 vectors: report the exception and stop.
-#[cfg(target_os = "none")]
-#[unsafe(no_mangle)]
-extern "C" fn bulkhead_guest_exception(esr: u64, elr: u64, far: u64) -> ! {
-    let _ = writeln!(Console, "guest exception: ESR_EL1 {esr:#x} ELR_EL1 {elr:#x} FAR_EL1 {far:#x}");
-    hv::report_result(FAIL_EXCEPTION, esr);
-    hv::system_off()
-}
-
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 core::arch::global_asm!(
     ".section .text.entry, \"ax\"",
@@ -105,16 +99,47 @@ core::arch::global_asm!(
     "    b    1b",
     "2:  bl   bulkhead_guest_main",
     "3:  b    3b",
-    ".macro report",
-    "    mrs  x0, esr_el1",
-    "    mrs  x1, elr_el1",
-    "    mrs  x2, far_el1",
-    "    b    bulkhead_guest_exception",
+    // Every vector saves the caller-saved registers and lets Rust decide:
+    // `bulkhead_guest_exception(esr, elr, far)` returns where to resume (or
+    // never returns, for an unexpected exception).
+    ".macro enter_handler",
+    "    sub  sp, sp, #176",
+    "    stp  x0, x1, [sp, #0]",
+    "    b    guest_exception_common",
     ".endm",
     ".balign 2048",
     "guest_vectors:",
     ".rept 16",
     ".balign 0x80",
-    "report",
+    "enter_handler",
     ".endr",
+    "guest_exception_common:",
+    "    stp  x2, x3, [sp, #16]",
+    "    stp  x4, x5, [sp, #32]",
+    "    stp  x6, x7, [sp, #48]",
+    "    stp  x8, x9, [sp, #64]",
+    "    stp  x10, x11, [sp, #80]",
+    "    stp  x12, x13, [sp, #96]",
+    "    stp  x14, x15, [sp, #112]",
+    "    stp  x16, x17, [sp, #128]",
+    "    stp  x18, x29, [sp, #144]",
+    "    str  x30, [sp, #160]",
+    "    mrs  x0, esr_el1",
+    "    mrs  x1, elr_el1",
+    "    mrs  x2, far_el1",
+    "    bl   bulkhead_guest_exception",
+    "    msr  elr_el1, x0",
+    "    ldp  x0, x1, [sp, #0]",
+    "    ldp  x2, x3, [sp, #16]",
+    "    ldp  x4, x5, [sp, #32]",
+    "    ldp  x6, x7, [sp, #48]",
+    "    ldp  x8, x9, [sp, #64]",
+    "    ldp  x10, x11, [sp, #80]",
+    "    ldp  x12, x13, [sp, #96]",
+    "    ldp  x14, x15, [sp, #112]",
+    "    ldp  x16, x17, [sp, #128]",
+    "    ldp  x18, x29, [sp, #144]",
+    "    ldr  x30, [sp, #160]",
+    "    add  sp, sp, #176",
+    "    eret",
 );

@@ -48,6 +48,66 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["all 1 partitions passed"],
         ..Scenario::DEFAULT
     },
+    // Two partitions on two CPUs: the attacker's reads and writes of the
+    // victim's memory come back as injected aborts, a hypercall aimed at it is
+    // refused, and the victim's pattern survives.
+    Scenario {
+        name: "isolation-inject",
+        config: "tests/configs/isolation-inject.toml",
+        smp: 2,
+        expect: &[
+            "partition attacker: started",
+            "[victim] pattern written",
+            "stage-2 fault: partition 'attacker' read at IPA 0x50000000",
+            "injecting an external abort",
+            "[attacker] read of the victim's memory: refused with an external abort",
+            "stage-2 fault: partition 'attacker' write at IPA 0x50000000",
+            "[attacker] write to the victim's memory: refused",
+            "[attacker] read of unassigned memory: refused",
+            "[attacker] console write from the victim's memory: Err(InvalidParameter)",
+            "[attacker] every attack was refused",
+            "[victim] pattern intact after the attack window",
+            "all 2 partitions passed",
+        ],
+        forbid: &["isolation is broken", "pattern damaged"],
+        ..Scenario::DEFAULT
+    },
+    // The same attack with the `stop` policy: the attacker is stopped at its
+    // first fault, the victim finishes its own test.
+    Scenario {
+        name: "isolation-stop",
+        config: "tests/configs/isolation-stop.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "stage-2 fault: partition 'attacker' read at IPA 0x50000000",
+            "partition attacker: stopped (fault policy: stop)",
+            "[victim] pattern intact after the attack window",
+            "partition attacker: stopped by fault: stage-2 fault",
+            "partition victim: passed",
+            "1 of 2 partitions did not pass",
+        ],
+        forbid: &["isolation is broken", "pattern damaged"],
+        ..Scenario::DEFAULT
+    },
+    // Each configured attribute is what AT S12E1R reports through a Normal-WB
+    // stage 1; unaligned loads from Normal-NC work, Device is recorded.
+    Scenario {
+        name: "attributes",
+        config: "tests/configs/attributes.toml",
+        smp: 2,
+        expect: &[
+            "(NormalWb): stage 1 0xff, stages 1+2 0xff, expected 0xff: match",
+            "(NormalNc): stage 1 0xff, stages 1+2 0x44, expected 0x44: match",
+            "(DeviceNGnRE): stage 1 0xff, stages 1+2 0x04, expected 0x04: match",
+            "(DeviceNGnRnE): stage 1 0xff, stages 1+2 0x00, expected 0x00: match",
+            "unaligned load from normal-nc: no fault",
+            "unaligned load from device-ngnre:",
+            "partition attributes: passed",
+        ],
+        forbid: &["MISMATCH"],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic reaches the panic handler and exits with 99.
     Scenario {
         name: "hv-panic",
