@@ -92,19 +92,27 @@ fn load() -> Result<Prepared, LoadError> {
     let config = bulkhead_config::from_blob(&config_bytes).map_err(|e| {
         LoadError::new(Status::LOAD_ERROR, format!("{}: {e}", abi::CONFIG_PATH))
     })?;
+    // Errors inside a partition are the hypervisor's to report: it refuses
+    // that partition and starts the others. Only errors that concern no
+    // single partition stop the boot here.
     let errors = bulkhead_config::validate(&config);
-    if let Some(first) = errors.first() {
-        for e in &errors {
+    if bulkhead_config::has_global_errors(&errors) {
+        for e in errors.iter().filter(|e| e.is_global()) {
             say(&format!("bulkhead-boot: {}: {e}", abi::CONFIG_PATH));
         }
         return Err(LoadError::new(
             Status::LOAD_ERROR,
-            format!("{}: {} configuration error(s), first: {first}", abi::CONFIG_PATH, errors.len()),
+            format!("{}: the configuration has errors outside any partition", abi::CONFIG_PATH),
         ));
     }
+    let refused = bulkhead_config::partitions_with_errors(&errors);
     boot_info.config = esp::copy_to(&config_bytes, abi::MEMORY_TYPE_HYPERVISOR, "configuration")?;
 
-    for partition in &config.partitions {
+    for (index, partition) in config.partitions.iter().enumerate() {
+        if refused.contains(&index) {
+            say(&format!("bulkhead-boot: partition '{}' has configuration errors; the hypervisor will refuse it", partition.name));
+            continue;
+        }
         let name = partition.image.file.as_str();
         if boot_info.module(name).is_some() {
             continue;

@@ -1,5 +1,6 @@
 //! EL2 system-register configuration for running partitions.
 
+use crate::stage2::Stage2Geometry;
 #[cfg(all(target_arch = "aarch64", not(test)))]
 use aarch64_cpu::registers::*;
 
@@ -67,13 +68,12 @@ pub struct GuestSetup {
 pub const HCR_GUEST: u64 =
     (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 19) | (1 << 31) | (1 << 40) | (1 << 41);
 
-/// `VTCR_EL2` for a 4 KiB granule, `ipa_bits`-bit IPA space starting at
-/// level 1 (so `ipa_bits` is 31..=39 with one root table), inner-shareable
-/// write-back walks, and the output size from `pa_bits`
-/// (Arm ARM D24.2.201).
-pub const fn vtcr(ipa_bits: u32, pa_bits: u32) -> u64 {
-    let t0sz = (64 - ipa_bits) as u64;
-    let sl0_level1 = 0b01 << 6;
+/// `VTCR_EL2` for a 4 KiB granule and the given stage-2 geometry,
+/// inner-shareable write-back walks, and the output size from `pa_bits`
+/// (Arm ARM D24.2.201; SL0 0b01 starts at level 1, 0b10 at level 0).
+pub const fn vtcr(geometry: Stage2Geometry, pa_bits: u32) -> u64 {
+    let t0sz = (64 - geometry.ipa_bits) as u64;
+    let sl0: u64 = if geometry.root_level == 0 { 0b10 << 6 } else { 0b01 << 6 };
     let irgn0_wbwa = 0b01 << 8;
     let orgn0_wbwa = 0b01 << 10;
     let sh0_inner = 0b11 << 12;
@@ -88,7 +88,7 @@ pub const fn vtcr(ipa_bits: u32, pa_bits: u32) -> u64 {
     } as u64)
         << 16;
     let res1 = 1 << 31;
-    t0sz | sl0_level1 | irgn0_wbwa | orgn0_wbwa | sh0_inner | tg0_4k | ps | res1
+    t0sz | sl0 | irgn0_wbwa | orgn0_wbwa | sh0_inner | tg0_4k | ps | res1
 }
 
 /// `VTTBR_EL2` for a root table at `root` and 8-bit `vmid`.
@@ -147,11 +147,15 @@ mod tests {
 
     #[test]
     fn vtcr_for_a_39_bit_ipa_space() {
-        let v = vtcr(39, 48);
+        let v = vtcr(Stage2Geometry { ipa_bits: 39, root_level: 1 }, 48);
         assert_eq!(v & 0x3f, 25, "T0SZ");
         assert_eq!((v >> 6) & 3, 1, "SL0 = level 1");
         assert_eq!((v >> 16) & 7, 5, "PS = 48 bits");
         assert_eq!(v >> 31 & 1, 1, "RES1");
+        let v = vtcr(Stage2Geometry { ipa_bits: 44, root_level: 0 }, 44);
+        assert_eq!(v & 0x3f, 20, "T0SZ");
+        assert_eq!((v >> 6) & 3, 2, "SL0 = level 0");
+        assert_eq!((v >> 16) & 7, 4, "PS = 44 bits");
     }
 
     #[test]

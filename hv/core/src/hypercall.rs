@@ -89,6 +89,9 @@ fn console_write(
     address: u64,
     length: u64,
 ) -> Outcome {
+    if !partition.console_enabled {
+        return Outcome::error(HvError::NotSupported);
+    }
     if length > abi::CONSOLE_WRITE_MAX {
         return Outcome::error(HvError::InvalidParameter);
     }
@@ -157,6 +160,10 @@ mod tests {
             assert!(reads.is_empty());
         }
         assert_eq!(call(&mut p, &mut lines, x(0x4000_0000, 0)).0, Outcome::Return(0));
+        p.console_enabled = false;
+        let (outcome, reads) = call(&mut p, &mut lines, x(0x4000_0000, 5));
+        assert_eq!(outcome, Outcome::Return(HvError::NotSupported.to_register()), "console = none");
+        assert!(reads.is_empty());
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct Partition {
     pub verdict: Verdict,
     /// Unknown hypercalls made so far.
     pub unknown_calls: u32,
+    /// Whether the console hypercall prints (configuration `console`).
+    pub console_enabled: bool,
     console_line: Vec<u8>,
 }
 
@@ -119,6 +121,7 @@ impl Partition {
             state: RunState::Created,
             verdict: Verdict::None,
             unknown_calls: 0,
+            console_enabled: true,
             console_line: Vec::new(),
         }
     }

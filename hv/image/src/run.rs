@@ -105,6 +105,7 @@ fn run_slot(machine: &'static Machine, index: usize) -> ! {
             // SAFETY: the stage-2 table maps only this partition's memory and
             // stays alive (in the slot) for as long as the partition runs.
             unsafe { el2::configure_guest(&runnable.setup) };
+            runnable.stage2.mark_live();
             partition.state = RunState::Running;
             log::info!("partition {}: started", partition.name);
             while !partition.is_stopped() {

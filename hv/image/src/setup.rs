@@ -11,8 +11,9 @@ use bulkhead_abi::exit::ExitCode;
 use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::el2::{self, GuestSetup};
 use bulkhead_arch_aarch64::exception::VcpuContext;
-use bulkhead_arch_aarch64::stage2::{IPA_BITS, S2Access, S2MemoryType, Stage2Table};
-use bulkhead_config::{Backing, Config, FaultPolicy, MemoryAttribute};
+use bulkhead_arch_aarch64::stage2::{GeometryError, S2Access, S2MemoryType, Stage2Geometry, Stage2Table};
+use bulkhead_config::{Backing, Config, Console, FaultPolicy, MemoryAttribute};
+use bulkhead_drivers::pl011::Pl011;
 use bulkhead_core::address::{Gpa, Hpa};
 use bulkhead_core::memmap::{self, MemoryKind};
 use bulkhead_core::partition::{Access, Partition, Region, RunState};
@@ -27,7 +28,6 @@ pub struct Runnable {
     /// The vCPU's registers.
     pub vcpu: VcpuContext,
     /// Its stage-2 tables, which `setup.vttbr` points at.
-    #[expect(dead_code, reason = "owned here so the tables live while the partition runs")]
     pub stage2: Stage2Table,
     /// Physical interrupt exits seen so far (for rate-limited logging).
     pub irq_exits: u32,
@@ -104,12 +104,13 @@ pub fn create_partitions(
     memory: &Memory,
 ) -> Vec<Slot> {
     let mut slots = Vec::new();
+    let whole = config;
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
         let mut partition = Partition::new(index, &config.name, Vec::new());
         let cpu = config.cpus.first().copied().unwrap_or(0) as usize;
         let built = match refusal {
             Some(reason) => Err(reason),
-            None => build(index, config, platform, boot_info, memory, &mut partition),
+            None => build(index, config, whole, platform, boot_info, memory, &mut partition),
         };
         let runnable = match built {
             Ok(runnable) => Some(runnable),
@@ -151,6 +152,16 @@ fn check_host_range(memory: &Memory, base: u64, end: u64) -> Result<(), String> 
     Ok(())
 }
 
+/// One past the highest guest-physical address the partition maps.
+fn ipa_limit(config: &bulkhead_config::Partition, whole: &Config) -> u64 {
+    let memory = config.memory.iter().map(|r| r.guest.saturating_add(r.size));
+    let devices = config.passthrough.iter().filter_map(|p| {
+        let device = whole.platform.device(&p.device)?;
+        Some(p.guest_base(device).saturating_add(device.size))
+    });
+    memory.chain(devices).max().unwrap_or(0)
+}
+
 /// The stage-2 memory type for a configured attribute: exactly that one.
 pub fn s2_memory_type(attr: MemoryAttribute) -> S2MemoryType {
     match attr {
@@ -164,6 +175,7 @@ pub fn s2_memory_type(attr: MemoryAttribute) -> S2MemoryType {
 fn build(
     index: usize,
     config: &bulkhead_config::Partition,
+    whole: &Config,
     platform: &Platform,
     boot_info: &BootInfo,
     memory: &Memory,
@@ -181,7 +193,12 @@ fn build(
         log::warn!("partition {}: runs one vCPU on CPU {cpu}; CPUs {:?} stay idle until multi-vCPU partitions exist", config.name, &config.cpus[1..]);
     }
 
-    let mut stage2 = Stage2Table::new();
+    let geometry = Stage2Geometry::for_limit(ipa_limit(config, whole), pa_bits).map_err(|e| match e {
+        GeometryError::IpaTooLarge { needed, available } => format!(
+            "its highest guest address needs a {needed}-bit IPA space; this CPU offers {available} bits"
+        ),
+    })?;
+    let mut stage2 = Stage2Table::new(geometry);
     let mut regions = Vec::new();
     for (i, region) in config.memory.iter().enumerate() {
         let hpa = match region.backing {
@@ -200,11 +217,50 @@ fn build(
         let access = S2Access { read: region.perms.read, write: region.perms.write, execute: region.perms.execute };
         stage2
             .map(region.guest, hpa.raw(), region.size, memory_type, access)
-            .map_err(|e| format!("memory[{i}]: stage-2 mapping failed: {e:?} (IPA space is {IPA_BITS} bits)"))?;
+            .map_err(|e| format!("memory[{i}]: stage-2 mapping failed: {e:?}"))?;
         regions.push(Region { gpa: Gpa::new(region.guest), hpa, size: region.size, attr: region.attr, perms: region.perms });
         log::debug!("partition {}: memory[{i}] IPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
     }
+    for (i, passthrough) in config.passthrough.iter().enumerate() {
+        let device = whole
+            .platform
+            .device(&passthrough.device)
+            .ok_or_else(|| format!("passthrough[{i}].device '{}' is not a platform device", passthrough.device))?;
+        let end = device.base.saturating_add(device.size);
+        if let Some(uart) = platform.uart
+            && uart < end
+            && device.base < uart + Pl011::MMIO_SIZE
+        {
+            return Err(format!("passthrough[{i}].device '{}' is the hypervisor's console UART", device.name));
+        }
+        check_host_range(memory, device.base, end).map_err(|e| format!("passthrough[{i}]: {e}"))?;
+        if memmap::ranges_of(&memory.map, MemoryKind::Free).iter().any(|&(b, e)| device.base < e && b < end) {
+            return Err(format!("passthrough[{i}].device '{}' lies in RAM, not device memory", device.name));
+        }
+        let attr = passthrough.attr_for(device);
+        let guest = passthrough.guest_base(device);
+        let rw = S2Access { read: true, write: true, execute: false };
+        stage2
+            .map(guest, device.base, device.size, s2_memory_type(attr), rw)
+            .map_err(|e| format!("passthrough[{i}]: stage-2 mapping failed: {e:?}"))?;
+        regions.push(Region {
+            gpa: Gpa::new(guest),
+            hpa: Hpa::new(device.base),
+            size: device.size,
+            attr,
+            perms: bulkhead_config::Permissions { read: true, write: true, execute: false },
+        });
+        log::info!("partition {}: device '{}' at IPA {guest:#x} ({})", config.name, device.name, attr.as_str());
+    }
+    if !config.interrupts.is_empty() || !config.passthrough.is_empty() {
+        log::warn!(
+            "partition {}: its interrupts are not delivered yet (no GIC driver): {:?}",
+            config.name,
+            config.interrupt_ids(&whole.platform)
+        );
+    }
     *partition = Partition::new(index, &config.name, regions);
+    partition.console_enabled = config.console == Console::Hypercall;
 
     let module = boot_info
         .module(&config.image.file)
@@ -225,14 +281,16 @@ fn build(
     let vmid = u8::try_from(index + 1).map_err(|_| String::from("too many partitions for 8-bit VMIDs"))?;
     let setup = GuestSetup {
         vttbr: el2::vttbr(stage2.root_address(), vmid),
-        vtcr: el2::vtcr(IPA_BITS, pa_bits.min(48)),
+        vtcr: el2::vtcr(geometry, pa_bits.min(48)),
         // The guest's only vCPU is its CPU 0, whichever physical CPU runs it.
         vmpidr: 1 << 31,
     };
     log::info!(
-        "partition {}: CPU {cpu}, {} region(s), image {} ({} bytes) at {load}, entry {:#x}, VMID {vmid}",
+        "partition {}: CPU {cpu}, {} region(s), {}-bit IPA space, {} stage-2 table page(s), image {} ({} bytes) at {load}, entry {:#x}, VMID {vmid}",
         config.name,
         partition.regions.len(),
+        geometry.ipa_bits,
+        stage2.table_pages(),
         config.image.file,
         image_len,
         config.image.entry_point()

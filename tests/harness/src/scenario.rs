@@ -38,6 +38,9 @@ pub struct Scenario {
     /// an ESP path from `bulkhead_abi::boot` and the new contents (tests the
     /// loader's handling of malformed files).
     pub overwrite: &'static [(&'static str, &'static [u8])],
+    /// Compile the configuration without the build-time validation, to test
+    /// that the hypervisor validates it again at boot.
+    pub skip_build_validation: bool,
 }
 
 impl Scenario {
@@ -55,6 +58,7 @@ impl Scenario {
         forbid: &[],
         omit_images: false,
         overwrite: &[],
+        skip_build_validation: false,
     };
 
     /// Whether `filter` selects this scenario (substring of the name; the

@@ -11,16 +11,63 @@ use bulkhead_abi::exit::ExitCode;
 
 /// Every scenario, in the order they are started.
 pub const SCENARIOS: &[Scenario] = &[
-    // The demo: one partition says hello through the console hypercall.
+    // The demo: two partitions on two CPUs say hello through the console
+    // hypercall, each under its own stage 2 and VMID.
     Scenario {
         name: "hello",
+        smp: 2,
         expect: &[
             "Bulkhead",
-            "partition hello: started",
+            "partition hello: CPU 0",
+            "VMID 1",
+            "partition neighbour: CPU 1",
+            "VMID 2",
+            "CPU 1 (MPIDR 0x1) started",
             "[hello] Hello from a Bulkhead partition",
             "partition hello: passed",
-            "all 1 partitions passed",
+            "partition neighbour: passed",
+            "all 2 partitions passed",
         ],
+        ..Scenario::DEFAULT
+    },
+    // The boot-time check of host-backed memory against what only the
+    // hypervisor knows (where it lives): the greedy partition is not
+    // started, the other one runs.
+    Scenario {
+        name: "boot-refuses-hypervisor-memory",
+        config: "tests/configs/greedy.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "partition greedy: not started: memory[0].backing: host range 0x78000000..0x80000000 overlaps the hypervisor's own memory",
+            "partition hello: started",
+            "---- summary ----",
+            "partition greedy: not started",
+            "partition hello: passed",
+            "1 of 2 partitions did not pass",
+        ],
+        forbid: &["partition greedy: started"],
+        ..Scenario::DEFAULT
+    },
+    // The hypervisor validates the configuration again at boot: a blob built
+    // without the host tool's checks gets the same error, only the faulty
+    // partition is refused.
+    Scenario {
+        name: "boot-validation",
+        config: "tests/configs/boot-only/cpu-taken.toml",
+        skip_build_validation: true,
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "configuration: partition 'second', field 'cpus[0]': CPU 1 is already given to partition 'first'",
+            "partition second: not started: configuration:",
+            "partition first: started",
+            "---- summary ----",
+            "partition first: passed",
+            "partition second: not started",
+            "1 of 2 partitions did not pass",
+        ],
+        forbid: &["partition second: started"],
         ..Scenario::DEFAULT
     },
     // An unknown function ID returns NOT_SUPPORTED and the guest goes on.

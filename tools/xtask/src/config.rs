@@ -29,6 +29,19 @@ pub struct Compiled {
     pub blob: Vec<u8>,
 }
 
+/// Parses a configuration and encodes it WITHOUT validating it: only for
+/// tests of the hypervisor's own boot-time validation.
+///
+/// # Errors
+/// When the file cannot be read or is not a configuration at all.
+pub fn compile_unchecked(path: &Path, shown: &str) -> Result<Compiled> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{shown}: cannot read the configuration"))?;
+    let config = toml::from_str::<Config>(&text).with_context(|| format!("{shown}: not a configuration"))?;
+    let blob = bulkhead_config::to_blob(&config);
+    Ok(Compiled { config, blob })
+}
+
 /// Reads, validates and compiles the configuration at `path`; `shown` is
 /// the name used in messages.
 ///

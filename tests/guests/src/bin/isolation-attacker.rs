@@ -52,16 +52,18 @@ fn main() -> Result<(), u64> {
 }
 
 fn attack() -> Result<(), u64> {
-    // SAFETY (all three): deliberate accesses outside this partition's memory;
-    // the hypervisor must turn each into an abort, which `probe` catches.
-    expect_abort("read of the victim's memory", || unsafe {
-        core::ptr::read_volatile(VICTIM_HOST as *const u64);
+    expect_abort("read of the victim's memory", || {
+        // SAFETY: deliberately outside this partition's memory: the
+        // hypervisor must turn the access into an abort, which `probe` catches.
+        unsafe { core::ptr::read_volatile(VICTIM_HOST as *const u64) };
     })?;
-    expect_abort("write to the victim's memory", || unsafe {
-        core::ptr::write_volatile(VICTIM_HOST as *mut u64, 0xbad);
+    expect_abort("write to the victim's memory", || {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(VICTIM_HOST as *mut u64, 0xbad) };
     })?;
-    expect_abort("read of unassigned memory", || unsafe {
-        core::ptr::read_volatile(NOWHERE as *const u64);
+    expect_abort("read of unassigned memory", || {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(NOWHERE as *const u64) };
     })?;
     let result = hv::console_write_raw(VICTIM_HOST, 64);
     println!("console write from the victim's memory: {result:?}");
