@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod apt;
+mod bench;
 mod build;
 mod config;
 mod esp;
@@ -52,6 +53,8 @@ enum Command {
     /// Configuration file commands.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run the benchmarks (figures and ratios, not pass/fail).
+    Bench(TargetArgs),
 }
 
 /// Options shared by `build` and `run`.
@@ -134,6 +137,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let options = build_options(&args.target)?;
             setup::ensure(&ws, setup::Verbosity::Quiet)?;
             run::run(&ws, &options, &args.config, args.bootargs.as_deref())
+        }
+        Command::Bench(target) => {
+            let options = build_options(&target)?;
+            setup::ensure(&ws, setup::Verbosity::Quiet)?;
+            bench::bench(&ws, &options)
         }
         Command::Test(args) => {
             let options = build_options(&args.target)?;
