@@ -12,6 +12,7 @@
 extern crate alloc;
 
 pub mod address;
+pub mod address_space;
 pub mod bootargs;
 pub mod hypercall;
 pub mod memmap;

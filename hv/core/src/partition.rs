@@ -1,33 +1,10 @@
 //! A partition: its address space, its run state, its verdict and its console.
 
 use crate::address::{Gpa, Hpa};
+pub use crate::address_space::Access;
+use crate::address_space::AddressSpace;
 use alloc::string::String;
 use alloc::vec::Vec;
-use bulkhead_config::{MemoryAttribute, Permissions};
-
-/// One mapped region of a partition's address space.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Region {
-    /// First guest-physical address.
-    pub gpa: Gpa,
-    /// The host-physical address `gpa` maps to.
-    pub hpa: Hpa,
-    /// Length in bytes.
-    pub size: u64,
-    /// Memory attribute, copied exactly into the CPU mapping.
-    pub attr: MemoryAttribute,
-    /// Access rights.
-    pub perms: Permissions,
-}
-
-/// Kinds of access, for translation checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// A load.
-    Read,
-    /// A store.
-    Write,
-}
 
 /// Why a partition stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,8 +74,8 @@ pub struct Partition {
     pub index: usize,
     /// Name from the configuration.
     pub name: String,
-    /// The address space, sorted by guest address.
-    pub regions: Vec<Region>,
+    /// The address space every view of its memory is derived from.
+    pub space: AddressSpace,
     /// Run state.
     pub state: RunState,
     /// Last reported verdict.
@@ -112,12 +89,11 @@ pub struct Partition {
 
 impl Partition {
     /// A partition in the `Created` state.
-    pub fn new(index: usize, name: &str, mut regions: Vec<Region>) -> Partition {
-        regions.sort_by_key(|r| r.gpa);
+    pub fn new(index: usize, name: &str, space: AddressSpace) -> Partition {
         Partition {
             index,
             name: String::from(name),
-            regions,
+            space,
             state: RunState::Created,
             verdict: Verdict::None,
             unknown_calls: 0,
@@ -126,22 +102,10 @@ impl Partition {
         }
     }
 
-    /// Translates `[gpa, gpa + len)` to host-physical, if the whole range lies
-    /// in one region that allows `access`.
+    /// Translates `[gpa, gpa + len)` through the partition's address space
+    /// (see [`AddressSpace::translate`]).
     pub fn translate(&self, gpa: Gpa, len: u64, access: Access) -> Option<Hpa> {
-        let last = gpa.checked_add(len.checked_sub(1)?)?;
-        let region = self.regions.iter().find(|r| gpa >= r.gpa && gpa.offset_from(r.gpa).is_some_and(|o| o < r.size))?;
-        if last.offset_from(region.gpa)? >= region.size {
-            return None;
-        }
-        let allowed = match access {
-            Access::Read => region.perms.read,
-            Access::Write => region.perms.write,
-        };
-        if !allowed {
-            return None;
-        }
-        region.hpa.checked_add(gpa.offset_from(region.gpa)?)
+        self.space.translate(gpa, len, access)
     }
 
     /// Whether the partition has stopped.
@@ -187,7 +151,6 @@ impl Partition {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use alloc::vec;
 
     /// Collects console lines.
     #[derive(Default)]
@@ -200,32 +163,7 @@ pub(crate) mod tests {
     }
 
     pub fn test_partition() -> Partition {
-        let rw = Permissions::parse("rw").unwrap();
-        let r = Permissions::parse("r").unwrap();
-        let w = Permissions::parse("w").unwrap();
-        Partition::new(
-            0,
-            "p",
-            vec![
-                Region { gpa: Gpa::new(0x8000_0000), hpa: Hpa::new(0x2000), size: 0x1000, attr: MemoryAttribute::NormalWb, perms: r },
-                Region { gpa: Gpa::new(0x4000_0000), hpa: Hpa::new(0x10_0000), size: 0x2000, attr: MemoryAttribute::NormalWb, perms: rw },
-                Region { gpa: Gpa::new(0x4000_2000), hpa: Hpa::new(0x90_0000), size: 0x1000, attr: MemoryAttribute::NormalWb, perms: w },
-            ],
-        )
-    }
-
-    #[test]
-    fn translation_stays_inside_one_region_with_the_right_permission() {
-        let p = test_partition();
-        assert_eq!(p.regions[0].gpa, Gpa::new(0x4000_0000), "sorted");
-        assert_eq!(p.translate(Gpa::new(0x4000_0010), 16, Access::Read), Some(Hpa::new(0x10_0010)));
-        assert_eq!(p.translate(Gpa::new(0x4000_1ff0), 16, Access::Read), Some(Hpa::new(0x10_1ff0)));
-        assert_eq!(p.translate(Gpa::new(0x4000_1ff0), 17, Access::Read), None, "crosses into another region");
-        assert_eq!(p.translate(Gpa::new(0x4000_2000), 1, Access::Read), None, "write-only");
-        assert_eq!(p.translate(Gpa::new(0x8000_0000), 1, Access::Write), None, "read-only");
-        assert_eq!(p.translate(Gpa::new(0x3fff_ffff), 2, Access::Read), None, "starts outside");
-        assert_eq!(p.translate(Gpa::new(0x4000_0000), 0, Access::Read), None, "empty");
-        assert_eq!(p.translate(Gpa::new(u64::MAX), 2, Access::Read), None, "wraps");
+        Partition::new(0, "p", crate::address_space::tests::sample())
     }
 
     #[test]

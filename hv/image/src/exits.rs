@@ -15,7 +15,7 @@ use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
 use bulkhead_arch_aarch64::translate::{Stages, combine, s2_memattr, translate};
 use bulkhead_config::FaultPolicy;
 use bulkhead_core::address::Gpa;
-use crate::setup::s2_memory_type;
+use crate::space::s2_memory_type;
 use bulkhead_core::hypercall::{self, Conduit, Outcome};
 use bulkhead_core::partition::{Partition, StopReason};
 
@@ -141,7 +141,7 @@ fn check_attribute(partition: &Partition, va: u64) -> u64 {
         return HvError::InvalidParameter.to_register();
     };
     let ipa = Gpa::new(stage1.address);
-    let Some(region) = partition.regions.iter().find(|r| ipa >= r.gpa && ipa.offset_from(r.gpa).is_some_and(|o| o < r.size)) else {
+    let Some(region) = partition.space.region_at(ipa) else {
         log::warn!("attribute check: partition '{}': VA {va:#x} is IPA {ipa}, in no region", partition.name);
         return HvError::InvalidParameter.to_register();
     };

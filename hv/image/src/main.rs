@@ -18,6 +18,7 @@ mod memory;
 mod platform;
 mod run;
 mod setup;
+mod space;
 
 use bulkhead_abi::boot::BootInfo;
 use bulkhead_abi::exit::ExitCode;

@@ -1,7 +1,7 @@
 //! Creating partitions from the configuration: memory, stage-2 tables,
 //! images and vCPU state.
 
-use crate::memory::{self, Memory};
+use crate::memory::Memory;
 use crate::platform::Platform;
 use alloc::format;
 use alloc::string::String;
@@ -11,15 +11,14 @@ use bulkhead_abi::exit::ExitCode;
 use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::el2::{self, GuestSetup};
 use bulkhead_arch_aarch64::exception::VcpuContext;
-use bulkhead_arch_aarch64::stage2::{GeometryError, S2Access, S2MemoryType, Stage2Geometry, Stage2Table};
-use bulkhead_config::{Backing, Config, Console, FaultPolicy, MemoryAttribute};
-use bulkhead_drivers::pl011::Pl011;
-use bulkhead_core::address::{Gpa, Hpa};
-use bulkhead_core::memmap::{self, MemoryKind};
-use bulkhead_core::partition::{Access, Partition, Region, RunState};
+use bulkhead_arch_aarch64::stage2::{GeometryError, Stage2Geometry, Stage2Table};
+use bulkhead_config::{Backing, Config, Console, FaultPolicy};
+use crate::space::{self, Stage2View};
+use bulkhead_core::address::Gpa;
+use bulkhead_core::address_space::AddressSpace;
+use bulkhead_core::memmap;
+use bulkhead_core::partition::{Access, Partition, RunState};
 
-/// Largest alignment worth asking the frame allocator for: a level-2 block.
-const BLOCK_2M: u64 = 2 << 20;
 
 /// A partition ready to run on this CPU.
 pub struct Runnable {
@@ -106,7 +105,7 @@ pub fn create_partitions(
     let mut slots = Vec::new();
     let whole = config;
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
-        let mut partition = Partition::new(index, &config.name, Vec::new());
+        let mut partition = Partition::new(index, &config.name, AddressSpace::new());
         let cpu = config.cpus.first().copied().unwrap_or(0) as usize;
         let built = match refusal {
             Some(reason) => Err(reason),
@@ -123,53 +122,6 @@ pub fn create_partitions(
         slots.push(Slot { partition, runnable, cpu });
     }
     slots
-}
-
-/// Checks that a host-backed range is either RAM reserved for partitions
-/// (free memory the allocator was told to skip) or lies outside all RAM
-/// (device memory). Anything touching the hypervisor's, the firmware's or
-/// the guest images' memory is refused.
-fn check_host_range(memory: &Memory, base: u64, end: u64) -> Result<(), String> {
-    for (kind, what) in [
-        (MemoryKind::Hypervisor, "the hypervisor's own memory"),
-        (MemoryKind::GuestImage, "the loaded guest images"),
-        (MemoryKind::FirmwareRam, "firmware runtime memory"),
-        (MemoryKind::Reserved, "reserved memory"),
-    ] {
-        if let Some((b, e)) = memmap::ranges_of(&memory.map, kind).into_iter().find(|&(b, e)| base < e && b < end) {
-            return Err(format!("host range {base:#x}..{end:#x} overlaps {what} at {b:#x}..{e:#x}"));
-        }
-    }
-    if memory.hv_image.0 < end && base < memory.hv_image.1 {
-        return Err(format!("host range {base:#x}..{end:#x} overlaps the hypervisor image"));
-    }
-    let free = memmap::ranges_of(&memory.map, MemoryKind::Free);
-    let inside_free = free.iter().any(|&(b, e)| b <= base && end <= e);
-    let touches_free = free.iter().any(|&(b, e)| base < e && b < end);
-    if touches_free && !inside_free {
-        return Err(format!("host range {base:#x}..{end:#x} is partly RAM and partly not"));
-    }
-    Ok(())
-}
-
-/// One past the highest guest-physical address the partition maps.
-fn ipa_limit(config: &bulkhead_config::Partition, whole: &Config) -> u64 {
-    let memory = config.memory.iter().map(|r| r.guest.saturating_add(r.size));
-    let devices = config.passthrough.iter().filter_map(|p| {
-        let device = whole.platform.device(&p.device)?;
-        Some(p.guest_base(device).saturating_add(device.size))
-    });
-    memory.chain(devices).max().unwrap_or(0)
-}
-
-/// The stage-2 memory type for a configured attribute: exactly that one.
-pub fn s2_memory_type(attr: MemoryAttribute) -> S2MemoryType {
-    match attr {
-        MemoryAttribute::NormalWb => S2MemoryType::NormalWriteBack,
-        MemoryAttribute::NormalNc => S2MemoryType::NormalNonCacheable,
-        MemoryAttribute::DeviceNGnRE => S2MemoryType::DeviceNGnRE,
-        MemoryAttribute::DeviceNGnRnE => S2MemoryType::DeviceNGnRnE,
-    }
 }
 
 fn build(
@@ -193,65 +145,16 @@ fn build(
         log::warn!("partition {}: runs one vCPU on CPU {cpu}; CPUs {:?} stay idle until multi-vCPU partitions exist", config.name, &config.cpus[1..]);
     }
 
-    let geometry = Stage2Geometry::for_limit(ipa_limit(config, whole), pa_bits).map_err(|e| match e {
+    let space = space::build(config, whole, platform, memory)?;
+    let geometry = Stage2Geometry::for_limit(space.gpa_limit(), pa_bits).map_err(|e| match e {
         GeometryError::IpaTooLarge { needed, available } => format!(
             "its highest guest address needs a {needed}-bit IPA space; this CPU offers {available} bits"
         ),
     })?;
     let mut stage2 = Stage2Table::new(geometry);
-    let mut regions = Vec::new();
-    for (i, region) in config.memory.iter().enumerate() {
-        let hpa = match region.backing {
-            Backing::Allocate => {
-                let align = region.size.min(BLOCK_2M).next_power_of_two();
-                memory::alloc_frames(region.size, align)
-                    .ok_or_else(|| format!("memory[{i}]: cannot allocate {:#x} bytes", region.size))?
-            }
-            Backing::Host(base) => {
-                let end = base.checked_add(region.size).ok_or_else(|| format!("memory[{i}].backing wraps"))?;
-                check_host_range(memory, base, end).map_err(|e| format!("memory[{i}].backing: {e}"))?;
-                Hpa::new(base)
-            }
-        };
-        let memory_type = s2_memory_type(region.attr);
-        let access = S2Access { read: region.perms.read, write: region.perms.write, execute: region.perms.execute };
-        stage2
-            .map(region.guest, hpa.raw(), region.size, memory_type, access)
-            .map_err(|e| format!("memory[{i}]: stage-2 mapping failed: {e:?}"))?;
-        regions.push(Region { gpa: Gpa::new(region.guest), hpa, size: region.size, attr: region.attr, perms: region.perms });
-        log::debug!("partition {}: memory[{i}] IPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
-    }
-    for (i, passthrough) in config.passthrough.iter().enumerate() {
-        let device = whole
-            .platform
-            .device(&passthrough.device)
-            .ok_or_else(|| format!("passthrough[{i}].device '{}' is not a platform device", passthrough.device))?;
-        let end = device.base.saturating_add(device.size);
-        if let Some(uart) = platform.uart
-            && uart < end
-            && device.base < uart + Pl011::MMIO_SIZE
-        {
-            return Err(format!("passthrough[{i}].device '{}' is the hypervisor's console UART", device.name));
-        }
-        check_host_range(memory, device.base, end).map_err(|e| format!("passthrough[{i}]: {e}"))?;
-        if memmap::ranges_of(&memory.map, MemoryKind::Free).iter().any(|&(b, e)| device.base < e && b < end) {
-            return Err(format!("passthrough[{i}].device '{}' lies in RAM, not device memory", device.name));
-        }
-        let attr = passthrough.attr_for(device);
-        let guest = passthrough.guest_base(device);
-        let rw = S2Access { read: true, write: true, execute: false };
-        stage2
-            .map(guest, device.base, device.size, s2_memory_type(attr), rw)
-            .map_err(|e| format!("passthrough[{i}]: stage-2 mapping failed: {e:?}"))?;
-        regions.push(Region {
-            gpa: Gpa::new(guest),
-            hpa: Hpa::new(device.base),
-            size: device.size,
-            attr,
-            perms: bulkhead_config::Permissions { read: true, write: true, execute: false },
-        });
-        log::info!("partition {}: device '{}' at IPA {guest:#x} ({})", config.name, device.name, attr.as_str());
-    }
+    space
+        .derive_cpu_view(&mut Stage2View(&mut stage2))
+        .map_err(|e| format!("stage-2 mapping failed: {e:?}"))?;
     if !config.interrupts.is_empty() || !config.passthrough.is_empty() {
         log::warn!(
             "partition {}: its interrupts are not delivered yet (no GIC driver): {:?}",
@@ -259,7 +162,7 @@ fn build(
             config.interrupt_ids(&whole.platform)
         );
     }
-    *partition = Partition::new(index, &config.name, regions);
+    *partition = Partition::new(index, &config.name, space);
     partition.console_enabled = config.console == Console::Hypercall;
 
     let module = boot_info
@@ -288,7 +191,7 @@ fn build(
     log::info!(
         "partition {}: CPU {cpu}, {} region(s), {}-bit IPA space, {} stage-2 table page(s), image {} ({} bytes) at {load}, entry {:#x}, VMID {vmid}",
         config.name,
-        partition.regions.len(),
+        partition.space.regions().len(),
         geometry.ipa_bits,
         stage2.table_pages(),
         config.image.file,
