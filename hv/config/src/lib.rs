@@ -30,7 +30,8 @@ pub use validate::validate;
 
 /// Bumped on every incompatible change of the blob format.
 /// 2: `platform`, `passthrough`, `interrupts`, `console`, `shared`, `on_fault = "inject"`.
-pub const BLOB_VERSION: u32 = 2;
+/// 3: the name of the source file, for messages at boot.
+pub const BLOB_VERSION: u32 = 3;
 
 /// The first bytes of every blob.
 pub const BLOB_MAGIC: [u8; 4] = *b"BHCF";
@@ -38,8 +39,15 @@ pub const BLOB_MAGIC: [u8; 4] = *b"BHCF";
 /// Encodes a configuration into the blob the hypervisor reads: the magic,
 /// then postcard-encoded version and configuration.
 pub fn to_blob(config: &Config) -> alloc::vec::Vec<u8> {
+    to_blob_from(config, "")
+}
+
+/// Like [`to_blob`], recording the name of the file the configuration came
+/// from so that errors found at boot can name it too.
+pub fn to_blob_from(config: &Config, source: &str) -> alloc::vec::Vec<u8> {
     let blob = Blob {
         version: BLOB_VERSION,
+        source: alloc::string::String::from(source),
         config: config.clone(),
     };
     let mut bytes = alloc::vec::Vec::from(BLOB_MAGIC);
@@ -84,18 +92,28 @@ impl core::fmt::Display for BlobError {
 /// blob of another version, [`BlobError::Malformed`] for anything else that
 /// does not decode.
 pub fn from_blob(bytes: &[u8]) -> Result<Config, BlobError> {
+    from_blob_with_source(bytes).map(|(config, _)| config)
+}
+
+/// Decodes a blob and the name of the file it was compiled from (empty when
+/// unknown).
+///
+/// # Errors
+/// As [`from_blob`].
+pub fn from_blob_with_source(bytes: &[u8]) -> Result<(Config, alloc::string::String), BlobError> {
     let bytes = bytes.strip_prefix(&BLOB_MAGIC).ok_or(BlobError::NotABlob)?;
     let (version, _) = postcard::take_from_bytes::<u32>(bytes).map_err(|_| BlobError::Malformed)?;
     if version != BLOB_VERSION {
         return Err(BlobError::Version { found: version });
     }
     let blob: Blob = postcard::from_bytes(bytes).map_err(|_| BlobError::Malformed)?;
-    Ok(blob.config)
+    Ok((blob.config, blob.source))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Blob {
     version: u32,
+    source: alloc::string::String,
     config: Config,
 }
 

@@ -159,12 +159,21 @@ fn an_empty_platform_turns_host_checks_off() {
 }
 
 #[test]
+fn blobs_carry_their_source_name() {
+    let config = config(vec![partition("a", 0)]);
+    let (decoded, source) = from_blob_with_source(&to_blob_from(&config, "configs/demo.toml")).unwrap();
+    assert_eq!(decoded, config);
+    assert_eq!(source, "configs/demo.toml");
+    assert_eq!(from_blob_with_source(&to_blob(&config)).unwrap().1, "");
+}
+
+#[test]
 fn blobs_of_another_version_or_garbage_are_refused() {
     let config = config(vec![partition("a", 0)]);
     let mut blob = to_blob(&config);
     blob[4] = 7;
     assert_eq!(from_blob(&blob), Err(BlobError::Version { found: 7 }));
-    assert_eq!(from_blob(b"BHCF\x02\xff\xff"), Err(BlobError::Malformed));
+    assert_eq!(from_blob(b"BHCF\x03\xff\xff"), Err(BlobError::Malformed));
     assert_eq!(from_blob(b"BHCF"), Err(BlobError::Malformed));
     assert_eq!(from_blob(&[]), Err(BlobError::NotABlob));
     assert_eq!(

@@ -53,16 +53,18 @@ pub struct Slot {
 pub fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
     // SAFETY: the loader copied the configuration blob into hypervisor memory.
     let blob = unsafe { core::slice::from_raw_parts(boot_info.config.base as *const u8, boot_info.config.size as usize) };
-    let config = match bulkhead_config::from_blob(blob) {
-        Ok(config) => config,
+    let (config, source) = match bulkhead_config::from_blob_with_source(blob) {
+        Ok(decoded) => decoded,
         Err(e) => {
             log::error!("configuration: {e}");
             crate::platform::finish(ExitCode::BootFailure);
         }
     };
+    let source = if source.is_empty() { String::from("configuration") } else { source };
+    log::info!("configuration: {source}, {} partition(s)", config.partitions.len());
     let errors = bulkhead_config::validate(&config);
     for e in &errors {
-        log::error!("configuration: {e}");
+        log::error!("{source}: {e}");
     }
     if bulkhead_config::has_global_errors(&errors) {
         log::error!("configuration rejected: errors outside any partition; no partition is started");
@@ -71,7 +73,7 @@ pub fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
     let mut refused = alloc::vec![None; config.partitions.len()];
     for e in errors {
         if let Some(slot) = e.partition_index.and_then(|i| refused.get_mut(i)) {
-            let text = format!("configuration: {e}");
+            let text = format!("{source}: {e}");
             slot.get_or_insert(text);
         }
     }

@@ -59,8 +59,8 @@ pub const SCENARIOS: &[Scenario] = &[
         smp: 2,
         expect_exit: Some(ExitCode::PartitionFailure),
         expect: &[
-            "configuration: partition 'second', field 'cpus[0]': CPU 1 is already given to partition 'first'",
-            "partition second: not started: configuration:",
+            "tests/configs/boot-only/cpu-taken.toml: partition 'second', field 'cpus[0]': CPU 1 is already given to partition 'first'",
+            "partition second: not started: tests/configs/boot-only/cpu-taken.toml: partition 'second', field 'cpus[0]'",
             "partition first: started",
             "---- summary ----",
             "partition first: passed",

@@ -38,7 +38,7 @@ pub fn compile_unchecked(path: &Path, shown: &str) -> Result<Compiled> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("{shown}: cannot read the configuration"))?;
     let config = toml::from_str::<Config>(&text).with_context(|| format!("{shown}: not a configuration"))?;
-    let blob = bulkhead_config::to_blob(&config);
+    let blob = bulkhead_config::to_blob_from(&config, shown);
     Ok(Compiled { config, blob })
 }
 
@@ -54,7 +54,7 @@ pub fn compile(path: &Path, shown: &str) -> Result<Compiled> {
         .with_context(|| format!("{shown}: cannot read the configuration"))?;
     match check_text(&text, shown) {
         Ok(config) => {
-            let blob = bulkhead_config::to_blob(&config);
+            let blob = bulkhead_config::to_blob_from(&config, shown);
             Ok(Compiled { config, blob })
         }
         Err(problems) => {
