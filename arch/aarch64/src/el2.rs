@@ -78,17 +78,23 @@ pub const fn vtcr(geometry: Stage2Geometry, pa_bits: u32) -> u64 {
     let orgn0_wbwa = 0b01 << 10;
     let sh0_inner = 0b11 << 12;
     let tg0_4k = 0b00 << 14;
-    let ps = (match pa_bits {
-        32 => 0,
-        36 => 1,
-        40 => 2,
-        42 => 3,
-        44 => 4,
-        _ => 5,
-    } as u64)
-        << 16;
+    let ps = output_size_field(pa_bits) << 16;
     let res1 = 1 << 31;
     t0sz | sl0 | irgn0_wbwa | orgn0_wbwa | sh0_inner | tg0_4k | ps | res1
+}
+
+/// The `PS` field of `TCR_EL2`/`VTCR_EL2` for the largest output size that
+/// fits `pa_bits` (same encoding as `ID_AA64MMFR0_EL1.PARange`, capped at
+/// 48 bits: 52-bit output needs FEAT_LPA descriptors, which are not used).
+pub const fn output_size_field(pa_bits: u32) -> u64 {
+    match pa_bits {
+        0..=35 => 0,
+        36..=39 => 1,
+        40..=41 => 2,
+        42..=43 => 3,
+        44..=47 => 4,
+        _ => 5,
+    }
 }
 
 /// `VTTBR_EL2` for a root table at `root` and 8-bit `vmid`.
@@ -170,6 +176,14 @@ mod tests {
         assert_eq!(HCR_GUEST >> 19 & 1, 1);
         assert_eq!(HCR_GUEST >> 34 & 1, 0, "E2H stays clear");
         assert_eq!(HCR_GUEST >> 27 & 1, 0, "TGE stays clear");
+    }
+
+    #[test]
+    fn output_size_never_exceeds_the_cpu() {
+        assert_eq!(output_size_field(32), 0);
+        assert_eq!(output_size_field(40), 2);
+        assert_eq!(output_size_field(44), 4);
+        assert_eq!(output_size_field(52), 5);
     }
 
     #[test]

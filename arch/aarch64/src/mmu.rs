@@ -102,14 +102,7 @@ impl El2IdMap {
 /// write-back inner-shareable walks, 4 KiB granule, PS from `pa_bits`, RES1
 /// bits 23 and 31.
 pub const fn tcr_el2(pa_bits: u32) -> u64 {
-    let ps: u64 = match pa_bits {
-        32 => 0,
-        36 => 1,
-        40 => 2,
-        42 => 3,
-        44 => 4,
-        _ => 5,
-    };
+    let ps = crate::el2::output_size_field(pa_bits);
     16 | (0b01 << 8) | (0b01 << 10) | (0b11 << 12) | (ps << 16) | (1 << 23) | (1 << 31)
 }
 
