@@ -8,4 +8,5 @@
 #![no_std]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod gicv3;
 pub mod pl011;

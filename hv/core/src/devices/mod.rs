@@ -1,0 +1,3 @@
+//! Device models the hypervisor emulates for partitions, one per file.
+
+pub mod pl011;
