@@ -315,8 +315,8 @@ pub(crate) mod tests {
         assert_eq!(space.add_region(ram(0x1001, 0, 0x1000, "r")), Err(AddressSpaceError::BadRange(Gpa::new(0x1001))));
         assert_eq!(space.add_region(ram(0x1000, 0, 0, "r")), Err(AddressSpaceError::BadRange(Gpa::new(0x1000))));
         assert_eq!(
-            space.add_region(ram(u64::MAX & !0xfff, 0, 0x2000, "r")),
-            Err(AddressSpaceError::BadRange(Gpa::new(u64::MAX & !0xfff)))
+            space.add_region(ram(!0xfffu64, 0, 0x2000, "r")),
+            Err(AddressSpaceError::BadRange(Gpa::new(!0xfffu64)))
         );
         assert_eq!(space.gpa_limit(), 0x8000_1000);
     }

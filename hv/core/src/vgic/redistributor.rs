@@ -71,13 +71,8 @@ impl MmioDevice for Redistributors {
             offset::TYPER if size == AccessSize::Double => typer(vcpu, count),
             offset::TYPER => typer(vcpu, count) & 0xffff_ffff,
             offset::TYPER_HIGH => typer(vcpu, count) >> 32,
-            offset::WAKER => {
-                if vgic.private[vcpu].asleep {
-                    WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP
-                } else {
-                    0
-                }
-            }
+            offset::WAKER if vgic.private[vcpu].asleep => WAKER_PROCESSOR_SLEEP | WAKER_CHILDREN_ASLEEP,
+            offset::WAKER => 0,
             offset::PIDR2 => PIDR2_GICV3,
             a if a >= SGI_BASE => match a - SGI_BASE {
                 offset::IGROUPR0 => u64::from(u32::MAX),
