@@ -173,8 +173,11 @@ pub struct Gicr {
     sgi: &'static GicrSgiRegisters,
 }
 
-// SAFETY: only the CPU it belongs to uses a redistributor.
+// SAFETY: only the CPU it belongs to uses a redistributor; other CPUs can
+// reach the handle (it sits in a table indexed by CPU) but never use it.
 unsafe impl Send for Gicr {}
+// SAFETY: as above.
+unsafe impl Sync for Gicr {}
 
 impl Gicr {
     /// Finds the redistributor of the CPU with affinity `mpidr` in the region

@@ -119,6 +119,16 @@ impl Esr {
         ((self.iss() >> 16) & 0x1f) as u8
     }
 
+    /// For data aborts with a valid syndrome: SSE, sign-extend the loaded value.
+    pub const fn sign_extend(self) -> bool {
+        self.iss() & (1 << 21) != 0
+    }
+
+    /// For data aborts with a valid syndrome: SF, the register is 64-bit.
+    pub const fn sixty_four_bit_register(self) -> bool {
+        self.iss() & (1 << 15) != 0
+    }
+
     /// For aborts: S1PTW, the fault happened on a stage-2 walk of a stage-1 table.
     pub const fn on_stage1_walk(self) -> bool {
         self.iss() & (1 << 7) != 0
@@ -147,6 +157,49 @@ impl Esr {
 impl fmt::Debug for Esr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ESR {:#010x} (EC {:#04x} {:?}, ISS {:#x})", self.0, self.ec(), self.class(), self.iss())
+    }
+}
+
+/// A trapped `MSR`/`MRS` (EC 0x18), decoded from the ISS (Arm ARM D24.2.41,
+/// "ISS encoding for an exception from MSR, MRS, or System instruction").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SysRegAccess {
+    /// Op0, Op1, CRn, CRm, Op2: the register's encoding.
+    pub encoding: (u8, u8, u8, u8, u8),
+    /// The general-purpose register transferred.
+    pub register: u8,
+    /// A read (`MRS`); else a write (`MSR`).
+    pub read: bool,
+}
+
+/// `ICC_SGI1R_EL1`: op0 3, op1 0, CRn 12, CRm 11, op2 5.
+pub const ICC_SGI1R_EL1: (u8, u8, u8, u8, u8) = (3, 0, 12, 11, 5);
+
+impl SysRegAccess {
+    /// Decodes the syndrome of a trapped system-register access.
+    pub const fn decode(esr: Esr) -> SysRegAccess {
+        let iss = esr.iss();
+        SysRegAccess {
+            encoding: (
+                ((iss >> 20) & 0x3) as u8,
+                ((iss >> 14) & 0x7) as u8,
+                ((iss >> 10) & 0xf) as u8,
+                ((iss >> 1) & 0xf) as u8,
+                ((iss >> 17) & 0x7) as u8,
+            ),
+            register: ((iss >> 5) & 0x1f) as u8,
+            read: iss & 1 != 0,
+        }
+    }
+
+    /// Whether this is a write of `ICC_SGI1R_EL1` (a guest sending an SGI).
+    pub const fn is_sgi1r_write(&self) -> bool {
+        !self.read
+            && self.encoding.0 == ICC_SGI1R_EL1.0
+            && self.encoding.1 == ICC_SGI1R_EL1.1
+            && self.encoding.2 == ICC_SGI1R_EL1.2
+            && self.encoding.3 == ICC_SGI1R_EL1.3
+            && self.encoding.4 == ICC_SGI1R_EL1.4
     }
 }
 
@@ -191,6 +244,24 @@ mod tests {
         // IPA 0x1_0000_0123: HPFAR holds IPA[47:12] in bits 43:4.
         assert_eq!(fault_ipa(0x100_0000, 0xffff_0123), 0x1_0000_0123);
         assert_eq!(fault_ipa(0x4_0000, 0x8), 0x400_0008);
+    }
+
+    #[test]
+    fn decodes_a_trapped_sgi1r_write() {
+        // MSR ICC_SGI1R_EL1, x3: Op0=3 Op2=5 Op1=0 CRn=12 Rt=3 CRm=11 write.
+        let iss = (3 << 20) | (5 << 17) | (12 << 10) | (3 << 5) | (11 << 1);
+        let access = SysRegAccess::decode(Esr((0x18 << 26) | (1 << 25) | iss));
+        assert_eq!(access.encoding, ICC_SGI1R_EL1);
+        assert_eq!(access.register, 3);
+        assert!(access.is_sgi1r_write());
+        assert!(!SysRegAccess::decode(Esr((0x18 << 26) | iss | 1)).is_sgi1r_write(), "a read");
+    }
+
+    #[test]
+    fn data_abort_register_width_and_sign() {
+        let esr = Esr(0x9200_0000 | (1 << 24) | (1 << 21) | (1 << 15));
+        assert!(esr.sign_extend());
+        assert!(esr.sixty_four_bit_register());
     }
 
     #[test]

@@ -26,12 +26,13 @@ pub use error::{
     partitions_with_errors,
 };
 pub use model::*;
-pub use validate::validate;
+pub use validate::{emulated_windows, validate};
 
 /// Bumped on every incompatible change of the blob format.
 /// 2: `platform`, `passthrough`, `interrupts`, `console`, `shared`, `on_fault = "inject"`.
 /// 3: the name of the source file, for messages at boot.
-pub const BLOB_VERSION: u32 = 3;
+/// 4: `console = "pl011"`.
+pub const BLOB_VERSION: u32 = 4;
 
 /// The first bytes of every blob.
 pub const BLOB_MAGIC: [u8; 4] = *b"BHCF";

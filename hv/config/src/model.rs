@@ -189,7 +189,20 @@ pub enum Console {
     Hypercall,
     /// No console: console hypercalls are refused.
     None,
+    /// An emulated PL011 UART at guest address [`EMULATED_UART_BASE`] (the
+    /// QEMU `virt` layout), plus the console hypercall; output is printed
+    /// with the partition's name.
+    Pl011,
 }
+
+/// Guest-physical address of the emulated PL011 (`console = "pl011"`).
+pub const EMULATED_UART_BASE: u64 = 0x0900_0000;
+/// Guest-physical address of every partition's virtual GIC distributor
+/// (the QEMU `virt` layout); the redistributors follow at
+/// [`VGIC_REDISTRIBUTOR_BASE`], 128 KiB per vCPU.
+pub const VGIC_DISTRIBUTOR_BASE: u64 = 0x0800_0000;
+/// See [`VGIC_DISTRIBUTOR_BASE`].
+pub const VGIC_REDISTRIBUTOR_BASE: u64 = 0x080a_0000;
 
 /// A guest image file and its entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

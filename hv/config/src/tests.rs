@@ -173,7 +173,7 @@ fn blobs_of_another_version_or_garbage_are_refused() {
     let mut blob = to_blob(&config);
     blob[4] = 7;
     assert_eq!(from_blob(&blob), Err(BlobError::Version { found: 7 }));
-    assert_eq!(from_blob(b"BHCF\x03\xff\xff"), Err(BlobError::Malformed));
+    assert_eq!(from_blob(b"BHCF\x04\xff\xff"), Err(BlobError::Malformed));
     assert_eq!(from_blob(b"BHCF"), Err(BlobError::Malformed));
     assert_eq!(from_blob(&[]), Err(BlobError::NotABlob));
     assert_eq!(

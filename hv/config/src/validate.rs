@@ -226,6 +226,11 @@ impl<'a> Checker<'a> {
                         },
                     );
                 }
+                for (what, base, size) in emulated_windows(p) {
+                    if overlap(base, size, region.guest, region.size) {
+                        self.push(scope, format!("memory[{i}].guest"), ErrorKind::GuestOverlap { other: what.into() });
+                    }
+                }
             }
             let load = p.image.load;
             if !p
@@ -433,6 +438,11 @@ impl<'a> Checker<'a> {
                         ErrorKind::GuestOverlap { other },
                     );
                 }
+                for (what, base, size) in emulated_windows(p) {
+                    if overlap(base, size, guest, device.size) {
+                        self.push(scope, format!("{field}.guest"), ErrorKind::GuestOverlap { other: what.into() });
+                    }
+                }
                 placed.push((field, guest, device.size));
             }
         }
@@ -568,4 +578,18 @@ mod tests {
         assert!(!overlap(0x1000, 0, 0x1000, 0x1000));
         assert!(overlap(0x1000, 0x3000, 0x2000, 0x1000));
     }
+}
+
+/// The guest-physical windows of the devices the hypervisor emulates for
+/// partition `p`: its virtual GIC, and the emulated UART if it has one.
+pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
+    let vcpus = p.cpus.len().max(1) as u64;
+    let mut windows = alloc::vec![
+        ("the virtual GIC distributor", crate::model::VGIC_DISTRIBUTOR_BASE, 0x1_0000),
+        ("the virtual GIC redistributors", crate::model::VGIC_REDISTRIBUTOR_BASE, 0x2_0000 * vcpus),
+    ];
+    if p.console == crate::model::Console::Pl011 {
+        windows.push(("the emulated UART", crate::model::EMULATED_UART_BASE, 0x1000));
+    }
+    windows
 }

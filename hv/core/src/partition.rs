@@ -84,6 +84,8 @@ pub struct Partition {
     pub unknown_calls: u32,
     /// Whether the console hypercall prints (configuration `console`).
     pub console_enabled: bool,
+    /// The devices emulated for the partition.
+    pub bus: crate::mmio::MmioBus,
     console_line: Vec<u8>,
 }
 
@@ -98,6 +100,7 @@ impl Partition {
             verdict: Verdict::None,
             unknown_calls: 0,
             console_enabled: true,
+            bus: crate::mmio::MmioBus::new(),
             console_line: Vec::new(),
         }
     }

@@ -15,6 +15,10 @@ use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
 use bulkhead_arch_aarch64::translate::{Stages, combine, s2_memattr, translate};
 use bulkhead_config::FaultPolicy;
 use bulkhead_core::address::Gpa;
+use bulkhead_core::mmio::{AccessSize, DataAccess};
+use bulkhead_arch_aarch64::esr::SysRegAccess;
+use bulkhead_arch_aarch64::exception::VcpuContext;
+use alloc::vec::Vec;
 use crate::space::s2_memory_type;
 use bulkhead_core::hypercall::{self, Conduit, Outcome};
 use bulkhead_core::partition::{Partition, StopReason};
@@ -31,10 +35,11 @@ const FSC_ALIGNMENT: u8 = 0x21;
 pub fn handle(partition: &mut Partition, runnable: &mut Runnable, exit: ExitKind) {
     match exit {
         ExitKind::Sync => handle_sync(partition, runnable),
-        ExitKind::Irq | ExitKind::Fiq => {
+        ExitKind::Irq => runnable.interrupts.on_irq_exit(&partition.name),
+        ExitKind::Fiq => {
             runnable.irq_exits = runnable.irq_exits.saturating_add(1);
             if runnable.irq_exits <= IRQ_LOG_LIMIT {
-                log::warn!("partition {}: physical {exit:?} while it ran; no interrupt controller driver yet", partition.name);
+                log::warn!("partition {}: physical FIQ while it ran; FIQs are not used", partition.name);
             }
         }
         ExitKind::SError => stop_for_fault(partition, format!("SError at PC {:#x}", runnable.vcpu.elr)),
@@ -54,8 +59,27 @@ fn handle_sync(partition: &mut Partition, runnable: &mut Runnable) {
             runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
             hypercall_exit(partition, runnable, Conduit::Smc)
         }
+        ExceptionClass::DataAbortLower if esr.fault_has_ipa() && esr.has_valid_syndrome() => {
+            let access = DataAccess {
+                gpa: Gpa::new(esr::fault_ipa(hpfar, far)),
+                size: AccessSize::from_bytes(u64::from(esr.access_size())).unwrap_or(AccessSize::Word),
+                write: esr.is_write(),
+                register: esr.transfer_register(),
+                sign_extend: esr.sign_extend(),
+                sixty_four: esr.sixty_four_bit_register(),
+            };
+            if !emulate_mmio(partition, runnable, &access) {
+                stage2_fault(partition, runnable, esr, far, hpfar)
+            }
+        }
         ExceptionClass::DataAbortLower | ExceptionClass::InstructionAbortLower => {
             stage2_fault(partition, runnable, esr, far, hpfar)
+        }
+        ExceptionClass::SysReg if SysRegAccess::decode(esr).is_sgi1r_write() => {
+            let access = SysRegAccess::decode(esr);
+            let value = register(&runnable.vcpu, access.register);
+            runnable.interrupts.send_sgi(value);
+            runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
         }
         other => {
             let message = format!("unhandled exit {other:?} ({esr:?}) at PC {:#x}", runnable.vcpu.elr);
@@ -63,6 +87,42 @@ fn handle_sync(partition: &mut Partition, runnable: &mut Runnable) {
             stop_for_fault(partition, message);
         }
     }
+}
+
+/// A general-purpose register by number; 31 is the zero register here.
+fn register(vcpu: &VcpuContext, n: u8) -> u64 {
+    vcpu.x.get(usize::from(n)).copied().unwrap_or(0)
+}
+
+/// Emulates a trapped load or store if an emulated device claims it;
+/// returns whether one did.
+fn emulate_mmio(partition: &mut Partition, runnable: &mut Runnable, access: &DataAccess) -> bool {
+    let vcpu_index = runnable.interrupts.vcpu;
+    let claimed = if access.write {
+        let value = register(&runnable.vcpu, access.register);
+        partition.bus.write(vcpu_index, access.gpa, access.size, value)
+    } else {
+        match partition.bus.read(vcpu_index, access.gpa, access.size) {
+            Some(raw) => {
+                if let Some(slot) = runnable.vcpu.x.get_mut(usize::from(access.register)) {
+                    *slot = access.load_value(raw);
+                }
+                true
+            }
+            None => false,
+        }
+    };
+    if claimed {
+        // Data aborts with a valid syndrome come from 32-bit instructions.
+        runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
+        if let Some(bytes) = &runnable.uart_output {
+            let pending: Vec<u8> = core::mem::take(&mut *bytes.lock());
+            if !pending.is_empty() {
+                partition.console_write(&pending, &mut GuestConsole);
+            }
+        }
+    }
+    claimed
 }
 
 fn stage2_fault(partition: &mut Partition, runnable: &mut Runnable, esr: Esr, far: u64, hpfar: u64) {

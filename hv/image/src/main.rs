@@ -14,6 +14,8 @@ extern crate alloc;
 mod console;
 mod crash;
 mod exits;
+mod gic;
+mod interrupts;
 mod memory;
 mod platform;
 mod run;
@@ -61,8 +63,10 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         crash::trigger(test);
     }
 
+    gic::init_distributor(&platform);
+    gic::init_cpu(&platform, platform.boot_cpu().unwrap_or(0), platform.firmware.mpidr);
     let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory);
-    run::start(slots, &platform)
+    run::start(slots, platform)
 }
 
 /// Reports a hypervisor panic and ends the run with [`ExitCode::HypervisorFault`].

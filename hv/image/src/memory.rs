@@ -84,6 +84,10 @@ pub fn init(boot_info: &BootInfo, platform: &Platform, host_backed: &[(u64, u64)
     if let Some(uart) = platform.uart {
         idmap.map(uart, Pl011::MMIO_SIZE, El2Memory::Device).map_err(|e| format!("mapping the console: {e:?}"))?;
     }
+    if let Some(((gicd, gicd_size), (gicr, gicr_size))) = platform.gic {
+        idmap.map(gicd, gicd_size, El2Memory::Device).map_err(|e| format!("mapping the GIC distributor: {e:?}"))?;
+        idmap.map(gicr, gicr_size, El2Memory::Device).map_err(|e| format!("mapping the GIC redistributors: {e:?}"))?;
+    }
     // SAFETY: the map covers the image, pool (less the guard page), boot
     // information, guest images, all free RAM and the console, with the
     // attributes the firmware used for them.

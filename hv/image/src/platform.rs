@@ -28,6 +28,8 @@ pub struct Platform {
     pub cpus: Vec<u64>,
     /// How PSCI calls reach the firmware, if the device tree says.
     pub psci: Option<PsciConduit>,
+    /// The GICv3: distributor `(base, size)` and redistributor region `(base, size)`.
+    pub gic: Option<((u64, u64), (u64, u64))>,
 }
 
 /// The affinity fields of an MPIDR (Aff3, Aff2, Aff1, Aff0).
@@ -50,6 +52,7 @@ impl Platform {
             notes: Vec::new(),
             cpus: Vec::new(),
             psci: None,
+            gic: None,
         };
         if !boot_info.bootargs.is_empty() {
             // SAFETY: the loader copied the boot arguments here (caller's promise).
@@ -79,6 +82,10 @@ impl Platform {
         });
         if platform.cpus.is_empty() {
             platform.notes.push("no CPU in /cpus");
+        }
+        platform.gic = gicv3(&fdt);
+        if platform.gic.is_none() {
+            platform.notes.push("no GICv3 (compatible \"arm,gic-v3\"): partitions get no interrupts");
         }
         if platform.uart.is_none() {
             platform.notes.push("no PL011 named by /chosen/stdout-path");
@@ -110,6 +117,9 @@ impl Platform {
             fw.sctlr
         );
         log::info!("{} CPU(s) in the device tree, PSCI via {:?}", self.cpus.len(), self.psci);
+        if let Some(((d, _), (r, r_size))) = self.gic {
+            log::info!("GICv3: distributor at {d:#x}, redistributors at {r:#x} (+{r_size:#x})");
+        }
         if let Some(uart) = self.uart {
             log::info!("console: PL011 at {uart:#x}");
         }
@@ -136,6 +146,18 @@ fn stdout_uart(fdt: &Fdt<'_>) -> Option<u64> {
     }
     let region = node.reg()?.next()?;
     Some(region.starting_address as u64)
+}
+
+/// The first two `reg` ranges of the GICv3 node: distributor, redistributors.
+fn gicv3(fdt: &Fdt<'_>) -> Option<((u64, u64), (u64, u64))> {
+    let node = fdt.find_compatible(&["arm,gic-v3"])?;
+    let mut regs = node.reg()?;
+    let gicd = regs.next()?;
+    let gicr = regs.next()?;
+    Some((
+        (gicd.starting_address as u64, gicd.size? as u64),
+        (gicr.starting_address as u64, gicr.size? as u64),
+    ))
 }
 
 /// The `reg` (affinity) of each `/cpus/cpu@*` node of `device_type = "cpu"`.

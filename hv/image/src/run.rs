@@ -9,6 +9,7 @@
 
 use crate::console::line;
 use crate::exits;
+use crate::gic;
 use crate::platform::{Platform, finish, park};
 use crate::setup::Slot;
 use alloc::boxed::Box;
@@ -35,9 +36,12 @@ struct Machine {
 }
 
 static MACHINE: Once<Machine> = Once::new();
+/// What secondary CPUs need to know about the machine.
+static PLATFORM: Once<Platform> = Once::new();
 
 /// Starts every partition and runs the boot CPU's own; never returns.
-pub fn start(slots: Vec<Slot>, platform: &Platform) -> ! {
+pub fn start(slots: Vec<Slot>, platform: Platform) -> ! {
+    let platform = PLATFORM.call_once(|| platform);
     let started = slots.iter().filter(|s| s.runnable.is_some()).count();
     let machine = MACHINE.call_once(|| Machine {
         cpus: slots.iter().map(|s| s.cpu).collect(),
@@ -72,6 +76,10 @@ pub fn start(slots: Vec<Slot>, platform: &Platform) -> ! {
 pub extern "C" fn bulkhead_secondary_main(block: &SecondaryBoot) -> ! {
     let Some(machine) = MACHINE.get() else { park() };
     let cpu = block.cpu_index as usize;
+    if let Some(platform) = PLATFORM.get() {
+        let mpidr = platform.cpus.get(cpu).copied().unwrap_or(0);
+        gic::init_cpu(platform, cpu, mpidr);
+    }
     // Only started partitions' CPUs are brought up, so the first slot on
     // this CPU is the one to run (validation gives each CPU one partition).
     match machine.cpus.iter().position(|&c| c == cpu) {
@@ -106,9 +114,11 @@ fn run_slot(machine: &'static Machine, index: usize) -> ! {
             // stays alive (in the slot) for as long as the partition runs.
             unsafe { el2::configure_guest(&runnable.setup) };
             runnable.stage2.mark_live();
+            runnable.interrupts.reset();
             partition.state = RunState::Running;
             log::info!("partition {}: started", partition.name);
             while !partition.is_stopped() {
+                runnable.interrupts.before_entry();
                 // SAFETY: EL2 was configured for this partition just above.
                 let exit = unsafe { exception::enter_guest(&mut runnable.vcpu) };
                 exits::handle(partition, runnable, exit);

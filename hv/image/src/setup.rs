@@ -12,7 +12,15 @@ use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::el2::{self, GuestSetup};
 use bulkhead_arch_aarch64::exception::VcpuContext;
 use bulkhead_arch_aarch64::stage2::{GeometryError, Stage2Geometry, Stage2Table};
-use bulkhead_config::{Backing, Config, Console, FaultPolicy};
+use bulkhead_config::{Backing, Config, Console, EMULATED_UART_BASE, FaultPolicy, VGIC_DISTRIBUTOR_BASE, VGIC_REDISTRIBUTOR_BASE};
+use crate::interrupts::VcpuInterrupts;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use bulkhead_core::devices::pl011::{ByteSink, PL011_MMIO_SIZE, Pl011 as EmulatedPl011};
+use bulkhead_core::vgic::Vgic;
+use bulkhead_core::vgic::distributor::{Distributor, GICD_SIZE};
+use bulkhead_core::vgic::redistributor::Redistributors;
+use spin::Mutex;
 use crate::space::{self, Stage2View};
 use bulkhead_core::address::Gpa;
 use bulkhead_core::address_space::AddressSpace;
@@ -34,6 +42,24 @@ pub struct Runnable {
     pub on_fault: FaultPolicy,
     /// Faults injected so far (for rate-limited logging).
     pub injected_faults: u32,
+    /// The vCPU's interrupts.
+    pub interrupts: VcpuInterrupts,
+    /// Bytes the guest wrote to its emulated UART, not yet printed.
+    pub uart_output: Option<Arc<Mutex<Vec<u8>>>>,
+}
+
+/// The emulated UART's byte sink: shared with the exit handler, which
+/// prints the bytes as console lines.
+struct UartBytes(Arc<Mutex<Vec<u8>>>);
+
+impl ByteSink for UartBytes {
+    fn byte(&mut self, byte: u8) {
+        let mut bytes = self.0.lock();
+        // A guest that never exits cannot grow the buffer without bound.
+        if bytes.len() < 4096 {
+            bytes.push(byte);
+        }
+    }
 }
 
 /// A configured partition, and its runnable state if it could be started.
@@ -165,7 +191,36 @@ fn build(
         );
     }
     *partition = Partition::new(index, &config.name, space);
-    partition.console_enabled = config.console == Console::Hypercall;
+    partition.console_enabled = config.console != Console::None;
+
+    // Every partition gets a virtual GIC at the QEMU `virt` addresses.
+    let vcpu_count = 1;
+    let spis: Vec<u32> = config.interrupt_ids(&whole.platform).into_iter().collect();
+    let vgic = Arc::new(Mutex::new(Vgic::new(vcpu_count, &spis)));
+    partition
+        .bus
+        .insert(Gpa::new(VGIC_DISTRIBUTOR_BASE), GICD_SIZE, Box::new(Distributor(vgic.clone())))
+        .map_err(|e| format!("virtual GIC distributor: {e:?}"))?;
+    partition
+        .bus
+        .insert(
+            Gpa::new(VGIC_REDISTRIBUTOR_BASE),
+            Redistributors::region_size(vcpu_count),
+            Box::new(Redistributors(vgic.clone())),
+        )
+        .map_err(|e| format!("virtual GIC redistributors: {e:?}"))?;
+    let uart_output = if config.console == Console::Pl011 {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        partition
+            .bus
+            .insert(Gpa::new(EMULATED_UART_BASE), PL011_MMIO_SIZE, Box::new(EmulatedPl011::new(UartBytes(bytes.clone()))))
+            .map_err(|e| format!("emulated UART: {e:?}"))?;
+        Some(bytes)
+    } else {
+        None
+    };
+    let mpidr = platform.cpus.get(cpu).copied().unwrap_or(0);
+    let interrupts = VcpuInterrupts::new(vgic, 0, cpu, alloc::vec![mpidr]);
 
     let module = boot_info
         .module(&config.image.file)
@@ -207,5 +262,7 @@ fn build(
         irq_exits: 0,
         on_fault: config.on_fault,
         injected_faults: 0,
+        interrupts,
+        uart_output,
     })
 }

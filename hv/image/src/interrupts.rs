@@ -1,0 +1,174 @@
+//! A vCPU's interrupts: physical interrupts taken while it runs, virtual
+//! interrupts put into the list registers before it runs again, and SGIs
+//! it sends.
+//!
+//! The EL1 virtual timer is a hardware interrupt: its physical PPI is
+//! forwarded through a list register with the HW bit, so the guest's
+//! deactivation completes the physical one. While the guest has the
+//! virtual PPI disabled, the physical one is disabled too. Everything else
+//! (SGIs between vCPUs, emulated devices' SPIs) is a software interrupt
+//! taken from the [`Vgic`] state.
+
+use crate::gic::{self, KICK_SGI};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use bulkhead_arch_aarch64::gic::{
+    self as cpu_if, ICH_HCR_EN, ICH_HCR_UIE, LrState, ListRegister, MAINTENANCE_INTID, SPURIOUS_INTID, SgiRequest,
+    VIRTUAL_TIMER_INTID,
+};
+use bulkhead_core::vgic::Vgic;
+use spin::Mutex;
+
+/// Unexpected physical interrupts logged per vCPU before going quiet.
+const UNEXPECTED_LOG_LIMIT: u32 = 4;
+
+/// One vCPU's interrupt plumbing on the CPU that runs it.
+pub struct VcpuInterrupts {
+    /// The partition's virtual GIC.
+    pub vgic: Arc<Mutex<Vgic>>,
+    /// This vCPU's index in the partition.
+    pub vcpu: usize,
+    /// The physical CPU that runs it.
+    pub cpu: usize,
+    /// Affinity of the physical CPU running each vCPU of the partition.
+    pub vcpu_mpidrs: Vec<u64>,
+    list_registers: usize,
+    vtimer_physically_enabled: bool,
+    unexpected: u32,
+}
+
+impl VcpuInterrupts {
+    /// Plumbing for `vcpu` running on `cpu`.
+    pub fn new(vgic: Arc<Mutex<Vgic>>, vcpu: usize, cpu: usize, vcpu_mpidrs: Vec<u64>) -> VcpuInterrupts {
+        VcpuInterrupts {
+            vgic,
+            vcpu,
+            cpu,
+            vcpu_mpidrs,
+            list_registers: cpu_if::list_register_count().min(16),
+            vtimer_physically_enabled: false,
+            unexpected: 0,
+        }
+    }
+
+    /// Handles the physical interrupts pending after an IRQ exit.
+    pub fn on_irq_exit(&mut self, partition: &str) {
+        loop {
+            let intid = cpu_if::acknowledge();
+            if intid >= SPURIOUS_INTID - 3 {
+                break;
+            }
+            cpu_if::end_of_interrupt(intid);
+            match intid {
+                VIRTUAL_TIMER_INTID => self.forward_timer(),
+                MAINTENANCE_INTID | KICK_SGI => cpu_if::deactivate(intid),
+                other => {
+                    cpu_if::deactivate(other);
+                    self.unexpected = self.unexpected.saturating_add(1);
+                    if self.unexpected <= UNEXPECTED_LOG_LIMIT {
+                        log::warn!("partition {partition}: physical interrupt {other} is nobody's; ignored");
+                    }
+                }
+            }
+        }
+    }
+
+    fn forward_timer(&mut self) {
+        let (enabled, priority) = {
+            let vgic = self.vgic.lock();
+            (vgic.private_enabled(self.vcpu, VIRTUAL_TIMER_INTID), vgic.priority(self.vcpu, VIRTUAL_TIMER_INTID))
+        };
+        let free = self.free_list_register();
+        match (enabled, free) {
+            (true, Some(lr)) if !self.held(VIRTUAL_TIMER_INTID) => {
+                let entry = ListRegister {
+                    vintid: VIRTUAL_TIMER_INTID,
+                    pintid: Some(VIRTUAL_TIMER_INTID),
+                    priority,
+                    state: LrState::Pending,
+                };
+                cpu_if::write_lr(lr, entry.encode());
+            }
+            (true, _) => {
+                // No room (or already there): deactivate; the level-triggered
+                // timer fires again once the guest has taken the others.
+                cpu_if::deactivate(VIRTUAL_TIMER_INTID);
+            }
+            (false, _) => {
+                cpu_if::deactivate(VIRTUAL_TIMER_INTID);
+                gic::set_private(self.cpu, VIRTUAL_TIMER_INTID, false);
+                self.vtimer_physically_enabled = false;
+            }
+        }
+    }
+
+    fn free_list_register(&self) -> Option<usize> {
+        let empty = cpu_if::empty_list_registers();
+        (0..self.list_registers).find(|&lr| empty & (1 << lr) != 0)
+    }
+
+    /// Whether a list register already holds `vintid`.
+    fn held(&self, vintid: u32) -> bool {
+        let empty = cpu_if::empty_list_registers();
+        (0..self.list_registers)
+            .filter(|&lr| empty & (1 << lr) == 0)
+            .any(|lr| ListRegister::decode(cpu_if::read_lr(lr)).vintid == vintid)
+    }
+
+    /// Before entering the guest: mirror the timer's enable into the physical
+    /// GIC and move pending virtual interrupts into free list registers,
+    /// asking for a maintenance interrupt when some do not fit.
+    pub fn before_entry(&mut self) {
+        let mut vgic = self.vgic.lock();
+        let timer_wanted = vgic.private_enabled(self.vcpu, VIRTUAL_TIMER_INTID);
+        if timer_wanted != self.vtimer_physically_enabled {
+            gic::set_private(self.cpu, VIRTUAL_TIMER_INTID, timer_wanted);
+            self.vtimer_physically_enabled = timer_wanted;
+        }
+        let mut waiting = false;
+        while vgic.has_pending(self.vcpu) {
+            let Some(lr) = self.free_list_register() else {
+                waiting = true;
+                break;
+            };
+            let Some((intid, priority)) = vgic.take_pending(self.vcpu) else { break };
+            if self.held(intid) {
+                // Still in a list register: an edge interrupt raised again
+                // before the guest took it merges with it.
+                continue;
+            }
+            cpu_if::write_lr(lr, ListRegister { vintid: intid, pintid: None, priority, state: LrState::Pending }.encode());
+        }
+        cpu_if::write_ich_hcr_el2(if waiting { ICH_HCR_EN | ICH_HCR_UIE } else { ICH_HCR_EN });
+    }
+
+    /// A guest write of `ICC_SGI1R_EL1`: makes the SGI pending on each
+    /// target vCPU of this partition and wakes the CPUs that run them.
+    /// Targets outside the partition do not exist for it.
+    pub fn send_sgi(&mut self, value: u64) {
+        let request = SgiRequest::decode(value);
+        let count = self.vcpu_mpidrs.len();
+        let targets: Vec<usize> = if request.all_but_self {
+            (0..count).filter(|&v| v != self.vcpu).collect()
+        } else if request.affinity == 0 && request.range_selector == 0 {
+            (0..count.min(16)).filter(|&v| request.target_list & (1 << v) != 0).collect()
+        } else {
+            Vec::new()
+        };
+        let mut vgic = self.vgic.lock();
+        for target in targets {
+            if vgic.raise_sgi(target, request.intid) && target != self.vcpu {
+                gic::kick(self.vcpu_mpidrs[target]);
+            }
+        }
+    }
+
+    /// Clears every list register (a vCPU starting afresh on this CPU).
+    pub fn reset(&mut self) {
+        for lr in 0..self.list_registers {
+            cpu_if::write_lr(lr, 0);
+        }
+        cpu_if::write_ich_vmcr_el2(0);
+        cpu_if::write_ich_hcr_el2(ICH_HCR_EN);
+    }
+}
