@@ -8,7 +8,9 @@
 //!   the terminal;
 //! - `test`: host unit tests, one build, then every integration scenario
 //!   under QEMU, ending with `N passed, N failed`;
-//! - `config check`: validates a configuration file.
+//! - `config check`: validates a configuration file;
+//! - `linux-direct`: boots a Debian arm64 kernel with the test initramfs
+//!   directly under QEMU (no hypervisor), the Linux guest's baseline.
 //!
 //! `build`, `run` and `test` run the setup check first.
 
@@ -18,7 +20,11 @@ mod apt;
 mod bench;
 mod build;
 mod config;
+mod cpio;
 mod esp;
+mod initramfs;
+mod linux;
+mod linux_direct;
 mod paths;
 mod run;
 mod setup;
@@ -55,6 +61,9 @@ enum Command {
     Config(ConfigCommand),
     /// Run the benchmarks (figures and ratios, not pass/fail).
     Bench(TargetArgs),
+    /// Boot a Debian arm64 kernel and the test initramfs directly under
+    /// QEMU, without the hypervisor (fetches them into target/xtask/).
+    LinuxDirect(linux_direct::LinuxDirectArgs),
 }
 
 /// Options shared by `build` and `run`.
@@ -147,6 +156,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let options = build_options(&args.target)?;
             let filter = args.filter.unwrap_or_default();
             test::test(&ws, &options, &filter, !args.no_unit)
+        }
+        Command::LinuxDirect(args) => {
+            setup::ensure(&ws, setup::Verbosity::Quiet)?;
+            linux_direct::linux_direct(&ws, &args)
         }
         Command::Config(ConfigCommand::Check { file }) => {
             let compiled = config::compile(&ws.resolve(&file), &file.display().to_string())?;
