@@ -47,10 +47,16 @@ pub fn probe(access: impl FnOnce()) -> Option<Fault> {
     })
 }
 
-/// Called by the EL1 vectors with the syndrome; returns where to resume.
+/// Called by the EL1 vectors with the syndrome and the vector's index (0..16;
+/// `index % 4` is 0 synchronous, 1 IRQ, 2 FIQ, 3 SError); returns where to
+/// resume.
 #[cfg(target_os = "none")]
 #[unsafe(no_mangle)]
-extern "C" fn bulkhead_guest_exception(esr: u64, elr: u64, far: u64) -> u64 {
+extern "C" fn bulkhead_guest_exception(esr: u64, elr: u64, far: u64, vector: u64) -> u64 {
+    if vector % 4 == 1 {
+        crate::gic::handle_irq();
+        return elr;
+    }
     let class = (esr >> 26) & 0x3f;
     // Data aborts (from EL1 or EL0) inside a probe are expected: skip the
     // faulting load or store.

@@ -10,6 +10,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod fault;
+pub mod gic;
 pub mod hv;
 pub mod mmu;
 pub mod time;
@@ -102,16 +103,17 @@ core::arch::global_asm!(
     // Every vector saves the caller-saved registers and lets Rust decide:
     // `bulkhead_guest_exception(esr, elr, far)` returns where to resume (or
     // never returns, for an unexpected exception).
-    ".macro enter_handler",
+    ".macro enter_handler vector",
     "    sub  sp, sp, #176",
     "    stp  x0, x1, [sp, #0]",
+    "    mov  x0, #\\vector",
     "    b    guest_exception_common",
     ".endm",
     ".balign 2048",
     "guest_vectors:",
-    ".rept 16",
+    ".irp v, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15",
     ".balign 0x80",
-    "enter_handler",
+    "enter_handler \\v",
     ".endr",
     "guest_exception_common:",
     "    stp  x2, x3, [sp, #16]",
@@ -124,6 +126,7 @@ core::arch::global_asm!(
     "    stp  x16, x17, [sp, #128]",
     "    stp  x18, x29, [sp, #144]",
     "    str  x30, [sp, #160]",
+    "    mov  x3, x0",
     "    mrs  x0, esr_el1",
     "    mrs  x1, elr_el1",
     "    mrs  x2, far_el1",

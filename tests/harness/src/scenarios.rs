@@ -155,6 +155,20 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["MISMATCH"],
         ..Scenario::DEFAULT
     },
+    // The virtual GIC: a bare-metal guest programs the emulated distributor
+    // and redistributor, takes virtual timer interrupts forwarded through
+    // HW list registers, and sends itself an SGI (trapped and injected).
+    Scenario {
+        name: "vgic-timer",
+        config: "tests/configs/vgic-timer.toml",
+        expect: &[
+            "[vgic-timer] GIC architecture revision 3",
+            "[vgic-timer] virtual timer interrupts: 5",
+            "[vgic-timer] SGIs to self: 1",
+            "partition vgic-timer: passed",
+        ],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic reaches the panic handler and exits with 99.
     Scenario {
         name: "hv-panic",

@@ -1,0 +1,70 @@
+//! The virtual GIC and the virtual timer: programs the distributor and its
+//! redistributor (emulated), takes virtual timer interrupts through the
+//! hardware's virtual CPU interface, and sends itself an SGI.
+
+#![no_std]
+#![no_main]
+
+use bulkhead_test_guests::{gic, guest_main, println, time};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+const TIMER: u32 = 27;
+const SGI: u32 = 3;
+const TICKS_WANTED: u32 = 5;
+
+static TICKS: AtomicU32 = AtomicU32::new(0);
+static SGIS: AtomicU32 = AtomicU32::new(0);
+
+fn on_interrupt(intid: u32) {
+    match intid {
+        TIMER => {
+            let n = TICKS.load(Ordering::SeqCst) + 1;
+            TICKS.store(n, Ordering::SeqCst);
+            if n < TICKS_WANTED {
+                gic::arm_virtual_timer(time::frequency() / 100);
+            } else {
+                gic::stop_virtual_timer();
+            }
+        }
+        SGI => SGIS.store(SGIS.load(Ordering::SeqCst) + 1, Ordering::SeqCst),
+        _ => println!("unexpected interrupt {intid}"),
+    }
+}
+
+fn main() -> Result<(), u64> {
+    println!("GIC architecture revision {}, GICD_TYPER {:#x}", gic::architecture_revision(), gic::distributor_type());
+    if gic::architecture_revision() != 3 {
+        return Err(1);
+    }
+    gic::init(on_interrupt).map_err(|e| {
+        println!("{e}");
+        2u64
+    })?;
+    gic::enable_private(TIMER, 0x80);
+    gic::enable_private(SGI, 0x80);
+    if !gic::private_enabled(TIMER) {
+        return Err(3);
+    }
+    gic::enable_irqs();
+    gic::arm_virtual_timer(time::frequency() / 100);
+    let deadline = time::counter() + 3 * time::frequency();
+    while TICKS.load(Ordering::SeqCst) < TICKS_WANTED && time::counter() < deadline {
+        gic::wait_for_interrupt();
+    }
+    println!("virtual timer interrupts: {}", TICKS.load(Ordering::SeqCst));
+    gic::send_sgi(SGI as u8, 1);
+    let deadline = time::counter() + time::frequency();
+    while SGIS.load(Ordering::SeqCst) == 0 && time::counter() < deadline {
+        core::hint::spin_loop();
+    }
+    println!("SGIs to self: {}", SGIS.load(Ordering::SeqCst));
+    if TICKS.load(Ordering::SeqCst) != TICKS_WANTED {
+        return Err(4);
+    }
+    if SGIS.load(Ordering::SeqCst) != 1 {
+        return Err(5);
+    }
+    Ok(())
+}
+
+guest_main!(main);
