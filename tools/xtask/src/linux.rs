@@ -549,9 +549,6 @@ impl PrivateApt {
     fn prepare(dir: &Path) -> Result<PrivateApt> {
         let entry = host_base_entry(Path::new("/"))?;
         let sources = sources_stanza(&entry)?;
-        let host_settings = host_acquire_settings();
-        let root = nix::unistd::geteuid().is_root();
-        let config_text = config_text(dir, entry.signed_by.is_some(), root, &host_settings)?;
         for sub in [
             "etc/apt.conf.d",
             "etc/preferences.d",
@@ -567,8 +564,12 @@ impl PrivateApt {
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("creating {}", path.display()))?;
         }
+        let status = dir.join("state/status");
+        std::fs::write(&status, "").with_context(|| format!("writing {}", status.display()))?;
+        let host_settings = host_acquire_settings(dir);
+        let root = nix::unistd::geteuid().is_root();
+        let config_text = config_text(dir, entry.signed_by.is_some(), root, &host_settings)?;
         let files = [
-            ("state/status", String::new()),
             ("etc/sources.list.d/bulkhead-linux.sources", sources),
             ("apt.conf", config_text),
         ];
@@ -750,10 +751,22 @@ fn acquire_settings(dump: &str) -> Vec<String> {
         .collect()
 }
 
-/// [`acquire_settings`] of the host's own `apt-config dump` (none if it fails).
-fn host_acquire_settings() -> Vec<String> {
+/// [`acquire_settings`] of the host's own configuration (none if
+/// `apt-config` fails). The options keep `apt-config` itself away from the
+/// host's state: without them it lists the host's package lists (for the
+/// languages), stats its dpkg status file and runs `dpkg` for the foreign
+/// architectures.
+fn host_acquire_settings(private_dir: &Path) -> Vec<String> {
+    let mut lists = std::ffi::OsString::from("Dir::State::lists=");
+    lists.push(private_dir.join("state/lists"));
+    let mut status = std::ffi::OsString::from("Dir::State::status=");
+    status.push(private_dir.join("state/status"));
     let output = Command::new("apt-config")
-        .arg("dump")
+        .args(["-o", &format!("APT::Architectures::={DEB_ARCH}"), "-o"])
+        .arg(lists)
+        .arg("-o")
+        .arg(status)
+        .args(["dump", "Acquire"])
         .env_remove("APT_CONFIG")
         .env("LC_ALL", "C")
         .output();
@@ -1017,6 +1030,26 @@ mod tests {
                 "Acquire::Check-Valid-Until \"false\";",
             ]
         );
+    }
+
+    #[test]
+    fn a_failed_command_is_named_with_its_stderr() {
+        let mut command = Command::new("sh");
+        command.args([
+            "-c",
+            "echo out; echo 'E: Unable to locate package x' >&2; exit 100",
+        ]);
+        let err = run_checked(command, "apt-get download x=1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("`apt-get download x=1` failed (exit status: 100):"),
+            "{err}"
+        );
+        assert!(err.ends_with("\nE: Unable to locate package x"), "{err}");
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo fine"]);
+        assert_eq!(run_checked(command, "sh").unwrap(), "fine\n");
     }
 
     #[test]
