@@ -23,6 +23,7 @@ mod config;
 mod cpio;
 mod esp;
 mod initramfs;
+mod kernel_image;
 mod linux;
 mod linux_direct;
 mod paths;
