@@ -113,23 +113,25 @@ fn load() -> Result<Prepared, LoadError> {
             say(&format!("bulkhead-boot: partition '{}' has configuration errors; the hypervisor will refuse it", partition.name));
             continue;
         }
-        let name = partition.image.file.as_str();
-        if boot_info.module(name).is_some() {
-            continue;
+        let files = core::iter::once(partition.image.file.as_str()).chain(partition.image.initrd.as_deref());
+        for name in files {
+            if boot_info.module(name).is_some() {
+                continue;
+            }
+            let path = format!("{}\\{name}", abi::IMAGE_DIR);
+            let bytes = esp.read(&path)?;
+            let data = esp::copy_to(&bytes, abi::MEMORY_TYPE_GUEST_IMAGE, &path)?;
+            let module = Module::new(name, data).ok_or_else(|| {
+                LoadError::new(Status::LOAD_ERROR, format!("{path}: image name is too long"))
+            })?;
+            if !boot_info.push_module(module) {
+                return Err(LoadError::new(
+                    Status::LOAD_ERROR,
+                    format!("{path}: more than {} guest images", abi::MAX_MODULES),
+                ));
+            }
+            say(&format!("bulkhead-boot: guest image {path}: {} bytes", bytes.len()));
         }
-        let path = format!("{}\\{name}", abi::IMAGE_DIR);
-        let bytes = esp.read(&path)?;
-        let data = esp::copy_to(&bytes, abi::MEMORY_TYPE_GUEST_IMAGE, &path)?;
-        let module = Module::new(name, data).ok_or_else(|| {
-            LoadError::new(Status::LOAD_ERROR, format!("{path}: image name is too long"))
-        })?;
-        if !boot_info.push_module(module) {
-            return Err(LoadError::new(
-                Status::LOAD_ERROR,
-                format!("{path}: more than {} guest images", abi::MAX_MODULES),
-            ));
-        }
-        say(&format!("bulkhead-boot: guest image {path}: {} bytes", bytes.len()));
     }
 
     if let Some(args) = esp.read_optional(abi::BOOTARGS_PATH)? {

@@ -106,6 +106,14 @@ pub const fn vttbr(root: u64, vmid: u8) -> u64 {
 /// (bits 11, 20, 22, 23, 28, 29 in Armv8.0).
 pub const SCTLR_EL1_RESET: u64 = (1 << 11) | (1 << 20) | (1 << 22) | (1 << 23) | (1 << 28) | (1 << 29);
 
+/// `CPTR_EL2` while a guest runs (E2H = 0 layout, Arm ARM D24.2.34): nothing
+/// trapped. RES1 bits 13, 9 and 7:0; TZ (8) and TSM (12) clear so the guest
+/// may use SVE and SME; TFP (10) clear.
+pub const CPTR_EL2_GUEST: u64 = (1 << 13) | (1 << 9) | 0xff;
+
+/// `HCRX_EL2.MSCEn` (bit 11).
+pub const HCRX_EL2_MSCEN: u64 = 1 << 11;
+
 /// Loads the EL2 controls for a guest and invalidates its stale TLB entries.
 ///
 /// # Safety
@@ -122,9 +130,16 @@ pub unsafe fn configure_guest(setup: &GuestSetup) {
         VMPIDR_EL2.set(setup.vmpidr);
         // The guest reads the real MIDR: nothing to hide yet.
         core::arch::asm!("mrs {t}, midr_el1", "msr vpidr_el2, {t}", t = out(reg) _);
-        // No FP/SIMD or trace traps (RES1 bits 13:12, 9:0 of CPTR_EL2).
-        CPTR_EL2.set(0x33ff);
-        // EL1 may use the physical counter and timer.
+        // No FP/SIMD, SVE or SME traps: CPTR_EL2 with TZ (8) and TSM (12)
+        // clear and the other RES1 bits (13, 9, 7:0) set.
+        CPTR_EL2.set(CPTR_EL2_GUEST);
+        // FEAT_HCX: MSCEn (11) lets EL0/EL1 use the memory-copy (MOPS)
+        // instructions, which Linux 6.12 userspace does on `-cpu max`.
+        if (ID_AA64MMFR1_EL1.get() >> 40) & 0xf != 0 {
+            core::arch::asm!("msr S3_4_C1_C2_2, {}", in(reg) HCRX_EL2_MSCEN);
+        }
+        // EL1 may read the physical counter (EL1PCTEN) and use the physical
+        // timer (EL1PCEN); Linux at EL1 uses the virtual timer.
         CNTHCTL_EL2.set(0b11);
         CNTVOFF_EL2.set(0);
         MDCR_EL2.set(0);

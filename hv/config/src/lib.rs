@@ -32,7 +32,8 @@ pub use validate::{emulated_windows, validate};
 /// 2: `platform`, `passthrough`, `interrupts`, `console`, `shared`, `on_fault = "inject"`.
 /// 3: the name of the source file, for messages at boot.
 /// 4: `console = "pl011"`.
-pub const BLOB_VERSION: u32 = 4;
+/// 5: `image.kind = "linux"`, `image.initrd`, `image.bootargs`.
+pub const BLOB_VERSION: u32 = 5;
 
 /// The first bytes of every blob.
 pub const BLOB_MAGIC: [u8; 4] = *b"BHCF";

@@ -215,9 +215,16 @@ pub struct Image {
     pub kind: ImageKind,
     /// Guest-physical address the image is copied to.
     pub load: u64,
-    /// Guest-physical entry point; defaults to `load`.
+    /// Guest-physical entry point; defaults to `load` (for `linux`, the
+    /// kernel's header decides).
     #[serde(default)]
     pub entry: Option<u64>,
+    /// For `linux`: an initramfs file under the ESP's image folder.
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// For `linux`: the kernel command line.
+    #[serde(default)]
+    pub bootargs: String,
 }
 
 impl Image {
@@ -234,6 +241,10 @@ pub enum ImageKind {
     /// A flat binary entered at its entry point at EL1, MMU off.
     #[default]
     Raw,
+    /// An arm64 Linux `Image` (Documentation/arch/arm64/booting.rst): placed
+    /// at `load` (2 MiB aligned) plus its `text_offset`, entered with `x0`
+    /// pointing at a device tree the hypervisor generates for the partition.
+    Linux,
 }
 
 /// A region of guest-physical memory.

@@ -33,6 +33,8 @@ fn partition(name: &str, cpu: u32) -> Partition {
             kind: ImageKind::Raw,
             load: 0x4000_0000,
             entry: None,
+            initrd: None,
+            bootargs: String::new(),
         },
         memory: vec![region(0x4000_0000, 0x100_0000)],
         on_fault: FaultPolicy::Stop,
@@ -173,7 +175,7 @@ fn blobs_of_another_version_or_garbage_are_refused() {
     let mut blob = to_blob(&config);
     blob[4] = 7;
     assert_eq!(from_blob(&blob), Err(BlobError::Version { found: 7 }));
-    assert_eq!(from_blob(b"BHCF\x04\xff\xff"), Err(BlobError::Malformed));
+    assert_eq!(from_blob(b"BHCF\x05\xff\xff"), Err(BlobError::Malformed));
     assert_eq!(from_blob(b"BHCF"), Err(BlobError::Malformed));
     assert_eq!(from_blob(&[]), Err(BlobError::NotABlob));
     assert_eq!(

@@ -199,6 +199,14 @@ impl<'a> Checker<'a> {
         if p.image.file.is_empty() || p.image.file.contains(['/', '\\']) {
             self.push(scope, "image.file".into(), ErrorKind::BadFileName);
         }
+        if let Some(initrd) = &p.image.initrd
+            && (initrd.is_empty() || initrd.contains(['/', '\\']))
+        {
+            self.push(scope, "image.initrd".into(), ErrorKind::BadFileName);
+        }
+        if p.image.kind == crate::model::ImageKind::Linux && !p.image.load.is_multiple_of(2 << 20) {
+            self.push(scope, "image.load".into(), ErrorKind::Misaligned(p.image.load));
+        }
         let mut regions_ok = true;
         for (i, region) in p.memory.iter().enumerate() {
             regions_ok &= self.range(

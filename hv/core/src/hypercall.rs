@@ -16,6 +16,32 @@ pub const SMCCC_VERSION_1_1: u64 = 0x1_0001;
 /// The PSCI version reported: 1.1.
 pub const PSCI_VERSION_1_1: u64 = 0x1_0001;
 
+/// SMCCC `SMCCC_ARCH_FEATURES` (DEN0028 7.3).
+pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
+/// PSCI function IDs (DEN0022 §5): 32-bit and 64-bit forms.
+pub const PSCI_CPU_OFF: u32 = 0x8400_0002;
+/// See [`PSCI_CPU_OFF`].
+pub const PSCI_CPU_ON_32: u32 = 0x8400_0003;
+/// See [`PSCI_CPU_OFF`].
+pub const PSCI_CPU_ON_64: u32 = 0xc400_0003;
+/// See [`PSCI_CPU_OFF`].
+pub const PSCI_AFFINITY_INFO_32: u32 = 0x8400_0004;
+/// See [`PSCI_CPU_OFF`].
+pub const PSCI_AFFINITY_INFO_64: u32 = 0xc400_0004;
+/// See [`PSCI_CPU_OFF`].
+pub const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
+/// See [`PSCI_CPU_OFF`].
+pub const PSCI_FEATURES: u32 = 0x8400_000a;
+/// PSCI return values (DEN0022 §5.2.2) and `AFFINITY_INFO` states.
+const PSCI_NOT_SUPPORTED: u64 = -1i64 as u64;
+const PSCI_INVALID_PARAMETERS: u64 = -2i64 as u64;
+const PSCI_ALREADY_ON: u64 = -4i64 as u64;
+const PSCI_ON: u64 = 0;
+/// `MIGRATE_INFO_TYPE`: no trusted OS that needs migration.
+const PSCI_NO_TRUSTED_OS: u64 = 2;
+/// The affinity fields of an MPIDR.
+const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
+
 /// What the vCPU does after a hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -65,7 +91,31 @@ pub fn dispatch(
             Outcome::Stop
         }
         SMCCC_VERSION => Outcome::Return(SMCCC_VERSION_1_1),
+        // No firmware workaround is needed or offered (NOT_SUPPORTED is
+        // "this mitigation is not required" for the ARCH_WORKAROUND calls).
+        SMCCC_ARCH_FEATURES => Outcome::error(HvError::NotSupported),
         abi::PSCI_VERSION => Outcome::Return(PSCI_VERSION_1_1),
+        PSCI_FEATURES => {
+            let supported = matches!(
+                x[1] as u32,
+                abi::PSCI_VERSION | abi::PSCI_SYSTEM_OFF | PSCI_CPU_ON_32 | PSCI_CPU_ON_64 | PSCI_CPU_OFF
+                    | PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64 | PSCI_FEATURES | PSCI_MIGRATE_INFO_TYPE
+                    | SMCCC_VERSION
+            );
+            Outcome::Return(if supported { 0 } else { PSCI_NOT_SUPPORTED })
+        }
+        PSCI_MIGRATE_INFO_TYPE => Outcome::Return(PSCI_NO_TRUSTED_OS),
+        // One vCPU per partition for now: vCPU 0 is on, there are no others.
+        PSCI_CPU_ON_32 | PSCI_CPU_ON_64 => {
+            Outcome::Return(if x[1] & MPIDR_AFFINITY == 0 { PSCI_ALREADY_ON } else { PSCI_INVALID_PARAMETERS })
+        }
+        PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64 => {
+            Outcome::Return(if x[1] & MPIDR_AFFINITY == 0 { PSCI_ON } else { PSCI_INVALID_PARAMETERS })
+        }
+        PSCI_CPU_OFF => {
+            partition.stop(StopReason::Requested, sink);
+            Outcome::Stop
+        }
         _ => {
             partition.unknown_calls = partition.unknown_calls.saturating_add(1);
             if partition.unknown_calls <= UNKNOWN_CALL_LOG_LIMIT {
@@ -164,6 +214,23 @@ mod tests {
         let (outcome, reads) = call(&mut p, &mut lines, x(0x4000_0000, 5));
         assert_eq!(outcome, Outcome::Return(HvError::NotSupported.to_register()), "console = none");
         assert!(reads.is_empty());
+    }
+
+    #[test]
+    fn psci_for_a_one_vcpu_partition() {
+        let mut p = test_partition();
+        let mut lines = Lines::default();
+        let mut psci = |id: u32, a: u64| call(&mut p, &mut lines, [u64::from(id), a, 0, 0, 0, 0, 0, 0]).0;
+        assert_eq!(psci(abi::PSCI_VERSION, 0), Outcome::Return(0x1_0001));
+        assert_eq!(psci(PSCI_FEATURES, u64::from(PSCI_CPU_ON_64)), Outcome::Return(0));
+        assert_eq!(psci(PSCI_FEATURES, 0x8400_0009), Outcome::Return(PSCI_NOT_SUPPORTED), "SYSTEM_RESET not offered");
+        assert_eq!(psci(PSCI_CPU_ON_64, 0), Outcome::Return(PSCI_ALREADY_ON));
+        assert_eq!(psci(PSCI_CPU_ON_64, 1), Outcome::Return(PSCI_INVALID_PARAMETERS));
+        assert_eq!(psci(PSCI_AFFINITY_INFO_64, 0), Outcome::Return(PSCI_ON));
+        assert_eq!(psci(PSCI_AFFINITY_INFO_64, 0x100), Outcome::Return(PSCI_INVALID_PARAMETERS));
+        assert_eq!(psci(PSCI_MIGRATE_INFO_TYPE, 0), Outcome::Return(2));
+        assert_eq!(psci(SMCCC_ARCH_FEATURES, 0x8000_8000), Outcome::Return(u64::MAX));
+        assert_eq!(psci(PSCI_CPU_OFF, 0), Outcome::Stop);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod address_space;
 pub mod bootargs;
 pub mod devices;
 pub mod hypercall;
+pub mod linux;
 pub mod memmap;
 pub mod mmio;
 pub mod partition;

@@ -15,6 +15,7 @@ mod console;
 mod crash;
 mod exits;
 mod gic;
+mod guest_image;
 mod interrupts;
 mod memory;
 mod platform;

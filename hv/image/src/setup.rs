@@ -8,7 +8,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
 use bulkhead_abi::exit::ExitCode;
-use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::el2::{self, GuestSetup};
 use bulkhead_arch_aarch64::exception::VcpuContext;
 use bulkhead_arch_aarch64::stage2::{GeometryError, Stage2Geometry, Stage2Table};
@@ -21,11 +20,12 @@ use bulkhead_core::vgic::Vgic;
 use bulkhead_core::vgic::distributor::{Distributor, GICD_SIZE};
 use bulkhead_core::vgic::redistributor::Redistributors;
 use spin::Mutex;
+use crate::guest_image;
 use crate::space::{self, Stage2View};
 use bulkhead_core::address::Gpa;
 use bulkhead_core::address_space::AddressSpace;
 use bulkhead_core::memmap;
-use bulkhead_core::partition::{Access, Partition, RunState};
+use bulkhead_core::partition::{Partition, RunState};
 
 
 /// A partition ready to run on this CPU.
@@ -222,21 +222,7 @@ fn build(
     let mpidr = platform.cpus.get(cpu).copied().unwrap_or(0);
     let interrupts = VcpuInterrupts::new(vgic, 0, cpu, alloc::vec![mpidr]);
 
-    let module = boot_info
-        .module(&config.image.file)
-        .ok_or_else(|| format!("image.file '{}' was not loaded", config.image.file))?;
-    let image_len = module.data.size;
-    let load = Gpa::new(config.image.load);
-    let target = partition
-        .translate(load, image_len.max(1), Access::Write)
-        .ok_or_else(|| format!("image.file '{}' ({image_len} bytes) does not fit in writable memory at {load}", config.image.file))?;
-    // SAFETY: the module is the loader's copy in guest-image memory; the
-    // target range was just allocated for this partition and translated.
-    unsafe {
-        core::ptr::copy_nonoverlapping(module.data.base as *const u8, target.raw() as *mut u8, image_len as usize);
-    }
-    cache::clean_invalidate_to_poc(target.raw(), image_len);
-    cache::invalidate_icache();
+    let entry = guest_image::load(config, partition, boot_info)?;
 
     let vmid = u8::try_from(index + 1).map_err(|_| String::from("too many partitions for 8-bit VMIDs"))?;
     let setup = GuestSetup {
@@ -246,18 +232,18 @@ fn build(
         vmpidr: 1 << 31,
     };
     log::info!(
-        "partition {}: CPU {cpu}, {} region(s), {}-bit IPA space, {} stage-2 table page(s), image {} ({} bytes) at {load}, entry {:#x}, VMID {vmid}",
+        "partition {}: CPU {cpu}, {} region(s), {}-bit IPA space, {} stage-2 table page(s), image {} ({} bytes), entry {:#x}, VMID {vmid}",
         config.name,
         partition.space.regions().len(),
         geometry.ipa_bits,
         stage2.table_pages(),
         config.image.file,
-        image_len,
-        config.image.entry_point()
+        boot_info.module(&config.image.file).map_or(0, |m| m.data.size),
+        entry.pc
     );
     Ok(Runnable {
         setup,
-        vcpu: VcpuContext::new(config.image.entry_point(), 0),
+        vcpu: VcpuContext::new(entry.pc, entry.x0),
         stage2,
         irq_exits: 0,
         on_fault: config.on_fault,

@@ -75,15 +75,18 @@ pub fn esp_path(abi_path: &str) -> PathBuf {
 /// the partition and `image.file`), or a file cannot be copied.
 pub fn assemble(ws: &Workspace, artifacts: &Artifacts, spec: &EspSpec<'_>) -> Result<PathBuf> {
     let dir = ws.esp_dir(artifacts.arch, &spec.name);
-    assemble_in(&dir, artifacts, spec)?;
+    assemble_in(&dir, artifacts, spec, &|name| linux_image(ws, name))?;
     Ok(dir)
 }
 
-fn assemble_in(dir: &Path, artifacts: &Artifacts, spec: &EspSpec<'_>) -> Result<()> {
+/// Where fetched Linux images come from (a parameter so that tests need no network).
+type LinuxImages<'a> = &'a dyn Fn(&str) -> Result<PathBuf>;
+
+fn assemble_in(dir: &Path, artifacts: &Artifacts, spec: &EspSpec<'_>, linux: LinuxImages<'_>) -> Result<()> {
     let images = if spec.omit_images {
         Vec::new()
     } else {
-        image_sources(artifacts, &spec.compiled.config, &spec.config_shown)?
+        image_sources(artifacts, &spec.compiled.config, &spec.config_shown, linux)?
     };
     if dir.exists() {
         std::fs::remove_dir_all(dir)
@@ -115,32 +118,59 @@ fn assemble_in(dir: &Path, artifacts: &Artifacts, spec: &EspSpec<'_>) -> Result<
 
 /// Each distinct `image.file` of the configuration with the built file it
 /// comes from.
+/// Guest images that are not built from `tests/guests` but fetched
+/// (Debian's kernels) or assembled (the initramfs), by the name a
+/// configuration uses for them.
+pub const LINUX_IMAGES: [&str; 3] = ["linux-6.1.Image", "linux-6.12.Image", "initramfs.cpio"];
+
+/// Fetches (if needed) the Linux image called `name` and returns its path.
+fn linux_image(ws: &Workspace, name: &str) -> Result<PathBuf> {
+    let kernels = crate::linux::ensure_kernels(ws)?;
+    Ok(match name {
+        "linux-6.1.Image" => kernels.get(crate::linux::KernelChoice::Bookworm).image.clone(),
+        "linux-6.12.Image" => kernels.get(crate::linux::KernelChoice::Backports).image.clone(),
+        _ => crate::initramfs::build(ws, &kernels.busybox)?,
+    })
+}
+
+/// Each distinct guest file of the configuration (`image.file` and
+/// `image.initrd`) with the file it is copied from.
 fn image_sources(
     artifacts: &Artifacts,
     config: &Config,
     shown: &str,
+    linux: LinuxImages<'_>,
 ) -> Result<Vec<(String, PathBuf)>> {
     let mut sources: Vec<(String, PathBuf)> = Vec::new();
     for partition in &config.partitions {
-        let file = &partition.image.file;
-        if sources.iter().any(|(f, _)| f == file) {
-            continue;
+        let files = std::iter::once(("image.file", &partition.image.file))
+            .chain(partition.image.initrd.as_ref().map(|f| ("image.initrd", f)));
+        for (field, file) in files {
+            if sources.iter().any(|(f, _)| f == file) {
+                continue;
+            }
+            if LINUX_IMAGES.contains(&file.as_str()) {
+                sources.push((file.clone(), linux(file)?));
+                continue;
+            }
+            let source = artifacts.images_dir.join(file);
+            if !source.is_file() {
+                let built = if artifacts.images.is_empty() {
+                    "none".to_string()
+                } else {
+                    artifacts.images.join(", ")
+                };
+                bail!(
+                    "{shown}: partition '{}', field '{field}': no guest image '{file}' in {} \
+                     (guest images built: {built}; a guest is a bin in tests/guests/src/bin, \
+                     or one of {})",
+                    partition.name,
+                    artifacts.images_dir.display(),
+                    LINUX_IMAGES.join(", ")
+                );
+            }
+            sources.push((file.clone(), source));
         }
-        let source = artifacts.images_dir.join(file);
-        if !source.is_file() {
-            let built = if artifacts.images.is_empty() {
-                "none".to_string()
-            } else {
-                artifacts.images.join(", ")
-            };
-            bail!(
-                "{shown}: partition '{}', field 'image.file': no guest image '{file}' in {} \
-                 (guest images built: {built}; a guest is a bin in tests/guests/src/bin)",
-                partition.name,
-                artifacts.images_dir.display()
-            );
-        }
-        sources.push((file.clone(), source));
     }
     Ok(sources)
 }
@@ -231,17 +261,17 @@ size = 0x10_0000
         assert_eq!(esp_path(IMAGE_DIR), PathBuf::from("bulkhead/images"));
     }
 
+    fn no_linux(name: &str) -> Result<PathBuf> {
+        anyhow::bail!("tests fetch no Linux image ({name})")
+    }
+
     #[test]
     fn the_esp_holds_loader_hypervisor_config_bootargs_and_images() {
         let scratch = Scratch::new("full");
         let (artifacts, compiled) = fixture(&scratch, true);
         let esp = scratch.0.join("esp");
         std::fs::create_dir_all(esp.join("stale")).unwrap();
-        assemble_in(
-            &esp,
-            &artifacts,
-            &spec(&compiled, Some("crash=panic"), false),
-        )
+        assemble_in(&esp, &artifacts, &spec(&compiled, Some("crash=panic"), false), &no_linux)
         .unwrap();
         assert_eq!(
             std::fs::read(esp.join("EFI/BOOT/BOOTAA64.EFI")).unwrap(),
@@ -262,7 +292,7 @@ size = 0x10_0000
         );
         assert!(!esp.join("stale").exists(), "stale files are removed");
 
-        assemble_in(&esp, &artifacts, &spec(&compiled, None, true)).unwrap();
+        assemble_in(&esp, &artifacts, &spec(&compiled, None, true), &no_linux).unwrap();
         assert!(
             !esp.join("bulkhead/bootargs.txt").exists(),
             "no boot args, no file"
@@ -279,11 +309,7 @@ size = 0x10_0000
     fn a_missing_image_names_file_partition_and_field() {
         let scratch = Scratch::new("missing");
         let (artifacts, compiled) = fixture(&scratch, false);
-        let err = assemble_in(
-            &scratch.0.join("esp"),
-            &artifacts,
-            &spec(&compiled, None, false),
-        )
+        let err = assemble_in(&scratch.0.join("esp"), &artifacts, &spec(&compiled, None, false), &no_linux)
         .unwrap_err();
         let text = err.to_string();
         assert!(
