@@ -203,6 +203,9 @@ pub const EMULATED_UART_BASE: u64 = 0x0900_0000;
 pub const VGIC_DISTRIBUTOR_BASE: u64 = 0x0800_0000;
 /// See [`VGIC_DISTRIBUTOR_BASE`].
 pub const VGIC_REDISTRIBUTOR_BASE: u64 = 0x080a_0000;
+/// Guest-physical address of every partition's verdict register (a 4 KiB
+/// window), where a guest without hypercalls reports its test result.
+pub const VERDICT_REGISTER_BASE: u64 = 0x0a00_0000;
 
 /// A guest image file and its entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -723,7 +723,7 @@ fn a_device_line_shared_with_an_earlier_partitions_device_is_a_conflict() {
     let mut c = config(Vec::new());
     c.platform.devices.push(device(
         "timer",
-        0x0a00_0000,
+        0x0b00_0000,
         0x1000,
         MemoryAttribute::DeviceNGnRE,
         &[33],

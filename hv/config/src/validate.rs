@@ -595,6 +595,7 @@ pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
     let mut windows = alloc::vec![
         ("the virtual GIC distributor", crate::model::VGIC_DISTRIBUTOR_BASE, 0x1_0000),
         ("the virtual GIC redistributors", crate::model::VGIC_REDISTRIBUTOR_BASE, 0x2_0000 * vcpus),
+        ("the verdict register", crate::model::VERDICT_REGISTER_BASE, 0x1000),
     ];
     if p.console == crate::model::Console::Pl011 {
         windows.push(("the emulated UART", crate::model::EMULATED_UART_BASE, 0x1000));

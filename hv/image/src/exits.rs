@@ -21,7 +21,7 @@ use bulkhead_arch_aarch64::exception::VcpuContext;
 use alloc::vec::Vec;
 use crate::space::s2_memory_type;
 use bulkhead_core::hypercall::{self, Conduit, Outcome};
-use bulkhead_core::partition::{Partition, StopReason};
+use bulkhead_core::partition::{Partition, StopReason, Verdict};
 
 /// Physical interrupt exits logged per partition before going quiet.
 const IRQ_LOG_LIMIT: u32 = 4;
@@ -115,6 +115,12 @@ fn emulate_mmio(partition: &mut Partition, runnable: &mut Runnable, access: &Dat
     if claimed {
         // Data aborts with a valid syndrome come from 32-bit instructions.
         runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
+        if access.write
+            && let Some(code) = runnable.verdict.lock().take()
+        {
+            partition.verdict = if code == 0 { Verdict::Passed } else { Verdict::Failed { code: u64::from(code), detail: 0 } };
+            log::info!("partition {}: verdict register: {code}", partition.name);
+        }
         if let Some(bytes) = &runnable.uart_output {
             let pending: Vec<u8> = core::mem::take(&mut *bytes.lock());
             if !pending.is_empty() {

@@ -11,7 +11,11 @@ use bulkhead_abi::exit::ExitCode;
 use bulkhead_arch_aarch64::el2::{self, GuestSetup};
 use bulkhead_arch_aarch64::exception::VcpuContext;
 use bulkhead_arch_aarch64::stage2::{GeometryError, Stage2Geometry, Stage2Table};
-use bulkhead_config::{Backing, Config, Console, EMULATED_UART_BASE, FaultPolicy, VGIC_DISTRIBUTOR_BASE, VGIC_REDISTRIBUTOR_BASE};
+use bulkhead_config::{
+    Backing, Config, Console, EMULATED_UART_BASE, FaultPolicy, VERDICT_REGISTER_BASE, VGIC_DISTRIBUTOR_BASE,
+    VGIC_REDISTRIBUTOR_BASE,
+};
+use bulkhead_core::devices::verdict::{VERDICT_MMIO_SIZE, VerdictRegister};
 use crate::interrupts::VcpuInterrupts;
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -46,6 +50,8 @@ pub struct Runnable {
     pub interrupts: VcpuInterrupts,
     /// Bytes the guest wrote to its emulated UART, not yet printed.
     pub uart_output: Option<Arc<Mutex<Vec<u8>>>>,
+    /// The last code written to the verdict register.
+    pub verdict: Arc<Mutex<Option<u32>>>,
 }
 
 /// The emulated UART's byte sink: shared with the exit handler, which
@@ -209,6 +215,11 @@ fn build(
             Box::new(Redistributors(vgic.clone())),
         )
         .map_err(|e| format!("virtual GIC redistributors: {e:?}"))?;
+    let verdict = Arc::new(Mutex::new(None));
+    partition
+        .bus
+        .insert(Gpa::new(VERDICT_REGISTER_BASE), VERDICT_MMIO_SIZE, Box::new(VerdictRegister(verdict.clone())))
+        .map_err(|e| format!("verdict register: {e:?}"))?;
     let uart_output = if config.console == Console::Pl011 {
         let bytes = Arc::new(Mutex::new(Vec::new()));
         partition
@@ -250,5 +261,6 @@ fn build(
         injected_faults: 0,
         interrupts,
         uart_output,
+        verdict,
     })
 }

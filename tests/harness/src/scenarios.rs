@@ -6,6 +6,7 @@
 //! to it) and its own log (`target/xtask/logs/<name>.log`).
 
 use crate::scenario::Scenario;
+use std::time::Duration;
 use bulkhead_abi::boot::{CONFIG_PATH, HV_IMAGE_PATH};
 use bulkhead_abi::exit::ExitCode;
 
@@ -167,6 +168,46 @@ pub const SCENARIOS: &[Scenario] = &[
             "[vgic-timer] SGIs to self: 1",
             "partition vgic-timer: passed",
         ],
+        ..Scenario::DEFAULT
+    },
+    // Debian's Linux 6.1 reaches /init in its partition, its checks pass,
+    // it reports through the verdict register, and `poweroff` stops only
+    // it; the bare-metal partition beside it finishes its own test.
+    Scenario {
+        name: "linux-6.1",
+        config: "tests/configs/linux-6.1.toml",
+        smp: 2,
+        timeout: Duration::from_secs(120),
+        expect: &[
+            "partition linux: Linux at 0x40000000",
+            "Booting Linux on physical CPU",
+            "[linux] bulkhead-linux: /init reached (kernel 6.1.",
+            "[linux] bulkhead-linux: check cpus: ok",
+            "[linux] bulkhead-linux: check memory: ok",
+            "[linux] bulkhead-linux: check timer: ok",
+            "[linux] bulkhead-linux: verdict PASS",
+            "partition linux: stopped at its request",
+            "partition linux: passed",
+            "partition baremetal: passed",
+            "all 2 partitions passed",
+        ],
+        forbid: &["FAIL", "Kernel panic", "stage-2 fault"],
+        ..Scenario::DEFAULT
+    },
+    // The same with Debian's bookworm-backports kernel, Linux 6.12.
+    Scenario {
+        name: "linux-6.12",
+        config: "tests/configs/linux-6.12.toml",
+        smp: 2,
+        timeout: Duration::from_secs(120),
+        expect: &[
+            "[linux] bulkhead-linux: /init reached (kernel 6.12.",
+            "[linux] bulkhead-linux: check timer: ok",
+            "[linux] bulkhead-linux: verdict PASS",
+            "partition baremetal: passed",
+            "all 2 partitions passed",
+        ],
+        forbid: &["FAIL", "Kernel panic", "stage-2 fault"],
         ..Scenario::DEFAULT
     },
     // A hypervisor panic reaches the panic handler and exits with 99.

@@ -1,3 +1,4 @@
 //! Device models the hypervisor emulates for partitions, one per file.
 
 pub mod pl011;
+pub mod verdict;
