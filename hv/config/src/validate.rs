@@ -561,6 +561,21 @@ fn overlap(a: u64, a_size: u64, b: u64, b_size: u64) -> bool {
     a_size != 0 && b_size != 0 && a < b.saturating_add(b_size) && b < a.saturating_add(a_size)
 }
 
+/// The guest-physical windows of the devices the hypervisor emulates for
+/// partition `p`: its virtual GIC, and the emulated UART if it has one.
+pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
+    let vcpus = p.cpus.len().max(1) as u64;
+    let mut windows = alloc::vec![
+        ("the virtual GIC distributor", crate::model::VGIC_DISTRIBUTOR_BASE, 0x1_0000),
+        ("the virtual GIC redistributors", crate::model::VGIC_REDISTRIBUTOR_BASE, 0x2_0000 * vcpus),
+        ("the verdict register", crate::model::VERDICT_REGISTER_BASE, 0x1000),
+    ];
+    if p.console == crate::model::Console::Pl011 {
+        windows.push(("the emulated UART", crate::model::EMULATED_UART_BASE, 0x1000));
+    }
+    windows
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,17 +603,3 @@ mod tests {
     }
 }
 
-/// The guest-physical windows of the devices the hypervisor emulates for
-/// partition `p`: its virtual GIC, and the emulated UART if it has one.
-pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
-    let vcpus = p.cpus.len().max(1) as u64;
-    let mut windows = alloc::vec![
-        ("the virtual GIC distributor", crate::model::VGIC_DISTRIBUTOR_BASE, 0x1_0000),
-        ("the virtual GIC redistributors", crate::model::VGIC_REDISTRIBUTOR_BASE, 0x2_0000 * vcpus),
-        ("the verdict register", crate::model::VERDICT_REGISTER_BASE, 0x1000),
-    ];
-    if p.console == crate::model::Console::Pl011 {
-        windows.push(("the emulated UART", crate::model::EMULATED_UART_BASE, 0x1000));
-    }
-    windows
-}

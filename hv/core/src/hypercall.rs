@@ -16,6 +16,10 @@ pub const SMCCC_VERSION_1_1: u64 = 0x1_0001;
 /// The PSCI version reported: 1.1.
 pub const PSCI_VERSION_1_1: u64 = 0x1_0001;
 
+/// Arm TRNG `TRNG_VERSION` (DEN0098).
+pub const ARM_TRNG_VERSION: u32 = 0x8400_0050;
+/// SMCCC "Vendor Specific Hypervisor Service Call UID" (DEN0028 6.2).
+pub const VENDOR_HYP_CALL_UID: u32 = 0x8600_ff01;
 /// SMCCC `SMCCC_ARCH_FEATURES` (DEN0028 7.3).
 pub const SMCCC_ARCH_FEATURES: u32 = 0x8000_0001;
 /// PSCI function IDs (DEN0022 §5): 32-bit and 64-bit forms.
@@ -33,14 +37,23 @@ pub const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
 /// See [`PSCI_CPU_OFF`].
 pub const PSCI_FEATURES: u32 = 0x8400_000a;
 /// PSCI return values (DEN0022 §5.2.2) and `AFFINITY_INFO` states.
-const PSCI_NOT_SUPPORTED: u64 = -1i64 as u64;
-const PSCI_INVALID_PARAMETERS: u64 = -2i64 as u64;
-const PSCI_ALREADY_ON: u64 = -4i64 as u64;
-const PSCI_ON: u64 = 0;
+pub const PSCI_NOT_SUPPORTED: i64 = -1;
+/// See [`PSCI_NOT_SUPPORTED`].
+pub const PSCI_INVALID_PARAMETERS: i64 = -2;
+/// See [`PSCI_NOT_SUPPORTED`].
+pub const PSCI_ALREADY_ON: i64 = -4;
+/// See [`PSCI_NOT_SUPPORTED`].
+pub const PSCI_ON_PENDING: i64 = -5;
+/// `AFFINITY_INFO`: on.
+pub const PSCI_ON: i64 = 0;
+/// `AFFINITY_INFO`: off.
+pub const PSCI_OFF: i64 = 1;
+/// `AFFINITY_INFO`: on pending.
+pub const PSCI_AFFINITY_ON_PENDING: i64 = 2;
 /// `MIGRATE_INFO_TYPE`: no trusted OS that needs migration.
 const PSCI_NO_TRUSTED_OS: u64 = 2;
 /// The affinity fields of an MPIDR.
-const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
+pub const MPIDR_AFFINITY: u64 = 0xff_00ff_ffff;
 
 /// What the vCPU does after a hypercall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +62,40 @@ pub enum Outcome {
     Return(u64),
     /// The partition has stopped; do not resume it.
     Stop,
+    /// This vCPU turned itself off (PSCI `CPU_OFF`); the partition goes on.
+    VcpuOff,
+}
+
+/// The partition's vCPUs, as PSCI sees them. Targets are MPIDR values; a
+/// partition's vCPU `n` has Aff0 = `n` and the other affinity fields zero.
+pub trait VcpuTopology {
+    /// `CPU_ON`: start vCPU `target` at `entry` with `x0` = `context`.
+    /// Returns a PSCI status: 0, `INVALID_PARAMETERS`, `ALREADY_ON` or `ON_PENDING`.
+    fn cpu_on(&mut self, target: u64, entry: u64, context: u64) -> i64;
+
+    /// `AFFINITY_INFO`: 0 on, 1 off, 2 on pending, or `INVALID_PARAMETERS`.
+    fn affinity_info(&self, target: u64) -> i64;
+
+    /// `CPU_OFF` of the calling vCPU; returns whether no vCPU is left on.
+    fn cpu_off(&mut self) -> bool;
+}
+
+/// A one-vCPU partition's topology: vCPU 0 is on, there is no other.
+#[derive(Debug, Default)]
+pub struct SingleVcpu;
+
+impl VcpuTopology for SingleVcpu {
+    fn cpu_on(&mut self, target: u64, _entry: u64, _context: u64) -> i64 {
+        if target & MPIDR_AFFINITY == 0 { PSCI_ALREADY_ON } else { PSCI_INVALID_PARAMETERS }
+    }
+
+    fn affinity_info(&self, target: u64) -> i64 {
+        if target & MPIDR_AFFINITY == 0 { PSCI_ON } else { PSCI_INVALID_PARAMETERS }
+    }
+
+    fn cpu_off(&mut self) -> bool {
+        true
+    }
 }
 
 impl Outcome {
@@ -71,6 +118,7 @@ pub fn dispatch(
     partition: &mut Partition,
     memory: &dyn HostMemory,
     sink: &mut dyn ConsoleSink,
+    topology: &mut dyn VcpuTopology,
     conduit: Conduit,
     x: &[u64; 8],
 ) -> Outcome {
@@ -102,20 +150,29 @@ pub fn dispatch(
                     | PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64 | PSCI_FEATURES | PSCI_MIGRATE_INFO_TYPE
                     | SMCCC_VERSION
             );
-            Outcome::Return(if supported { 0 } else { PSCI_NOT_SUPPORTED })
+            Outcome::Return(if supported { 0 } else { PSCI_NOT_SUPPORTED as u64 })
         }
         PSCI_MIGRATE_INFO_TYPE => Outcome::Return(PSCI_NO_TRUSTED_OS),
-        // One vCPU per partition for now: vCPU 0 is on, there are no others.
-        PSCI_CPU_ON_32 | PSCI_CPU_ON_64 => {
-            Outcome::Return(if x[1] & MPIDR_AFFINITY == 0 { PSCI_ALREADY_ON } else { PSCI_INVALID_PARAMETERS })
-        }
+        PSCI_CPU_ON_32 => Outcome::Return(topology.cpu_on(x[1] & 0xffff_ffff, x[2] & 0xffff_ffff, x[3] & 0xffff_ffff) as u64),
+        PSCI_CPU_ON_64 => Outcome::Return(topology.cpu_on(x[1], x[2], x[3]) as u64),
         PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64 => {
-            Outcome::Return(if x[1] & MPIDR_AFFINITY == 0 { PSCI_ON } else { PSCI_INVALID_PARAMETERS })
+            // Only affinity level 0 is supported (x2 = lowest affinity level).
+            if x[2] != 0 {
+                return Outcome::Return(PSCI_INVALID_PARAMETERS as u64);
+            }
+            Outcome::Return(topology.affinity_info(x[1]) as u64)
         }
         PSCI_CPU_OFF => {
-            partition.stop(StopReason::Requested, sink);
-            Outcome::Stop
+            if topology.cpu_off() {
+                partition.stop(StopReason::Requested, sink);
+                Outcome::Stop
+            } else {
+                Outcome::VcpuOff
+            }
         }
+        // Probes every Linux makes (Arm TRNG, the hypervisor-vendor UID):
+        // answered NOT_SUPPORTED without a warning.
+        ARM_TRNG_VERSION | VENDOR_HYP_CALL_UID => Outcome::error(HvError::NotSupported),
         _ => {
             partition.unknown_calls = partition.unknown_calls.saturating_add(1);
             if partition.unknown_calls <= UNKNOWN_CALL_LOG_LIMIT {
@@ -180,7 +237,7 @@ mod tests {
 
     fn call(p: &mut Partition, lines: &mut Lines, x: [u64; 8]) -> (Outcome, alloc::vec::Vec<(u64, usize)>) {
         let memory = PatternMemory(Default::default());
-        let outcome = dispatch(p, &memory, lines, Conduit::Hvc, &x);
+        let outcome = dispatch(p, &memory, lines, &mut SingleVcpu, Conduit::Hvc, &x);
         (outcome, memory.0.into_inner())
     }
 
@@ -223,11 +280,11 @@ mod tests {
         let mut psci = |id: u32, a: u64| call(&mut p, &mut lines, [u64::from(id), a, 0, 0, 0, 0, 0, 0]).0;
         assert_eq!(psci(abi::PSCI_VERSION, 0), Outcome::Return(0x1_0001));
         assert_eq!(psci(PSCI_FEATURES, u64::from(PSCI_CPU_ON_64)), Outcome::Return(0));
-        assert_eq!(psci(PSCI_FEATURES, 0x8400_0009), Outcome::Return(PSCI_NOT_SUPPORTED), "SYSTEM_RESET not offered");
-        assert_eq!(psci(PSCI_CPU_ON_64, 0), Outcome::Return(PSCI_ALREADY_ON));
-        assert_eq!(psci(PSCI_CPU_ON_64, 1), Outcome::Return(PSCI_INVALID_PARAMETERS));
-        assert_eq!(psci(PSCI_AFFINITY_INFO_64, 0), Outcome::Return(PSCI_ON));
-        assert_eq!(psci(PSCI_AFFINITY_INFO_64, 0x100), Outcome::Return(PSCI_INVALID_PARAMETERS));
+        assert_eq!(psci(PSCI_FEATURES, 0x8400_0009), Outcome::Return(PSCI_NOT_SUPPORTED as u64), "SYSTEM_RESET not offered");
+        assert_eq!(psci(PSCI_CPU_ON_64, 0), Outcome::Return(PSCI_ALREADY_ON as u64));
+        assert_eq!(psci(PSCI_CPU_ON_64, 1), Outcome::Return(PSCI_INVALID_PARAMETERS as u64));
+        assert_eq!(psci(PSCI_AFFINITY_INFO_64, 0), Outcome::Return(PSCI_ON as u64));
+        assert_eq!(psci(PSCI_AFFINITY_INFO_64, 0x100), Outcome::Return(PSCI_INVALID_PARAMETERS as u64));
         assert_eq!(psci(PSCI_MIGRATE_INFO_TYPE, 0), Outcome::Return(2));
         assert_eq!(psci(SMCCC_ARCH_FEATURES, 0x8000_8000), Outcome::Return(u64::MAX));
         assert_eq!(psci(PSCI_CPU_OFF, 0), Outcome::Stop);

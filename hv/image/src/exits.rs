@@ -4,7 +4,8 @@
 
 use crate::console::GuestConsole;
 use crate::memory::IdentityMemory;
-use crate::setup::Runnable;
+use crate::setup::{Runnable, Shared, Slot};
+use bulkhead_core::hypercall::VcpuTopology;
 use alloc::format;
 use alloc::string::String;
 use bulkhead_arch_aarch64::el2;
@@ -31,10 +32,39 @@ const INJECT_LOG_LIMIT: u32 = 16;
 /// Stage-2 fault status code of an alignment fault.
 const FSC_ALIGNMENT: u8 = 0x21;
 
-/// Handles one exit of `partition`'s vCPU.
-pub fn handle(partition: &mut Partition, runnable: &mut Runnable, exit: ExitKind) {
+/// What the vCPU does after an exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VcpuAction {
+    /// Enter the guest again.
+    Resume,
+    /// The vCPU turned itself off (PSCI `CPU_OFF`); wait for `CPU_ON`.
+    Off,
+    /// The partition has stopped.
+    PartitionStopped,
+}
+
+/// Handles one exit of a vCPU of the partition in `slot`.
+pub fn handle(
+    slot: &Slot,
+    shared: &Shared,
+    topology: &mut dyn VcpuTopology,
+    runnable: &mut Runnable,
+    exit: ExitKind,
+) -> VcpuAction {
+    let mut partition = slot.partition.lock();
+    let action = handle_exit(&mut partition, shared, topology, runnable, exit);
+    if partition.is_stopped() { VcpuAction::PartitionStopped } else { action }
+}
+
+fn handle_exit(
+    partition: &mut Partition,
+    shared: &Shared,
+    topology: &mut dyn VcpuTopology,
+    runnable: &mut Runnable,
+    exit: ExitKind,
+) -> VcpuAction {
     match exit {
-        ExitKind::Sync => handle_sync(partition, runnable),
+        ExitKind::Sync => return handle_sync(partition, shared, topology, runnable),
         ExitKind::Irq => runnable.interrupts.on_irq_exit(&partition.name),
         ExitKind::Fiq => {
             runnable.irq_exits = runnable.irq_exits.saturating_add(1);
@@ -47,17 +77,23 @@ pub fn handle(partition: &mut Partition, runnable: &mut Runnable, exit: ExitKind
             stop_for_fault(partition, format!("exception from AArch32 state at PC {:#x}", runnable.vcpu.elr))
         }
     }
+    VcpuAction::Resume
 }
 
-fn handle_sync(partition: &mut Partition, runnable: &mut Runnable) {
+fn handle_sync(
+    partition: &mut Partition,
+    shared: &Shared,
+    topology: &mut dyn VcpuTopology,
+    runnable: &mut Runnable,
+) -> VcpuAction {
     let (esr_value, far, hpfar) = el2::exit_syndrome();
     let esr = Esr(esr_value);
     match esr.class() {
-        ExceptionClass::Hvc64 => hypercall_exit(partition, runnable, Conduit::Hvc),
+        ExceptionClass::Hvc64 => return hypercall_exit(partition, topology, runnable, Conduit::Hvc),
         ExceptionClass::Smc64 => {
             // A trapped SMC returns to the SMC itself (Arm ARM D1.10.x); skip it.
             runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
-            hypercall_exit(partition, runnable, Conduit::Smc)
+            return hypercall_exit(partition, topology, runnable, Conduit::Smc);
         }
         ExceptionClass::DataAbortLower if esr.fault_has_ipa() && esr.has_valid_syndrome() => {
             let access = DataAccess {
@@ -68,12 +104,12 @@ fn handle_sync(partition: &mut Partition, runnable: &mut Runnable) {
                 sign_extend: esr.sign_extend(),
                 sixty_four: esr.sixty_four_bit_register(),
             };
-            if !emulate_mmio(partition, runnable, &access) {
-                stage2_fault(partition, runnable, esr, far, hpfar)
+            if !emulate_mmio(partition, shared, runnable, &access) {
+                stage2_fault(partition, shared, runnable, esr, far, hpfar)
             }
         }
         ExceptionClass::DataAbortLower | ExceptionClass::InstructionAbortLower => {
-            stage2_fault(partition, runnable, esr, far, hpfar)
+            stage2_fault(partition, shared, runnable, esr, far, hpfar)
         }
         ExceptionClass::SysReg if SysRegAccess::decode(esr).is_sgi1r_write() => {
             let access = SysRegAccess::decode(esr);
@@ -87,6 +123,7 @@ fn handle_sync(partition: &mut Partition, runnable: &mut Runnable) {
             stop_for_fault(partition, message);
         }
     }
+    VcpuAction::Resume
 }
 
 /// A general-purpose register by number; 31 is the zero register here.
@@ -96,7 +133,7 @@ fn register(vcpu: &VcpuContext, n: u8) -> u64 {
 
 /// Emulates a trapped load or store if an emulated device claims it;
 /// returns whether one did.
-fn emulate_mmio(partition: &mut Partition, runnable: &mut Runnable, access: &DataAccess) -> bool {
+fn emulate_mmio(partition: &mut Partition, shared: &Shared, runnable: &mut Runnable, access: &DataAccess) -> bool {
     let vcpu_index = runnable.interrupts.vcpu;
     let claimed = if access.write {
         let value = register(&runnable.vcpu, access.register);
@@ -116,12 +153,12 @@ fn emulate_mmio(partition: &mut Partition, runnable: &mut Runnable, access: &Dat
         // Data aborts with a valid syndrome come from 32-bit instructions.
         runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
         if access.write
-            && let Some(code) = runnable.verdict.lock().take()
+            && let Some(code) = shared.verdict.lock().take()
         {
             partition.verdict = if code == 0 { Verdict::Passed } else { Verdict::Failed { code: u64::from(code), detail: 0 } };
             log::info!("partition {}: verdict register: {code}", partition.name);
         }
-        if let Some(bytes) = &runnable.uart_output {
+        if let Some(bytes) = &shared.uart_output {
             let pending: Vec<u8> = core::mem::take(&mut *bytes.lock());
             if !pending.is_empty() {
                 partition.console_write(&pending, &mut GuestConsole);
@@ -131,7 +168,7 @@ fn emulate_mmio(partition: &mut Partition, runnable: &mut Runnable, access: &Dat
     claimed
 }
 
-fn stage2_fault(partition: &mut Partition, runnable: &mut Runnable, esr: Esr, far: u64, hpfar: u64) {
+fn stage2_fault(partition: &mut Partition, shared: &Shared, runnable: &mut Runnable, esr: Esr, far: u64, hpfar: u64) {
     // QEMU TCG (DESIGN.md §4) may report a guest's unaligned access to Device
     // memory as a stage-2 alignment fault at EL2: it is the guest's own fault,
     // so it gets it, whatever the policy for stage-2 violations.
@@ -160,7 +197,7 @@ fn stage2_fault(partition: &mut Partition, runnable: &mut Runnable, esr: Esr, fa
         esr.0,
         vcpu.elr
     );
-    match runnable.on_fault {
+    match shared.on_fault {
         FaultPolicy::Stop => {
             log::error!("{message}");
             stop_for_fault(partition, message);
@@ -184,18 +221,28 @@ fn inject(partition: &mut Partition, runnable: &mut Runnable, esr: Esr, far: u64
     }
 }
 
-fn hypercall_exit(partition: &mut Partition, runnable: &mut Runnable, conduit: Conduit) {
+fn hypercall_exit(
+    partition: &mut Partition,
+    topology: &mut dyn VcpuTopology,
+    runnable: &mut Runnable,
+    conduit: Conduit,
+) -> VcpuAction {
     let vcpu = &mut runnable.vcpu;
     let mut args = [0u64; 8];
     args.copy_from_slice(&vcpu.x[..8]);
     if args[0] as u32 == CHECK_ATTRIBUTE {
         vcpu.x[0] = check_attribute(partition, args[1]);
-        return;
+        return VcpuAction::Resume;
     }
-    match hypercall::dispatch(partition, &IdentityMemory, &mut GuestConsole, conduit, &args) {
+    match hypercall::dispatch(partition, &IdentityMemory, &mut GuestConsole, topology, conduit, &args) {
         Outcome::Return(x0) => vcpu.x[0] = x0,
         Outcome::Stop => log::info!("partition {}: stopped at its request", partition.name),
+        Outcome::VcpuOff => {
+            log::info!("partition {}: vCPU {} turned off", partition.name, runnable.interrupts.vcpu);
+            return VcpuAction::Off;
+        }
     }
+    VcpuAction::Resume
 }
 
 /// `CHECK_ATTRIBUTE`: translates the guest's VA through its stage 1 and

@@ -51,20 +51,31 @@ fn copy_in(partition: &Partition, at: u64, bytes: &[u8], what: &str) -> Result<(
 ///
 /// # Errors
 /// A message naming the field at fault.
-pub fn load(config: &bulkhead_config::Partition, partition: &Partition, boot_info: &BootInfo) -> Result<Entry, String> {
+pub fn load(
+    config: &bulkhead_config::Partition,
+    partition: &Partition,
+    boot_info: &BootInfo,
+    vcpu_count: usize,
+) -> Result<Entry, String> {
     let image = module(boot_info, &config.image.file, "image.file")?;
     let entry = match config.image.kind {
         ImageKind::Raw => {
             copy_in(partition, config.image.load, image, "image.file")?;
             Entry { pc: config.image.entry_point(), x0: 0 }
         }
-        ImageKind::Linux => load_linux(config, partition, boot_info, image)?,
+        ImageKind::Linux => load_linux(config, partition, boot_info, image, vcpu_count)?,
     };
     cache::invalidate_icache();
     Ok(entry)
 }
 
-fn load_linux(config: &bulkhead_config::Partition, partition: &Partition, boot_info: &BootInfo, image: &[u8]) -> Result<Entry, String> {
+fn load_linux(
+    config: &bulkhead_config::Partition,
+    partition: &Partition,
+    boot_info: &BootInfo,
+    image: &[u8],
+    vcpu_count: usize,
+) -> Result<Entry, String> {
     let header = linux::parse_header(image).map_err(|e| format!("image.file '{}': {e:?}", config.image.file))?;
     let initrd = match &config.image.initrd {
         Some(name) => module(boot_info, name, "image.initrd")?,
@@ -87,11 +98,11 @@ fn load_linux(config: &bulkhead_config::Partition, partition: &Partition, boot_i
         .collect();
     let platform = GuestPlatform {
         memory,
-        cpu_count: 1,
+        cpu_count: vcpu_count as u32,
         psci: PsciConduit::Hvc,
         gic: GicV3 {
             distributor: GuestRange::new(VGIC_DISTRIBUTOR_BASE, 0x1_0000),
-            redistributors: GuestRange::new(VGIC_REDISTRIBUTOR_BASE, 0x2_0000),
+            redistributors: GuestRange::new(VGIC_REDISTRIBUTOR_BASE, 0x2_0000 * vcpu_count as u64),
             maintenance_intid: bulkhead_devicetree::GIC_MAINTENANCE_INTID,
         },
         timer: ArchTimer { virtual_intid: VIRTUAL_TIMER_INTID, ..ArchTimer::BSA },

@@ -1,37 +1,40 @@
-//! Running partitions: one CPU per partition, each in its own run loop, and
-//! the end of the run once the last partition has stopped.
+//! Running partitions: one physical CPU per vCPU, each in its own run loop,
+//! and the end of the run once the last partition has stopped.
 //!
-//! The boot CPU starts every other CPU that owns a partition (PSCI
-//! `CPU_ON`), then runs its own partition if it has one. Each CPU enters its
-//! partition's vCPU and handles its exits ([`crate::exits`]) until the
-//! partition stops. The CPU whose partition stops last prints the summary
-//! and ends the run; the others park.
+//! The boot CPU starts every other CPU that runs a vCPU (firmware PSCI
+//! `CPU_ON`), then runs its own vCPU if it has one. vCPU 0 of each partition
+//! starts at the image's entry; the others wait, off, until the guest starts
+//! them with PSCI `CPU_ON` ([`Topology`]). Each CPU enters its vCPU and
+//! handles its exits ([`crate::exits`]) until the vCPU turns off or the
+//! partition stops. When the last vCPU of the last partition finishes, its
+//! CPU prints the summary and ends the run; the others park.
 
 use crate::console::line;
-use crate::exits;
+use crate::exits::{self, VcpuAction};
 use crate::gic;
 use crate::platform::{Platform, finish, park};
-use crate::setup::Slot;
+use crate::setup::{Shared, Slot, VcpuSlot, vcpu_state};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::el2;
-use bulkhead_arch_aarch64::exception;
+use bulkhead_arch_aarch64::exception::{self, VcpuContext};
 use bulkhead_arch_aarch64::smp::{self, SecondaryBoot};
+use bulkhead_core::hypercall::{
+    MPIDR_AFFINITY, PSCI_AFFINITY_ON_PENDING, PSCI_ALREADY_ON, PSCI_INVALID_PARAMETERS, PSCI_OFF, PSCI_ON,
+    PSCI_ON_PENDING, VcpuTopology,
+};
 use bulkhead_core::partition::{Partition, RunState};
 use bulkhead_core::summary;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use spin::{Mutex, Once};
+use spin::Once;
 
 /// Bytes of stack each secondary CPU gets.
 const SECONDARY_STACK_SIZE: usize = 256 << 10;
 
 /// Every partition, and how many are still running.
 struct Machine {
-    slots: Vec<Mutex<Slot>>,
-    /// The CPU of each slot, readable without taking the slot's lock (which
-    /// its CPU holds for as long as the partition runs).
-    cpus: Vec<usize>,
+    slots: Vec<Slot>,
     running: AtomicUsize,
 }
 
@@ -39,36 +42,48 @@ static MACHINE: Once<Machine> = Once::new();
 /// What secondary CPUs need to know about the machine.
 static PLATFORM: Once<Platform> = Once::new();
 
-/// Starts every partition and runs the boot CPU's own; never returns.
+/// Wakes CPUs waiting in `wfe`.
+fn send_event() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `sev` only signals an event.
+    unsafe {
+        core::arch::asm!("dsb ish", "sev", options(nostack));
+    }
+}
+
+fn wait_for_event() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: `wfe` only waits.
+    unsafe {
+        core::arch::asm!("wfe", options(nostack));
+    }
+}
+
+/// Starts every partition and runs the boot CPU's own vCPU; never returns.
 pub fn start(slots: Vec<Slot>, platform: Platform) -> ! {
     let platform = PLATFORM.call_once(|| platform);
-    let started = slots.iter().filter(|s| s.runnable.is_some()).count();
-    let machine = MACHINE.call_once(|| Machine {
-        cpus: slots.iter().map(|s| s.cpu).collect(),
-        slots: slots.into_iter().map(Mutex::new).collect(),
-        running: AtomicUsize::new(started),
-    });
+    let started = slots.iter().filter(|s| s.shared.is_some()).count();
+    let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
     let boot_cpu = platform.boot_cpu().unwrap_or(0);
-    let mut own = None;
-    for (index, slot) in machine.slots.iter().enumerate() {
-        let mut slot = slot.lock();
-        if slot.runnable.is_none() {
+    for slot in &machine.slots {
+        if slot.shared.is_none() {
             continue;
         }
-        if slot.cpu == boot_cpu {
-            own = Some(index);
-        } else if let Err(reason) = start_cpu(platform, slot.cpu) {
-            log::error!("partition {}: not started: {reason}", slot.partition.name);
-            slot.partition.state = RunState::NotStarted(reason);
-            slot.runnable = None;
-            machine.running.fetch_sub(1, Ordering::AcqRel);
+        for cpu in slot.cpus().filter(|&cpu| cpu != boot_cpu) {
+            if let Err(reason) = start_cpu(platform, cpu) {
+                let mut partition = slot.partition.lock();
+                log::error!("partition {}: not started: {reason}", partition.name);
+                partition.state = RunState::NotStarted(reason);
+                drop(partition);
+                // The vCPU of a CPU that did not start never runs; the CPUs
+                // that did start see the state and leave at once.
+                if slot.vcpus_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    machine.running.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
         }
     }
-    if let Some(index) = own {
-        run_slot(machine, index);
-    } else {
-        cpu_idle(machine)
-    }
+    run_cpu(machine, boot_cpu)
 }
 
 /// Entered by each secondary CPU from `_secondary_start`.
@@ -80,12 +95,7 @@ pub extern "C" fn bulkhead_secondary_main(block: &SecondaryBoot) -> ! {
         let mpidr = platform.cpus.get(cpu).copied().unwrap_or(0);
         gic::init_cpu(platform, cpu, mpidr);
     }
-    // Only started partitions' CPUs are brought up, so the first slot on
-    // this CPU is the one to run (validation gives each CPU one partition).
-    match machine.cpus.iter().position(|&c| c == cpu) {
-        Some(index) => run_slot(machine, index),
-        None => park(),
-    }
+    run_cpu(machine, cpu)
 }
 
 fn start_cpu(platform: &Platform, cpu: usize) -> Result<(), alloc::string::String> {
@@ -105,43 +115,168 @@ fn start_cpu(platform: &Platform, cpu: usize) -> Result<(), alloc::string::Strin
     Ok(())
 }
 
-fn run_slot(machine: &'static Machine, index: usize) -> ! {
-    {
-        let mut guard = machine.slots[index].lock();
-        let Slot { partition, runnable, .. } = &mut *guard;
-        if let Some(runnable) = runnable.as_mut() {
-            // SAFETY: the stage-2 table maps only this partition's memory and
-            // stays alive (in the slot) for as long as the partition runs.
-            unsafe { el2::configure_guest(&runnable.setup) };
-            runnable.stage2.mark_live();
-            runnable.interrupts.reset();
-            partition.state = RunState::Running;
-            log::info!("partition {}: started", partition.name);
-            while !partition.is_stopped() {
-                runnable.interrupts.before_entry();
-                // SAFETY: EL2 was configured for this partition just above.
-                let exit = unsafe { exception::enter_guest(&mut runnable.vcpu) };
-                exits::handle(partition, runnable, exit);
+/// The vCPU this CPU runs, if any: (partition index, vCPU index).
+fn assignment(machine: &Machine, cpu: usize) -> Option<(usize, usize)> {
+    machine.slots.iter().enumerate().find_map(|(p, slot)| {
+        slot.shared.as_ref()?;
+        slot.vcpus.iter().position(|v| v.cpu == cpu).map(|v| (p, v))
+    })
+}
+
+fn run_cpu(machine: &'static Machine, cpu: usize) -> ! {
+    match assignment(machine, cpu) {
+        Some((p, v)) => {
+            let slot = &machine.slots[p];
+            if let Some(shared) = &slot.shared {
+                run_vcpu(slot, shared, v);
+            }
+            // The last vCPU of the partition to leave retires the partition.
+            if slot.vcpus_alive.fetch_sub(1, Ordering::AcqRel) == 1
+                && machine.running.fetch_sub(1, Ordering::AcqRel) == 1
+            {
+                end_run(machine)
+            }
+            park()
+        }
+        None => {
+            if machine.running.load(Ordering::Acquire) == 0 {
+                end_run(machine)
+            }
+            park()
+        }
+    }
+}
+
+fn partition_over(slot: &Slot) -> bool {
+    matches!(slot.partition.lock().state, RunState::Stopped(_) | RunState::NotStarted(_))
+}
+
+/// Runs vCPU `v` of the partition in `slot` on this CPU until the partition
+/// stops: each time it is turned on, from its start entry until it turns off.
+fn run_vcpu(slot: &Slot, shared: &Shared, v: usize) {
+    let me = &slot.vcpus[v];
+    let mut first = true;
+    loop {
+        // Wait, off, for CPU_ON (vCPU 0 starts pending).
+        while me.state.load(Ordering::Acquire) != vcpu_state::ON_PENDING {
+            if partition_over(slot) {
+                return;
+            }
+            wait_for_event();
+        }
+        if partition_over(slot) {
+            return;
+        }
+        let mut runnable = me.runnable.lock();
+        let (entry, context) = *me.start.lock();
+        runnable.vcpu = VcpuContext::new(entry, context);
+        // SAFETY: the stage-2 table maps only this partition's memory and
+        // lives in `shared` for as long as the partition's vCPUs run.
+        unsafe { el2::configure_guest(&runnable.setup) };
+        runnable.interrupts.reset();
+        if first {
+            shared.stage2.lock().mark_live();
+            first = false;
+        }
+        me.state.store(vcpu_state::ON, Ordering::Release);
+        {
+            let mut partition = slot.partition.lock();
+            if v == 0 {
+                partition.state = RunState::Running;
+                log::info!("partition {}: started", partition.name);
+            } else {
+                log::info!("partition {}: vCPU {v} started on CPU {} at {entry:#x}", partition.name, me.cpu);
+            }
+        }
+        loop {
+            runnable.interrupts.before_entry();
+            // SAFETY: EL2 was configured for this vCPU above.
+            let exit = unsafe { exception::enter_guest(&mut runnable.vcpu) };
+            let mut topology = Topology { slot, me: v };
+            match exits::handle(slot, shared, &mut topology, &mut runnable, exit) {
+                VcpuAction::Resume => {}
+                VcpuAction::Off => {
+                    me.state.store(vcpu_state::OFF, Ordering::Release);
+                    break;
+                }
+                VcpuAction::PartitionStopped => {
+                    stop_other_vcpus(slot, v);
+                    return;
+                }
+            }
+            if partition_over(slot) {
+                return;
             }
         }
     }
-    if machine.running.fetch_sub(1, Ordering::AcqRel) == 1 {
-        end_run(machine)
-    }
-    park()
 }
 
-fn cpu_idle(machine: &'static Machine) -> ! {
-    if machine.running.load(Ordering::Acquire) == 0 {
-        end_run(machine)
+/// Makes the partition's other vCPUs leave their guests: a kick SGI makes a
+/// running one exit (and see the partition stopped); an event wakes a
+/// waiting one.
+fn stop_other_vcpus(slot: &Slot, me: usize) {
+    for (v, vcpu) in slot.vcpus.iter().enumerate() {
+        if v != me {
+            gic::kick(vcpu.mpidr);
+        }
     }
-    park()
+    send_event();
+}
+
+/// PSCI's view of a partition's vCPUs.
+pub struct Topology<'a> {
+    slot: &'a Slot,
+    me: usize,
+}
+
+impl Topology<'_> {
+    fn target(&self, mpidr: u64) -> Option<&VcpuSlot> {
+        let affinity = mpidr & MPIDR_AFFINITY;
+        if affinity > 0xff {
+            return None;
+        }
+        self.slot.vcpus.get(affinity as usize)
+    }
+}
+
+impl VcpuTopology for Topology<'_> {
+    fn cpu_on(&mut self, target: u64, entry: u64, context: u64) -> i64 {
+        let Some(vcpu) = self.target(target) else { return PSCI_INVALID_PARAMETERS };
+        match vcpu.state.compare_exchange(vcpu_state::OFF, vcpu_state::ON_PENDING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                *vcpu.start.lock() = (entry, context);
+                // Publish the start before the waiting CPU looks again.
+                vcpu.state.store(vcpu_state::ON_PENDING, Ordering::Release);
+                send_event();
+                0
+            }
+            Err(vcpu_state::ON_PENDING) => PSCI_ON_PENDING,
+            Err(_) => PSCI_ALREADY_ON,
+        }
+    }
+
+    fn affinity_info(&self, target: u64) -> i64 {
+        match self.target(target).map(|v| v.state.load(Ordering::Acquire)) {
+            Some(vcpu_state::ON) => PSCI_ON,
+            Some(vcpu_state::ON_PENDING) => PSCI_AFFINITY_ON_PENDING,
+            Some(_) => PSCI_OFF,
+            None => PSCI_INVALID_PARAMETERS,
+        }
+    }
+
+    fn cpu_off(&mut self) -> bool {
+        self.slot
+            .vcpus
+            .iter()
+            .enumerate()
+            .all(|(v, vcpu)| v == self.me || vcpu.state.load(Ordering::Acquire) == vcpu_state::OFF)
+    }
 }
 
 /// Prints the summary and ends the run: called once, by the last CPU.
 fn end_run(machine: &'static Machine) -> ! {
-    let guards: Vec<_> = machine.slots.iter().map(|slot| slot.lock()).collect();
-    let partitions: Vec<&Partition> = guards.iter().map(|slot| &slot.partition).collect();
+    let guards: Vec<_> = machine.slots.iter().map(|slot| slot.partition.lock()).collect();
+    let partitions: Vec<&Partition> = guards.iter().map(|p| &**p).collect();
     let (lines, code) = summary::summarize(partitions);
     line(format_args!("[bulkhead] ---- summary ----"));
     for text in &lines {
@@ -149,4 +284,3 @@ fn end_run(machine: &'static Machine) -> ! {
     }
     finish(code)
 }
-

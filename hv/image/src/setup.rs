@@ -23,6 +23,7 @@ use bulkhead_core::devices::pl011::{ByteSink, PL011_MMIO_SIZE, Pl011 as Emulated
 use bulkhead_core::vgic::Vgic;
 use bulkhead_core::vgic::distributor::{Distributor, GICD_SIZE};
 use bulkhead_core::vgic::redistributor::Redistributors;
+use core::sync::atomic::{AtomicU8, AtomicUsize};
 use spin::Mutex;
 use crate::guest_image;
 use crate::space::{self, Stage2View};
@@ -32,26 +33,74 @@ use bulkhead_core::memmap;
 use bulkhead_core::partition::{Partition, RunState};
 
 
-/// A partition ready to run on this CPU.
+/// One vCPU's own state, used only by the CPU that runs it.
 pub struct Runnable {
-    /// EL2 set-up for its vCPU.
+    /// EL2 set-up for the vCPU.
     pub setup: GuestSetup,
     /// The vCPU's registers.
     pub vcpu: VcpuContext,
-    /// Its stage-2 tables, which `setup.vttbr` points at.
-    pub stage2: Stage2Table,
     /// Physical interrupt exits seen so far (for rate-limited logging).
     pub irq_exits: u32,
-    /// What a stage-2 fault does to this partition.
-    pub on_fault: FaultPolicy,
     /// Faults injected so far (for rate-limited logging).
     pub injected_faults: u32,
     /// The vCPU's interrupts.
     pub interrupts: VcpuInterrupts,
+}
+
+/// What the vCPUs of a started partition share, besides the partition.
+pub struct Shared {
+    /// The stage-2 tables every vCPU's `VTTBR_EL2` points at.
+    pub stage2: Mutex<Stage2Table>,
+    /// What a stage-2 fault does to this partition.
+    pub on_fault: FaultPolicy,
     /// Bytes the guest wrote to its emulated UART, not yet printed.
     pub uart_output: Option<Arc<Mutex<Vec<u8>>>>,
     /// The last code written to the verdict register.
     pub verdict: Arc<Mutex<Option<u32>>>,
+}
+
+/// PSCI state of a vCPU (DEN0022 `AFFINITY_INFO` values, but stored).
+pub mod vcpu_state {
+    /// Not started, or turned off with `CPU_OFF`.
+    pub const OFF: u8 = 0;
+    /// `CPU_ON` was called; its CPU has not picked it up yet.
+    pub const ON_PENDING: u8 = 1;
+    /// Running.
+    pub const ON: u8 = 2;
+}
+
+/// One vCPU of a partition, pinned to one physical CPU.
+pub struct VcpuSlot {
+    /// The physical CPU (index in the platform's CPU list).
+    pub cpu: usize,
+    /// Its affinity.
+    pub mpidr: u64,
+    /// [`vcpu_state`].
+    pub state: AtomicU8,
+    /// Entry point and context ID given by `CPU_ON`.
+    pub start: Mutex<(u64, u64)>,
+    /// The vCPU's own state.
+    pub runnable: Mutex<Runnable>,
+}
+
+/// A configured partition: the partition, and if it was started, its
+/// shared state and vCPUs.
+pub struct Slot {
+    /// The partition (address space, devices, console, verdict, state).
+    pub partition: Mutex<Partition>,
+    /// `None` if it was not started.
+    pub shared: Option<Shared>,
+    /// Its vCPUs (empty if not started).
+    pub vcpus: Vec<VcpuSlot>,
+    /// vCPU run loops that have not finished yet.
+    pub vcpus_alive: AtomicUsize,
+}
+
+impl Slot {
+    /// The CPUs its vCPUs run on.
+    pub fn cpus(&self) -> impl Iterator<Item = usize> + '_ {
+        self.vcpus.iter().map(|v| v.cpu)
+    }
 }
 
 /// The emulated UART's byte sink: shared with the exit handler, which
@@ -66,16 +115,6 @@ impl ByteSink for UartBytes {
             bytes.push(byte);
         }
     }
-}
-
-/// A configured partition, and its runnable state if it could be started.
-pub struct Slot {
-    /// The partition.
-    pub partition: Partition,
-    /// `None` if it was not started.
-    pub runnable: Option<Runnable>,
-    /// The CPU number (index in the platform's CPU list) that runs it.
-    pub cpu: usize,
 }
 
 /// Decodes the configuration blob and validates it again. Ends the run if
@@ -140,20 +179,20 @@ pub fn create_partitions(
     let whole = config;
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
         let mut partition = Partition::new(index, &config.name, AddressSpace::new());
-        let cpu = config.cpus.first().copied().unwrap_or(0) as usize;
         let built = match refusal {
             Some(reason) => Err(reason),
             None => build(index, config, whole, platform, boot_info, memory, &mut partition),
         };
-        let runnable = match built {
-            Ok(runnable) => Some(runnable),
+        let (shared, vcpus) = match built {
+            Ok((shared, vcpus)) => (Some(shared), vcpus),
             Err(reason) => {
                 log::error!("partition {}: not started: {reason}", config.name);
                 partition.state = RunState::NotStarted(reason);
-                None
+                (None, Vec::new())
             }
         };
-        slots.push(Slot { partition, runnable, cpu });
+        let alive = vcpus.len();
+        slots.push(Slot { partition: Mutex::new(partition), shared, vcpus, vcpus_alive: AtomicUsize::new(alive) });
     }
     slots
 }
@@ -166,18 +205,21 @@ fn build(
     boot_info: &BootInfo,
     memory: &Memory,
     partition: &mut Partition,
-) -> Result<Runnable, String> {
+) -> Result<(Shared, Vec<VcpuSlot>), String> {
     let pa_bits = platform.firmware.pa_bits;
-    let cpu = config.cpus.first().copied().unwrap_or(0) as usize;
-    if cpu >= platform.cpus.len() {
-        return Err(format!("cpus[0] = {cpu}, but the machine has {} CPU(s)", platform.cpus.len()));
+    let cpus: Vec<usize> = config.cpus.iter().map(|&c| c as usize).collect();
+    for (i, &cpu) in cpus.iter().enumerate() {
+        if cpu >= platform.cpus.len() {
+            return Err(format!("cpus[{i}] = {cpu}, but the machine has {} CPU(s)", platform.cpus.len()));
+        }
+        if cpu >= crate::gic::MAX_CPUS {
+            return Err(format!("cpus[{i}] = {cpu}: the hypervisor drives at most {} CPUs", crate::gic::MAX_CPUS));
+        }
+        if cpu != platform.boot_cpu().unwrap_or(0) && platform.psci.is_none() {
+            return Err(format!("CPU {cpu} cannot be started: the device tree names no PSCI method"));
+        }
     }
-    if cpu != platform.boot_cpu().unwrap_or(0) && platform.psci.is_none() {
-        return Err(format!("CPU {cpu} cannot be started: the device tree names no PSCI method"));
-    }
-    if config.cpus.len() > 1 {
-        log::warn!("partition {}: runs one vCPU on CPU {cpu}; CPUs {:?} stay idle until multi-vCPU partitions exist", config.name, &config.cpus[1..]);
-    }
+    let vcpu_count = cpus.len().max(1);
 
     let space = space::build(config, whole, platform, memory)?;
     let geometry = Stage2Geometry::for_limit(space.gpa_limit(), pa_bits).map_err(|e| match e {
@@ -200,7 +242,6 @@ fn build(
     partition.console_enabled = config.console != Console::None;
 
     // Every partition gets a virtual GIC at the QEMU `virt` addresses.
-    let vcpu_count = 1;
     let spis: Vec<u32> = config.interrupt_ids(&whole.platform).into_iter().collect();
     let vgic = Arc::new(Mutex::new(Vgic::new(vcpu_count, &spis)));
     partition
@@ -230,20 +271,43 @@ fn build(
     } else {
         None
     };
-    let mpidr = platform.cpus.get(cpu).copied().unwrap_or(0);
-    let interrupts = VcpuInterrupts::new(vgic, 0, cpu, alloc::vec![mpidr]);
+    let mpidrs: Vec<u64> = cpus.iter().map(|&c| platform.cpus.get(c).copied().unwrap_or(0)).collect();
 
-    let entry = guest_image::load(config, partition, boot_info)?;
+    let entry = guest_image::load(config, partition, boot_info, vcpu_count)?;
 
     let vmid = u8::try_from(index + 1).map_err(|_| String::from("too many partitions for 8-bit VMIDs"))?;
-    let setup = GuestSetup {
-        vttbr: el2::vttbr(stage2.root_address(), vmid),
-        vtcr: el2::vtcr(geometry, pa_bits.min(48)),
-        // The guest's only vCPU is its CPU 0, whichever physical CPU runs it.
-        vmpidr: 1 << 31,
-    };
+    let vcpus: Vec<VcpuSlot> = cpus
+        .iter()
+        .enumerate()
+        .map(|(v, &cpu)| {
+            let setup = GuestSetup {
+                vttbr: el2::vttbr(stage2.root_address(), vmid),
+                vtcr: el2::vtcr(geometry, pa_bits.min(48)),
+                // vCPU v is the guest's CPU v (Aff0), whichever physical CPU runs it.
+                vmpidr: (1 << 31) | v as u64,
+            };
+            let (state, start) = if v == 0 {
+                (vcpu_state::ON_PENDING, (entry.pc, entry.x0))
+            } else {
+                (vcpu_state::OFF, (0, 0))
+            };
+            VcpuSlot {
+                cpu,
+                mpidr: mpidrs[v],
+                state: AtomicU8::new(state),
+                start: Mutex::new(start),
+                runnable: Mutex::new(Runnable {
+                    setup,
+                    vcpu: VcpuContext::new(start.0, start.1),
+                    irq_exits: 0,
+                    injected_faults: 0,
+                    interrupts: VcpuInterrupts::new(vgic.clone(), v, cpu, mpidrs.clone()),
+                }),
+            }
+        })
+        .collect();
     log::info!(
-        "partition {}: CPU {cpu}, {} region(s), {}-bit IPA space, {} stage-2 table page(s), image {} ({} bytes), entry {:#x}, VMID {vmid}",
+        "partition {}: CPUs {cpus:?}, {} region(s), {}-bit IPA space, {} stage-2 table page(s), image {} ({} bytes), entry {:#x}, VMID {vmid}",
         config.name,
         partition.space.regions().len(),
         geometry.ipa_bits,
@@ -252,15 +316,6 @@ fn build(
         boot_info.module(&config.image.file).map_or(0, |m| m.data.size),
         entry.pc
     );
-    Ok(Runnable {
-        setup,
-        vcpu: VcpuContext::new(entry.pc, entry.x0),
-        stage2,
-        irq_exits: 0,
-        on_fault: config.on_fault,
-        injected_faults: 0,
-        interrupts,
-        uart_output,
-        verdict,
-    })
+    let shared = Shared { stage2: Mutex::new(stage2), on_fault: config.on_fault, uart_output, verdict };
+    Ok((shared, vcpus))
 }

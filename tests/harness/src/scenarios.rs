@@ -19,9 +19,9 @@ pub const SCENARIOS: &[Scenario] = &[
         smp: 2,
         expect: &[
             "Bulkhead",
-            "partition hello: CPU 0",
+            "partition hello: CPUs [0]",
             "VMID 1",
-            "partition neighbour: CPU 1",
+            "partition neighbour: CPUs [1]",
             "VMID 2",
             "CPU 1 (MPIDR 0x1) started",
             "[hello] Hello from a Bulkhead partition",
@@ -170,7 +170,8 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         ..Scenario::DEFAULT
     },
-    // Debian's Linux 6.1 reaches /init in its partition, its checks pass,
+    // Debian's Linux 6.1 reaches /init in its partition with two vCPUs (the
+    // second started by Linux through PSCI CPU_ON), its checks pass,
     // it reports through the verdict register, and `poweroff` stops only
     // it; the bare-metal partition beside it finishes its own test.
     Scenario {
@@ -181,8 +182,10 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: &[
             "partition linux: Linux at 0x40000000",
             "Booting Linux on physical CPU",
+            "partition linux: vCPU 1 started on CPU 1",
+            "SMP: Total of 2 processors activated",
             "[linux] bulkhead-linux: /init reached (kernel 6.1.",
-            "[linux] bulkhead-linux: check cpus: ok",
+            "[linux] bulkhead-linux: check cpus: ok (online 0-1 = 2",
             "[linux] bulkhead-linux: check memory: ok",
             "[linux] bulkhead-linux: check timer: ok",
             "[linux] bulkhead-linux: verdict PASS",
@@ -201,8 +204,11 @@ pub const SCENARIOS: &[Scenario] = &[
         smp: 2,
         timeout: Duration::from_secs(120),
         expect: &[
+            "partition linux: vCPU 1 started on CPU 1",
             "[linux] bulkhead-linux: /init reached (kernel 6.12.",
+            "[linux] bulkhead-linux: check cpus: ok (online 0-1 = 2",
             "[linux] bulkhead-linux: check timer: ok",
+            "[linux] bulkhead-linux: check cpus-ticking: ok",
             "[linux] bulkhead-linux: verdict PASS",
             "partition baremetal: passed",
             "all 2 partitions passed",
@@ -283,7 +289,7 @@ mod tests {
                 scenario
                     .name
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.'),
                 "{}",
                 scenario.name
             );
