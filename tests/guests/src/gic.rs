@@ -76,6 +76,14 @@ pub fn enable_private(intid: u32, priority: u8) {
     write32(GICR_SGI + 0x100, 1 << intid);
 }
 
+/// Tries to enable SPI `intid` at the distributor; returns whether it reads
+/// back as enabled (never, for an SPI the partition does not own).
+pub fn try_enable_spi(intid: u32) -> bool {
+    let register = GICD + 0x100 + u64::from(intid / 32) * 4;
+    write32(register, 1 << (intid % 32));
+    read32(register) & (1 << (intid % 32)) != 0
+}
+
 /// Whether `intid` is enabled on this vCPU (`GICR_ISENABLER0`).
 pub fn private_enabled(intid: u32) -> bool {
     read32(GICR_SGI + 0x100) & (1 << intid) != 0

@@ -102,16 +102,16 @@ impl MmioDevice for Distributor {
         match at {
             offset::CTLR => vgic.group1_enabled = value & CTLR_ENABLE_GRP1 != 0,
             a if (offset::ISENABLER..offset::ICENABLER).contains(&a) => {
-                write_spi_bits(&mut vgic, vcpu, a - offset::ISENABLER, word, |i| i.enabled = true)
+                write_spi_bits(&mut vgic, vcpu, a - offset::ISENABLER, word, true, |i| i.enabled = true)
             }
             a if (offset::ICENABLER..offset::ISPENDR).contains(&a) => {
-                write_spi_bits(&mut vgic, vcpu, a - offset::ICENABLER, word, |i| i.enabled = false)
+                write_spi_bits(&mut vgic, vcpu, a - offset::ICENABLER, word, false, |i| i.enabled = false)
             }
             a if (offset::ISPENDR..offset::ICPENDR).contains(&a) => {
-                write_spi_bits(&mut vgic, vcpu, a - offset::ISPENDR, word, |i| i.pending = true)
+                write_spi_bits(&mut vgic, vcpu, a - offset::ISPENDR, word, true, |i| i.pending = true)
             }
             a if (offset::ICPENDR..offset::ISACTIVER).contains(&a) => {
-                write_spi_bits(&mut vgic, vcpu, a - offset::ICPENDR, word, |i| i.pending = false)
+                write_spi_bits(&mut vgic, vcpu, a - offset::ICPENDR, word, false, |i| i.pending = false)
             }
             a if (offset::IPRIORITYR..offset::IPRIORITYR_END).contains(&a) => {
                 let first = (a - offset::IPRIORITYR) as u32;
@@ -156,10 +156,17 @@ fn spi_bits(vgic: &mut Vgic, vcpu: usize, byte_offset: u64, get: fn(&super::IrqS
     if first < FIRST_SPI { 0 } else { read_bits(vgic, vcpu, first, get) }
 }
 
-fn write_spi_bits(vgic: &mut Vgic, vcpu: usize, byte_offset: u64, value: u32, apply: fn(&mut super::IrqState)) {
+fn write_spi_bits(
+    vgic: &mut Vgic,
+    vcpu: usize,
+    byte_offset: u64,
+    value: u32,
+    setting: bool,
+    apply: fn(&mut super::IrqState),
+) {
     let first = (byte_offset / 4 * 32) as u32;
     if first >= FIRST_SPI {
-        write_bits(vgic, vcpu, first, value, apply);
+        write_bits(vgic, vcpu, first, value, setting, apply);
     }
 }
 
@@ -192,7 +199,10 @@ mod tests {
         d.write(0, offset::ISENABLER + 4, AccessSize::Word, u64::from(u32::MAX));
         assert_eq!(d.read(0, offset::ISENABLER + 4, AccessSize::Word), 1 << 8);
         assert_eq!(d.read(0, offset::IGROUPR + 4, AccessSize::Word), 1 << 8);
-        assert!(vgic.lock().foreign_accesses >= 31);
+        assert!(vgic.lock().foreign_accesses >= 31, "enabling another's SPIs is noted");
+        let before = vgic.lock().foreign_accesses;
+        d.write(0, offset::ICENABLER + 4, AccessSize::Word, u64::from(u32::MAX) & !(1 << 8));
+        assert_eq!(vgic.lock().foreign_accesses, before, "disabling them is not");
         d.write(0, offset::ICENABLER + 4, AccessSize::Word, 1 << 8);
         assert_eq!(d.read(0, offset::ISENABLER + 4, AccessSize::Word), 0);
         d.write(0, offset::ISENABLER, AccessSize::Word, u64::from(u32::MAX));

@@ -211,15 +211,32 @@ impl Vgic {
     }
 }
 
+/// Foreign-interrupt writes logged per partition before going quiet.
+const FOREIGN_LOG_LIMIT: u32 = 4;
+
 /// Applies a 32-bit set-enable / clear-enable / set-pending / clear-pending
-/// write over INTIDs `first..first + 32`, to the interrupts `vcpu` owns.
-pub(crate) fn write_bits(vgic: &mut Vgic, vcpu: usize, first: u32, value: u32, apply: fn(&mut IrqState)) {
+/// write over INTIDs `first..first + 32`, to the interrupts `vcpu` owns;
+/// bits for interrupts the partition does not own are ignored, and logged
+/// when `setting` (enabling or raising another's interrupt; clearing them is
+/// what every guest's start-up does and harms nobody).
+pub(crate) fn write_bits(vgic: &mut Vgic, vcpu: usize, first: u32, value: u32, setting: bool, apply: fn(&mut IrqState)) {
     for bit in 0..32 {
         if value & (1 << bit) != 0 {
             match vgic.irq_mut(vcpu, first + bit) {
                 Some(irq) => apply(irq),
-                None => vgic.foreign_accesses = vgic.foreign_accesses.saturating_add(1),
+                None if setting => vgic.note_foreign(first + bit),
+                None => {}
             }
+        }
+    }
+}
+
+impl Vgic {
+    /// Records a write to an interrupt the partition does not own.
+    pub(crate) fn note_foreign(&mut self, intid: u32) {
+        self.foreign_accesses = self.foreign_accesses.saturating_add(1);
+        if self.foreign_accesses <= FOREIGN_LOG_LIMIT {
+            log::warn!("vGIC: write to INTID {intid}, which is not this partition's: ignored");
         }
     }
 }

@@ -106,10 +106,10 @@ impl MmioDevice for Redistributors {
         match at {
             offset::WAKER => vgic.private[vcpu].asleep = value & WAKER_PROCESSOR_SLEEP != 0,
             a if a >= SGI_BASE => match a - SGI_BASE {
-                offset::ISENABLER0 => write_bits(&mut vgic, vcpu, 0, word, |i| i.enabled = true),
-                offset::ICENABLER0 => write_bits(&mut vgic, vcpu, 0, word, |i| i.enabled = false),
-                offset::ISPENDR0 => write_bits(&mut vgic, vcpu, 0, word, |i| i.pending = true),
-                offset::ICPENDR0 => write_bits(&mut vgic, vcpu, 0, word, |i| i.pending = false),
+                offset::ISENABLER0 => write_bits(&mut vgic, vcpu, 0, word, true, |i| i.enabled = true),
+                offset::ICENABLER0 => write_bits(&mut vgic, vcpu, 0, word, false, |i| i.enabled = false),
+                offset::ISPENDR0 => write_bits(&mut vgic, vcpu, 0, word, true, |i| i.pending = true),
+                offset::ICPENDR0 => write_bits(&mut vgic, vcpu, 0, word, false, |i| i.pending = false),
                 b if (offset::IPRIORITYR..offset::IPRIORITYR_END).contains(&b) => {
                     let first = (b - offset::IPRIORITYR) as u32;
                     for byte in 0..size.bytes() as u32 {

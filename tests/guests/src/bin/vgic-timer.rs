@@ -40,6 +40,12 @@ fn main() -> Result<(), u64> {
         println!("{e}");
         2u64
     })?;
+    // SPI 40 belongs to no partition here: enabling it must not stick.
+    if gic::try_enable_spi(40) {
+        println!("SPI 40 (not ours) reads back enabled");
+        return Err(6);
+    }
+    println!("SPI 40 (not ours) stays disabled");
     gic::enable_private(TIMER, 0x80);
     gic::enable_private(SGI, 0x80);
     if !gic::private_enabled(TIMER) {
