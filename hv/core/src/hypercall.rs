@@ -36,6 +36,8 @@ pub const PSCI_AFFINITY_INFO_64: u32 = 0xc400_0004;
 pub const PSCI_MIGRATE_INFO_TYPE: u32 = 0x8400_0006;
 /// See [`PSCI_CPU_OFF`].
 pub const PSCI_FEATURES: u32 = 0x8400_000a;
+/// See [`PSCI_CPU_OFF`].
+pub const PSCI_SYSTEM_RESET: u32 = 0x8400_0009;
 /// PSCI return values (DEN0022 §5.2.2) and `AFFINITY_INFO` states.
 pub const PSCI_NOT_SUPPORTED: i64 = -1;
 /// See [`PSCI_NOT_SUPPORTED`].
@@ -64,6 +66,9 @@ pub enum Outcome {
     Stop,
     /// This vCPU turned itself off (PSCI `CPU_OFF`); the partition goes on.
     VcpuOff,
+    /// The partition asked to be reset (PSCI `SYSTEM_RESET`): restart it
+    /// from its image.
+    Reset,
 }
 
 /// The partition's vCPUs, as PSCI sees them. Targets are MPIDR values; a
@@ -146,13 +151,14 @@ pub fn dispatch(
         PSCI_FEATURES => {
             let supported = matches!(
                 x[1] as u32,
-                abi::PSCI_VERSION | abi::PSCI_SYSTEM_OFF | PSCI_CPU_ON_32 | PSCI_CPU_ON_64 | PSCI_CPU_OFF
+                abi::PSCI_VERSION | abi::PSCI_SYSTEM_OFF | PSCI_SYSTEM_RESET | PSCI_CPU_ON_32 | PSCI_CPU_ON_64 | PSCI_CPU_OFF
                     | PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64 | PSCI_FEATURES | PSCI_MIGRATE_INFO_TYPE
                     | SMCCC_VERSION
             );
             Outcome::Return(if supported { 0 } else { PSCI_NOT_SUPPORTED as u64 })
         }
         PSCI_MIGRATE_INFO_TYPE => Outcome::Return(PSCI_NO_TRUSTED_OS),
+        PSCI_SYSTEM_RESET => Outcome::Reset,
         PSCI_CPU_ON_32 => Outcome::Return(topology.cpu_on(x[1] & 0xffff_ffff, x[2] & 0xffff_ffff, x[3] & 0xffff_ffff) as u64),
         PSCI_CPU_ON_64 => Outcome::Return(topology.cpu_on(x[1], x[2], x[3]) as u64),
         PSCI_AFFINITY_INFO_32 | PSCI_AFFINITY_INFO_64 => {
@@ -280,7 +286,9 @@ mod tests {
         let mut psci = |id: u32, a: u64| call(&mut p, &mut lines, [u64::from(id), a, 0, 0, 0, 0, 0, 0]).0;
         assert_eq!(psci(abi::PSCI_VERSION, 0), Outcome::Return(0x1_0001));
         assert_eq!(psci(PSCI_FEATURES, u64::from(PSCI_CPU_ON_64)), Outcome::Return(0));
-        assert_eq!(psci(PSCI_FEATURES, 0x8400_0009), Outcome::Return(PSCI_NOT_SUPPORTED as u64), "SYSTEM_RESET not offered");
+        assert_eq!(psci(PSCI_FEATURES, 0x8400_0009), Outcome::Return(0), "SYSTEM_RESET offered");
+        assert_eq!(psci(PSCI_FEATURES, 0x8400_0012), Outcome::Return(PSCI_NOT_SUPPORTED as u64), "SYSTEM_RESET2 not");
+        assert_eq!(psci(PSCI_SYSTEM_RESET, 0), Outcome::Reset);
         assert_eq!(psci(PSCI_CPU_ON_64, 0), Outcome::Return(PSCI_ALREADY_ON as u64));
         assert_eq!(psci(PSCI_CPU_ON_64, 1), Outcome::Return(PSCI_INVALID_PARAMETERS as u64));
         assert_eq!(psci(PSCI_AFFINITY_INFO_64, 0), Outcome::Return(PSCI_ON as u64));

@@ -111,6 +111,14 @@ impl Partition {
         self.space.translate(gpa, len, access)
     }
 
+    /// Back to the state of a freshly started partition after a reset: no
+    /// verdict, console line flushed (the address space and devices stay).
+    pub fn restart(&mut self, sink: &mut dyn ConsoleSink) {
+        self.flush_console(sink);
+        self.verdict = Verdict::None;
+        self.state = RunState::Running;
+    }
+
     /// Whether the partition has stopped.
     pub fn is_stopped(&self) -> bool {
         matches!(self.state, RunState::Stopped(_))

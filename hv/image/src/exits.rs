@@ -41,6 +41,8 @@ pub enum VcpuAction {
     Off,
     /// The partition has stopped.
     PartitionStopped,
+    /// The partition asked to be reset.
+    Reset,
 }
 
 /// Handles one exit of a vCPU of the partition in `slot`.
@@ -237,6 +239,10 @@ fn hypercall_exit(
     match hypercall::dispatch(partition, &IdentityMemory, &mut GuestConsole, topology, conduit, &args) {
         Outcome::Return(x0) => vcpu.x[0] = x0,
         Outcome::Stop => log::info!("partition {}: stopped at its request", partition.name),
+        Outcome::Reset => {
+            log::info!("partition {}: reset requested (PSCI SYSTEM_RESET)", partition.name);
+            return VcpuAction::Reset;
+        }
         Outcome::VcpuOff => {
             log::info!("partition {}: vCPU {} turned off", partition.name, runnable.interrupts.vcpu);
             return VcpuAction::Off;

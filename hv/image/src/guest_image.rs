@@ -47,7 +47,18 @@ fn copy_in(partition: &Partition, at: u64, bytes: &[u8], what: &str) -> Result<(
     Ok(())
 }
 
-/// Loads the partition's image; returns how its vCPU starts.
+/// Zeroes the partition's RAM (before reloading it after a reset).
+pub fn clear_ram(partition: &Partition) {
+    for region in partition.space.regions().iter().filter(|r| r.kind == RegionKind::Ram && r.perms.write) {
+        // SAFETY: the region is the partition's own RAM, identity-mapped for
+        // the hypervisor, and none of its vCPUs runs during a reset.
+        unsafe { core::ptr::write_bytes(region.hpa.raw() as *mut u8, 0, region.size as usize) };
+        cache::clean_invalidate_to_poc(region.hpa.raw(), region.size);
+    }
+}
+
+/// Loads the partition's image; returns how its vCPU starts. `boot` counts
+/// the partition's boots (1, then 2 after the first reset).
 ///
 /// # Errors
 /// A message naming the field at fault.
@@ -56,6 +67,7 @@ pub fn load(
     partition: &Partition,
     boot_info: &BootInfo,
     vcpu_count: usize,
+    boot: u32,
 ) -> Result<Entry, String> {
     let image = module(boot_info, &config.image.file, "image.file")?;
     let entry = match config.image.kind {
@@ -63,7 +75,7 @@ pub fn load(
             copy_in(partition, config.image.load, image, "image.file")?;
             Entry { pc: config.image.entry_point(), x0: 0 }
         }
-        ImageKind::Linux => load_linux(config, partition, boot_info, image, vcpu_count)?,
+        ImageKind::Linux => load_linux(config, partition, boot_info, image, vcpu_count, boot)?,
     };
     cache::invalidate_icache();
     Ok(entry)
@@ -75,6 +87,7 @@ fn load_linux(
     boot_info: &BootInfo,
     image: &[u8],
     vcpu_count: usize,
+    boot: u32,
 ) -> Result<Entry, String> {
     let header = linux::parse_header(image).map_err(|e| format!("image.file '{}': {e:?}", config.image.file))?;
     let initrd = match &config.image.initrd {
@@ -107,8 +120,9 @@ fn load_linux(
         },
         timer: ArchTimer { virtual_intid: VIRTUAL_TIMER_INTID, ..ArchTimer::BSA },
         uart: (config.console == Console::Pl011)
-            .then(|| Pl011 { registers: GuestRange::new(EMULATED_UART_BASE, 0x1000), intid: 33 }),
-        bootargs: config.image.bootargs.clone(),
+            .then(|| Pl011 { registers: GuestRange::new(EMULATED_UART_BASE, 0x1000), intid: crate::setup::EMULATED_UART_INTID }),
+        // Which boot this is, so that a guest can tell a restart apart.
+        bootargs: format!("{} bulkhead.boot={boot}", config.image.bootargs),
         initrd: placed.initrd.map(|at| GuestRange::new(at, initrd.len() as u64)),
     };
     let dtb = bulkhead_devicetree::build(&platform).map_err(|e| format!("device tree: {e}"))?;

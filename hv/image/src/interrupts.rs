@@ -163,9 +163,17 @@ impl VcpuInterrupts {
         }
     }
 
-    /// Clears every list register (a vCPU starting afresh on this CPU).
+    /// Clears every list register (a vCPU starting afresh on this CPU). A
+    /// hardware interrupt still in one is deactivated, or its physical
+    /// interrupt would stay active, and silent, for good.
     pub fn reset(&mut self) {
         for lr in 0..self.list_registers {
+            let entry = ListRegister::decode(cpu_if::read_lr(lr));
+            if entry.state != LrState::Invalid
+                && let Some(pintid) = entry.pintid
+            {
+                cpu_if::deactivate(pintid);
+            }
             cpu_if::write_lr(lr, 0);
         }
         cpu_if::write_ich_vmcr_el2(0);

@@ -9,7 +9,9 @@
 //! partition stops. When the last vCPU of the last partition finishes, its
 //! CPU prints the summary and ends the run; the others park.
 
-use crate::console::line;
+use crate::console::{GuestConsole, line};
+use crate::guest_image;
+use bulkhead_core::partition::StopReason;
 use crate::exits::{self, VcpuAction};
 use crate::gic;
 use crate::platform::{Platform, finish, park};
@@ -203,12 +205,60 @@ fn run_vcpu(slot: &Slot, shared: &Shared, v: usize) {
                     stop_other_vcpus(slot, v);
                     return;
                 }
+                VcpuAction::Reset => {
+                    drop(runnable);
+                    reset_partition(slot, shared, v);
+                    break;
+                }
             }
             if partition_over(slot) {
                 return;
             }
+            if slot.resetting.load(Ordering::Acquire) {
+                // Another vCPU resets the partition: turn off and wait.
+                me.state.store(vcpu_state::OFF, Ordering::Release);
+                send_event();
+                break;
+            }
         }
     }
+}
+
+/// Restarts the partition from its image, on behalf of vCPU `v` that asked:
+/// every other vCPU turns off, the RAM is cleared, the image (with a new
+/// device tree) reloaded, the virtual GIC reset, and vCPU 0 started at the
+/// entry again.
+fn reset_partition(slot: &Slot, shared: &Shared, v: usize) {
+    slot.resetting.store(true, Ordering::Release);
+    slot.vcpus[v].state.store(vcpu_state::OFF, Ordering::Release);
+    stop_other_vcpus(slot, v);
+    for vcpu in &slot.vcpus {
+        // A vCPU started but not yet running is simply not started.
+        let _ = vcpu.state.compare_exchange(vcpu_state::ON_PENDING, vcpu_state::OFF, Ordering::AcqRel, Ordering::Acquire);
+        while vcpu.state.load(Ordering::Acquire) == vcpu_state::ON {
+            if partition_over(slot) {
+                break;
+            }
+            core::hint::spin_loop();
+        }
+    }
+    let boot = shared.boots.fetch_add(1, Ordering::AcqRel) + 1;
+    let mut partition = slot.partition.lock();
+    partition.restart(&mut GuestConsole);
+    guest_image::clear_ram(&partition);
+    shared.vgic.lock().reset();
+    *shared.verdict.lock() = None;
+    match guest_image::load(&shared.config, &partition, shared.boot_info, slot.vcpus.len(), boot) {
+        Ok(entry) => {
+            log::info!("partition {}: restarting from its image (boot {boot})", partition.name);
+            *slot.vcpus[0].start.lock() = (entry.pc, entry.x0);
+            slot.vcpus[0].state.store(vcpu_state::ON_PENDING, Ordering::Release);
+        }
+        Err(e) => partition.stop(StopReason::Fault(alloc::format!("reset failed: {e}")), &mut GuestConsole),
+    }
+    drop(partition);
+    slot.resetting.store(false, Ordering::Release);
+    send_event();
 }
 
 /// Makes the partition's other vCPUs leave their guests: a kick SGI makes a

@@ -23,7 +23,7 @@ use bulkhead_core::devices::pl011::{ByteSink, PL011_MMIO_SIZE, Pl011 as Emulated
 use bulkhead_core::vgic::Vgic;
 use bulkhead_core::vgic::distributor::{Distributor, GICD_SIZE};
 use bulkhead_core::vgic::redistributor::Redistributors;
-use core::sync::atomic::{AtomicU8, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize};
 use spin::Mutex;
 use crate::guest_image;
 use crate::space::{self, Stage2View};
@@ -57,6 +57,14 @@ pub struct Shared {
     pub uart_output: Option<Arc<Mutex<Vec<u8>>>>,
     /// The last code written to the verdict register.
     pub verdict: Arc<Mutex<Option<u32>>>,
+    /// The partition's virtual GIC.
+    pub vgic: Arc<Mutex<Vgic>>,
+    /// Its configuration, to reload the image after a reset.
+    pub config: bulkhead_config::Partition,
+    /// The loader's boot information (the guest images).
+    pub boot_info: &'static BootInfo,
+    /// How many times the partition has booted (1 at first).
+    pub boots: AtomicU32,
 }
 
 /// PSCI state of a vCPU (DEN0022 `AFFINITY_INFO` values, but stored).
@@ -94,6 +102,8 @@ pub struct Slot {
     pub vcpus: Vec<VcpuSlot>,
     /// vCPU run loops that have not finished yet.
     pub vcpus_alive: AtomicUsize,
+    /// Set while one vCPU resets the partition: the others turn off.
+    pub resetting: AtomicBool,
 }
 
 impl Slot {
@@ -102,6 +112,9 @@ impl Slot {
         self.vcpus.iter().map(|v| v.cpu)
     }
 }
+
+/// The SPI the emulated PL011 is wired to (as on QEMU `virt`).
+pub const EMULATED_UART_INTID: u32 = 33;
 
 /// The emulated UART's byte sink: shared with the exit handler, which
 /// prints the bytes as console lines.
@@ -171,7 +184,7 @@ pub fn host_backed_ranges(config: &Config) -> Vec<(u64, u64)> {
 pub fn create_partitions(
     config: &Config,
     refused: Vec<Option<String>>,
-    boot_info: &BootInfo,
+    boot_info: &'static BootInfo,
     platform: &Platform,
     memory: &Memory,
 ) -> Vec<Slot> {
@@ -192,7 +205,13 @@ pub fn create_partitions(
             }
         };
         let alive = vcpus.len();
-        slots.push(Slot { partition: Mutex::new(partition), shared, vcpus, vcpus_alive: AtomicUsize::new(alive) });
+        slots.push(Slot {
+            partition: Mutex::new(partition),
+            shared,
+            vcpus,
+            vcpus_alive: AtomicUsize::new(alive),
+            resetting: AtomicBool::new(false),
+        });
     }
     slots
 }
@@ -202,7 +221,7 @@ fn build(
     config: &bulkhead_config::Partition,
     whole: &Config,
     platform: &Platform,
-    boot_info: &BootInfo,
+    boot_info: &'static BootInfo,
     memory: &Memory,
     partition: &mut Partition,
 ) -> Result<(Shared, Vec<VcpuSlot>), String> {
@@ -242,7 +261,11 @@ fn build(
     partition.console_enabled = config.console != Console::None;
 
     // Every partition gets a virtual GIC at the QEMU `virt` addresses.
-    let spis: Vec<u32> = config.interrupt_ids(&whole.platform).into_iter().collect();
+    let mut spis: Vec<u32> = config.interrupt_ids(&whole.platform).into_iter().collect();
+    if config.console == Console::Pl011 {
+        // The emulated UART's line (its device tree names it).
+        spis.push(EMULATED_UART_INTID);
+    }
     let vgic = Arc::new(Mutex::new(Vgic::new(vcpu_count, &spis)));
     partition
         .bus
@@ -273,7 +296,7 @@ fn build(
     };
     let mpidrs: Vec<u64> = cpus.iter().map(|&c| platform.cpus.get(c).copied().unwrap_or(0)).collect();
 
-    let entry = guest_image::load(config, partition, boot_info, vcpu_count)?;
+    let entry = guest_image::load(config, partition, boot_info, vcpu_count, 1)?;
 
     let vmid = u8::try_from(index + 1).map_err(|_| String::from("too many partitions for 8-bit VMIDs"))?;
     let vcpus: Vec<VcpuSlot> = cpus
@@ -316,6 +339,15 @@ fn build(
         boot_info.module(&config.image.file).map_or(0, |m| m.data.size),
         entry.pc
     );
-    let shared = Shared { stage2: Mutex::new(stage2), on_fault: config.on_fault, uart_output, verdict };
+    let shared = Shared {
+        stage2: Mutex::new(stage2),
+        on_fault: config.on_fault,
+        uart_output,
+        verdict,
+        vgic,
+        config: config.clone(),
+        boot_info,
+        boots: AtomicU32::new(1),
+    };
     Ok((shared, vcpus))
 }

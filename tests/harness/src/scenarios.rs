@@ -218,6 +218,30 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAIL", "Kernel panic", "stage-2 fault"],
         ..Scenario::DEFAULT
     },
+    // A Linux partition's `reboot` (PSCI SYSTEM_RESET) restarts it from its
+    // image; the second boot reaches /init again; the bare-metal partition
+    // beside it is undisturbed.
+    Scenario {
+        name: "linux-reboot",
+        config: "tests/configs/linux-reboot.toml",
+        timeout: Duration::from_secs(180),
+        expect: &[
+            "[linux] bulkhead-linux: /init reached",
+            "[linux] bulkhead-linux: verdict PASS",
+            "[linux] bulkhead-linux: boot 1: reboot",
+            "partition linux: reset requested (PSCI SYSTEM_RESET)",
+            "partition linux: restarting from its image (boot 2)",
+            "[linux] bulkhead-linux: /init reached",
+            "[linux] bulkhead-linux: check timer: ok",
+            "[linux] bulkhead-linux: verdict PASS",
+            "[linux] bulkhead-linux: boot 2: poweroff",
+            "partition linux: passed",
+            "partition baremetal: passed",
+            "all 2 partitions passed",
+        ],
+        forbid: &["FAIL", "Kernel panic", "stage-2 fault"],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic reaches the panic handler and exits with 99.
     Scenario {
         name: "hv-panic",

@@ -99,6 +99,12 @@ impl Vgic {
         }
     }
 
+    /// Back to reset state (a partition restarting), keeping which SPIs it owns.
+    pub fn reset(&mut self) {
+        let spis: Vec<u32> = self.spis.keys().copied().collect();
+        *self = Vgic::new(self.private.len(), &spis);
+    }
+
     /// Number of vCPUs.
     pub fn vcpu_count(&self) -> usize {
         self.private.len()
