@@ -8,6 +8,10 @@
 //!    (one virtual counter tick per instruction, DESIGN.md §8): the
 //!    `bench-hypercall` guest measures a null hypercall round trip against
 //!    the same loop without the call.
+//! 3. Linux boot to `/init` under Bulkhead against the same kernel and
+//!    initramfs booted directly by the same QEMU, both under `-icount`: the
+//!    kernel's own uptime when `/init` starts (so firmware time counts on
+//!    neither side), as a ratio from one run.
 
 use crate::build::{self, BuildOptions};
 use crate::config;
@@ -56,7 +60,51 @@ pub fn bench(ws: &Workspace, options: &BuildOptions) -> Result<ExitCode> {
         println!("{}", line.trim_end());
     }
     match outcome.ending {
-        Ending::Exited(Some(0)) => Ok(ExitCode::SUCCESS),
+        Ending::Exited(Some(0)) => {}
         other => bail!("the benchmark run ended with {other:?} (log: {})", log.display()),
     }
+
+    println!("\n== Linux boot to /init: under Bulkhead / booted directly (QEMU TCG, -icount shift=0) ==");
+    let kernels = crate::linux::ensure_kernels(ws)?;
+    let initramfs = crate::initramfs::build(ws, &kernels.busybox)?;
+    for (choice, config) in [
+        (crate::linux::KernelChoice::Bookworm, "tests/configs/bench-linux-6.1.toml"),
+        (crate::linux::KernelChoice::Backports, "tests/configs/bench-linux-6.12.toml"),
+    ] {
+        let kernel = kernels.get(choice);
+        let append = crate::linux_direct::kernel_command_line(2, 256);
+        let mut direct = crate::linux_direct::direct_command(&kernel.image, &initramfs, 2, 256, &append);
+        direct.args.extend(ICOUNT.iter().map(Into::into));
+        let direct_uptime = uptime_at_init(&direct, &ws.log_path(&format!("bench-direct-{}", kernel.release)))?;
+
+        let compiled = config::compile(&ws.root.join(config), config)?;
+        let spec = EspSpec::for_config(Path::new(config), &compiled, None);
+        let esp_dir = esp::assemble(ws, &artifacts, &spec)?;
+        let mut hosted = QemuCommand::for_arch(options.arch, &esp_dir, 2)
+            .with_context(|| format!("{} is not supported yet", options.arch))?;
+        hosted.args.extend(ICOUNT.iter().map(Into::into));
+        let hosted_uptime = uptime_at_init(&hosted, &ws.log_path(&format!("bench-bulkhead-{}", kernel.release)))?;
+        println!(
+            "Linux {}: /init at {hosted_uptime:.2} s under Bulkhead, {direct_uptime:.2} s directly: ratio {:.3} (goal <= 1.10)",
+            kernel.release,
+            hosted_uptime / direct_uptime
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Boots `command` and returns the kernel's uptime, in seconds, when `/init`
+/// started (the init script's `uptime at /init` line).
+fn uptime_at_init(command: &QemuCommand, log: &Path) -> Result<f64> {
+    let run_options =
+        RunOptions { timeout: Some(Duration::from_secs(300)), log_path: Some(log), ..RunOptions::default() };
+    let outcome = runner::run(command, &run_options)?;
+    outcome
+        .lines
+        .iter()
+        .find_map(|line| {
+            let rest = line.split("bulkhead-linux: uptime at /init: ").nth(1)?;
+            rest.trim_end().trim_end_matches(" s").trim().parse::<f64>().ok()
+        })
+        .with_context(|| format!("no `uptime at /init` line (log: {})", log.display()))
 }
