@@ -8,7 +8,7 @@
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;
-use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 
 register_bitfields! [u32,
     /// Data register.
@@ -27,6 +27,16 @@ register_bitfields! [u32,
     ]
 ];
 
+register_bitfields! [u32,
+    /// Interrupt mask set/clear, and interrupt clear (same layout).
+    INT [
+        /// Receive interrupt.
+        RX OFFSET(4) NUMBITS(1) [],
+        /// Receive timeout interrupt.
+        RT OFFSET(6) NUMBITS(1) []
+    ]
+];
+
 register_structs! {
     /// The PL011 register block.
     pub Pl011Registers {
@@ -34,6 +44,10 @@ register_structs! {
         (0x004 => _reserved0),
         (0x018 => fr: ReadOnly<u32, FR::Register>),
         (0x01c => _reserved1),
+        (0x038 => imsc: ReadWrite<u32, INT::Register>),
+        (0x03c => _reserved2),
+        (0x044 => icr: WriteOnly<u32, INT::Register>),
+        (0x048 => _reserved3),
         (0x1000 => @END),
     }
 }
@@ -74,6 +88,21 @@ impl Pl011 {
             core::hint::spin_loop();
         }
         self.registers.dr.write(DR::DATA.val(u32::from(byte)));
+    }
+
+    /// Takes one received byte, if the receive FIFO holds one.
+    pub fn read_byte(&self) -> Option<u8> {
+        if self.registers.fr.is_set(FR::RXFE) {
+            return None;
+        }
+        Some(self.registers.dr.read(DR::DATA) as u8)
+    }
+
+    /// Raises the UART's interrupt while received data waits (receive and
+    /// receive-timeout interrupts unmasked).
+    pub fn enable_receive_interrupt(&self) {
+        self.registers.icr.write(INT::RX::SET + INT::RT::SET);
+        self.registers.imsc.write(INT::RX::SET + INT::RT::SET);
     }
 
     /// Sends a string, turning `\n` into `\r\n`.

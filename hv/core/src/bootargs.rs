@@ -5,6 +5,8 @@
 //! | `log=error\|warn\|info\|debug\|trace` | console log level (default `info`) |
 //! | `exit=semihosting\|park` | how the run ends: semihosting `SYS_EXIT` (QEMU) or parking the CPUs (hardware); default: semihosting on QEMU `virt`, park elsewhere |
 //! | `crash=panic\|exception` | test hook: the hypervisor deliberately panics or takes an unexpected exception once booted |
+//! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
+//! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
 //!
 //! Unknown words are reported, not ignored silently.
 
@@ -53,13 +55,17 @@ pub struct BootArgs {
     pub exit: Option<ExitMethod>,
     /// Crash test requested, if any.
     pub crash: Option<CrashTest>,
+    /// The partition that receives console input.
+    pub input: Option<String>,
+    /// A person is at the console.
+    pub interactive: bool,
     /// Words that were not understood, for the boot log.
     pub unknown: Vec<String>,
 }
 
 impl Default for BootArgs {
     fn default() -> Self {
-        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, unknown: Vec::new() }
+        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, unknown: Vec::new() }
     }
 }
 
@@ -92,6 +98,14 @@ impl BootArgs {
                     args.crash = Some(CrashTest::Exception);
                     true
                 }
+                Some(("input", name)) if !name.is_empty() => {
+                    args.input = Some(String::from(name));
+                    true
+                }
+                Some(("interactive", "1")) => {
+                    args.interactive = true;
+                    true
+                }
                 _ => false,
             };
             if !understood {
@@ -119,7 +133,9 @@ mod tests {
 
     #[test]
     fn parses_known_words_and_keeps_unknown_ones() {
-        let args = BootArgs::parse(" log=debug crash=panic\nexit=park  frob=1 log=loud ");
+        let args = BootArgs::parse(" log=debug crash=panic\nexit=park  frob=1 log=loud input=linux interactive=1");
+        assert_eq!(args.input.as_deref(), Some("linux"));
+        assert!(args.interactive);
         assert_eq!(args.log_level, LogLevel::Debug);
         assert_eq!(args.crash, Some(CrashTest::Panic));
         assert_eq!(args.exit, Some(ExitMethod::Park));

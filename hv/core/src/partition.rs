@@ -58,6 +58,18 @@ pub trait HostMemory {
 pub trait ConsoleSink {
     /// Prints one complete line written by `partition`.
     fn guest_line(&mut self, partition: &str, line: &str);
+
+    /// Prints part of a line at once (an interactive console, where a
+    /// prompt must show before its newline); `continues` when an earlier
+    /// part of the same line was printed already.
+    fn guest_partial(&mut self, partition: &str, text: &str, continues: bool) {
+        let _ = (partition, text, continues);
+    }
+
+    /// Ends a line whose start went out through [`ConsoleSink::guest_partial`].
+    fn guest_line_end(&mut self, partition: &str, rest: &str) {
+        self.guest_line(partition, rest);
+    }
 }
 
 /// Longest console line a partition can build; longer lines are split.
@@ -86,7 +98,11 @@ pub struct Partition {
     pub console_enabled: bool,
     /// The devices emulated for the partition.
     pub bus: crate::mmio::MmioBus,
+    /// Print console output at once, without waiting for the end of the
+    /// line (the partition a person is typing to).
+    pub eager_console: bool,
     console_line: Vec<u8>,
+    mid_line: bool,
 }
 
 impl Partition {
@@ -101,7 +117,9 @@ impl Partition {
             unknown_calls: 0,
             console_enabled: true,
             bus: crate::mmio::MmioBus::new(),
+            eager_console: false,
             console_line: Vec::new(),
+            mid_line: false,
         }
     }
 
@@ -147,14 +165,23 @@ impl Partition {
                 self.flush_console(sink);
             }
         }
+        if self.eager_console && !self.console_line.is_empty() {
+            let text = String::from_utf8_lossy(&self.console_line);
+            sink.guest_partial(&self.name, &text, self.mid_line);
+            self.console_line.clear();
+            self.mid_line = true;
+        }
     }
 
     fn flush_console(&mut self, sink: &mut dyn ConsoleSink) {
-        if self.console_line.is_empty() {
-            return;
+        if self.mid_line {
+            let rest = String::from_utf8_lossy(&self.console_line);
+            sink.guest_line_end(&self.name, &rest);
+            self.mid_line = false;
+        } else if !self.console_line.is_empty() {
+            let line = String::from_utf8_lossy(&self.console_line);
+            sink.guest_line(&self.name, &line);
         }
-        let line = String::from_utf8_lossy(&self.console_line);
-        sink.guest_line(&self.name, &line);
         self.console_line.clear();
     }
 }
@@ -191,6 +218,37 @@ pub(crate) mod tests {
         assert_eq!(text[2].len(), CONSOLE_LINE_MAX);
         assert_eq!(text[3], "xxx");
         assert!(p.is_stopped());
+    }
+
+    #[derive(Default)]
+    struct Screen(String);
+
+    impl ConsoleSink for Screen {
+        fn guest_line(&mut self, partition: &str, line: &str) {
+            self.0 += &alloc::format!("[{partition}] {line}\n");
+        }
+        fn guest_partial(&mut self, partition: &str, text: &str, continues: bool) {
+            if continues {
+                self.0 += text;
+            } else {
+                self.0 += &alloc::format!("[{partition}] {text}");
+            }
+        }
+        fn guest_line_end(&mut self, _: &str, rest: &str) {
+            self.0 += &alloc::format!("{rest}\n");
+        }
+    }
+
+    #[test]
+    fn an_eager_console_shows_prompts_before_their_newline() {
+        let mut p = test_partition();
+        p.eager_console = true;
+        let mut screen = Screen::default();
+        p.console_write(b"/ # ", &mut screen);
+        assert_eq!(screen.0, "[p] / # ");
+        p.console_write(b"ls", &mut screen);
+        p.console_write(b"\nbin\n", &mut screen);
+        assert_eq!(screen.0, "[p] / # ls\n[p] bin\n");
     }
 
     #[test]

@@ -75,11 +75,38 @@ pub fn emergency_line(args: core::fmt::Arguments<'_>) {
     line(args);
 }
 
+/// Takes one byte typed at the console, if any.
+pub fn read_input() -> Option<u8> {
+    CONSOLE.lock().0.as_ref().and_then(|uart| uart.read_byte())
+}
+
+/// Makes the console UART interrupt while typed input waits.
+pub fn enable_input_interrupt() {
+    if let Some(uart) = CONSOLE.lock().0.as_ref() {
+        uart.enable_receive_interrupt();
+    }
+}
+
 /// Prints guest console lines as `[partition] line`.
 pub struct GuestConsole;
 
 impl ConsoleSink for GuestConsole {
     fn guest_line(&mut self, partition: &str, text: &str) {
         line(format_args!("[{partition}] {text}"));
+    }
+
+    fn guest_partial(&mut self, partition: &str, text: &str, continues: bool) {
+        let mut console = CONSOLE.lock();
+        if let Some(uart) = console.0.as_mut() {
+            if continues {
+                let _ = write!(uart, "{text}");
+            } else {
+                let _ = write!(uart, "[{partition}] {text}");
+            }
+        }
+    }
+
+    fn guest_line_end(&mut self, _partition: &str, rest: &str) {
+        line(format_args!("{rest}"));
     }
 }

@@ -67,6 +67,13 @@ pub fn init_cpu(platform: &Platform, cpu: usize, mpidr: u64) {
     gic::write_ich_hcr_el2(ICH_HCR_EN);
 }
 
+/// Routes SPI `intid` to the CPU with affinity `mpidr` and enables it.
+pub fn route_spi(intid: u32, mpidr: u64) {
+    if let Some(distributor) = GICD.get() {
+        distributor.enable_spi(intid, mpidr);
+    }
+}
+
 /// Enables or disables a private interrupt on this CPU.
 pub fn set_private(cpu: usize, intid: u32, enabled: bool) {
     if let Some(redistributor) = GICR.get(cpu).and_then(|r| r.get()) {

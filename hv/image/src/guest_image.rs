@@ -68,6 +68,7 @@ pub fn load(
     boot_info: &BootInfo,
     vcpu_count: usize,
     boot: u32,
+    extra_bootargs: &str,
 ) -> Result<Entry, String> {
     let image = module(boot_info, &config.image.file, "image.file")?;
     let entry = match config.image.kind {
@@ -75,7 +76,7 @@ pub fn load(
             copy_in(partition, config.image.load, image, "image.file")?;
             Entry { pc: config.image.entry_point(), x0: 0 }
         }
-        ImageKind::Linux => load_linux(config, partition, boot_info, image, vcpu_count, boot)?,
+        ImageKind::Linux => load_linux(config, partition, boot_info, image, vcpu_count, boot, extra_bootargs)?,
     };
     cache::invalidate_icache();
     Ok(entry)
@@ -88,6 +89,7 @@ fn load_linux(
     image: &[u8],
     vcpu_count: usize,
     boot: u32,
+    extra_bootargs: &str,
 ) -> Result<Entry, String> {
     let header = linux::parse_header(image).map_err(|e| format!("image.file '{}': {e:?}", config.image.file))?;
     let initrd = match &config.image.initrd {
@@ -122,7 +124,7 @@ fn load_linux(
         uart: (config.console == Console::Pl011)
             .then(|| Pl011 { registers: GuestRange::new(EMULATED_UART_BASE, 0x1000), intid: crate::setup::EMULATED_UART_INTID }),
         // Which boot this is, so that a guest can tell a restart apart.
-        bootargs: format!("{} bulkhead.boot={boot}", config.image.bootargs),
+        bootargs: format!("{}{extra_bootargs} bulkhead.boot={boot}", config.image.bootargs),
         initrd: placed.initrd.map(|at| GuestRange::new(at, initrd.len() as u64)),
     };
     let dtb = bulkhead_devicetree::build(&platform).map_err(|e| format!("device tree: {e}"))?;

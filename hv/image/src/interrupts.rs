@@ -16,6 +16,7 @@ use bulkhead_arch_aarch64::gic::{
     self as cpu_if, ICH_HCR_EN, ICH_HCR_UIE, LrState, ListRegister, MAINTENANCE_INTID, SPURIOUS_INTID, SgiRequest,
     VIRTUAL_TIMER_INTID,
 };
+use bulkhead_core::devices::pl011::UartState;
 use bulkhead_core::vgic::Vgic;
 use spin::Mutex;
 
@@ -35,6 +36,19 @@ pub struct VcpuInterrupts {
     list_registers: usize,
     vtimer_physically_enabled: bool,
     unexpected: u32,
+    /// For the vCPU that receives console input: the physical console
+    /// interrupt, the emulated UART it feeds, and that UART's SPI.
+    pub console_input: Option<ConsoleInput>,
+}
+
+/// Console input routed to one vCPU's emulated UART.
+pub struct ConsoleInput {
+    /// The physical console UART's INTID.
+    pub physical_intid: u32,
+    /// The emulated UART's state.
+    pub uart: Arc<Mutex<UartState>>,
+    /// The emulated UART's SPI in the partition's vGIC.
+    pub virtual_intid: u32,
 }
 
 impl VcpuInterrupts {
@@ -48,6 +62,7 @@ impl VcpuInterrupts {
             list_registers: cpu_if::list_register_count().min(16),
             vtimer_physically_enabled: false,
             unexpected: 0,
+            console_input: None,
         }
     }
 
@@ -61,6 +76,16 @@ impl VcpuInterrupts {
             cpu_if::end_of_interrupt(intid);
             match intid {
                 VIRTUAL_TIMER_INTID => self.forward_timer(),
+                i if self.console_input.as_ref().is_some_and(|c| c.physical_intid == i) => {
+                    if let Some(input) = &self.console_input {
+                        let mut uart = input.uart.lock();
+                        while let Some(byte) = crate::console::read_input() {
+                            // A full FIFO drops the byte, as the real UART does.
+                            uart.push_input(byte);
+                        }
+                    }
+                    cpu_if::deactivate(i);
+                }
                 MAINTENANCE_INTID | KICK_SGI => cpu_if::deactivate(intid),
                 other => {
                     cpu_if::deactivate(other);
@@ -124,6 +149,14 @@ impl VcpuInterrupts {
         if timer_wanted != self.vtimer_physically_enabled {
             gic::set_private(self.cpu, VIRTUAL_TIMER_INTID, timer_wanted);
             self.vtimer_physically_enabled = timer_wanted;
+        }
+        // The emulated UART's line is level-triggered: while it is high and
+        // its SPI is neither pending nor in a list register, raise it again.
+        if let Some(input) = &self.console_input
+            && input.uart.lock().interrupt_level()
+            && !self.held(input.virtual_intid)
+        {
+            vgic.raise_spi(input.virtual_intid);
         }
         let mut waiting = false;
         while vgic.has_pending(self.vcpu) {

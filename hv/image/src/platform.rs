@@ -30,6 +30,8 @@ pub struct Platform {
     pub psci: Option<PsciConduit>,
     /// The GICv3: distributor `(base, size)` and redistributor region `(base, size)`.
     pub gic: Option<((u64, u64), (u64, u64))>,
+    /// The console UART's interrupt (an SPI's INTID), if the device tree names one.
+    pub uart_intid: Option<u32>,
 }
 
 /// The affinity fields of an MPIDR (Aff3, Aff2, Aff1, Aff0).
@@ -53,6 +55,7 @@ impl Platform {
             cpus: Vec::new(),
             psci: None,
             gic: None,
+            uart_intid: None,
         };
         if !boot_info.bootargs.is_empty() {
             // SAFETY: the loader copied the boot arguments here (caller's promise).
@@ -74,6 +77,7 @@ impl Platform {
             .and_then(|root| root.compatible())
             .is_some_and(|c| c.all().any(|s| s == "linux,dummy-virt"));
         platform.uart = stdout_uart(&fdt);
+        platform.uart_intid = stdout_uart_intid(&fdt);
         platform.cpus = cpu_affinities(&fdt);
         platform.psci = fdt.find_node("/psci").and_then(|n| n.property("method")).and_then(|p| p.as_str()).and_then(|m| match m {
             "smc" => Some(PsciConduit::Smc),
@@ -146,6 +150,24 @@ fn stdout_uart(fdt: &Fdt<'_>) -> Option<u64> {
     }
     let region = node.reg()?.next()?;
     Some(region.starting_address as u64)
+}
+
+/// The INTID of the console UART's interrupt: its first `interrupts`
+/// specifier, `<type number flags>` in the GICv3 binding (type 0 = SPI).
+fn stdout_uart_intid(fdt: &Fdt<'_>) -> Option<u32> {
+    let chosen = fdt.find_node("/chosen")?;
+    let path = chosen.property("stdout-path")?.as_str()?.split(':').next()?;
+    let node = if path.starts_with('/') {
+        fdt.find_node(path)?
+    } else {
+        fdt.find_node(fdt.find_node("/aliases")?.property(path)?.as_str()?)?
+    };
+    let cells = node.property("interrupts")?.value;
+    let word = |i: usize| cells.get(4 * i..4 * i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    match (word(0)?, word(1)?) {
+        (0, spi) if spi < 988 => Some(spi + 32),
+        _ => None,
+    }
 }
 
 /// The first two `reg` ranges of the GICv3 node: distributor, redistributors.

@@ -67,6 +67,7 @@ pub fn start(slots: Vec<Slot>, platform: Platform) -> ! {
     let started = slots.iter().filter(|s| s.shared.is_some()).count();
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
     let boot_cpu = platform.boot_cpu().unwrap_or(0);
+    route_console_input(machine, platform);
     for slot in &machine.slots {
         if slot.shared.is_none() {
             continue;
@@ -98,6 +99,26 @@ pub extern "C" fn bulkhead_secondary_main(block: &SecondaryBoot) -> ! {
         gic::init_cpu(platform, cpu, mpidr);
     }
     run_cpu(machine, cpu)
+}
+
+/// Sends the console UART's interrupt to the CPU whose vCPU receives input.
+fn route_console_input(machine: &Machine, platform: &Platform) {
+    for slot in &machine.slots {
+        for vcpu in &slot.vcpus {
+            let receives = vcpu.runnable.lock().interrupts.console_input.as_ref().map(|c| c.physical_intid);
+            if let Some(intid) = receives {
+                gic::route_spi(intid, vcpu.mpidr);
+                crate::console::enable_input_interrupt();
+                log::info!(
+                    "console input goes to partition {} (CPU {}, interrupt {intid})",
+                    slot.partition.lock().name,
+                    vcpu.cpu
+                );
+                return;
+            }
+        }
+    }
+    let _ = platform;
 }
 
 fn start_cpu(platform: &Platform, cpu: usize) -> Result<(), alloc::string::String> {
@@ -248,7 +269,7 @@ fn reset_partition(slot: &Slot, shared: &Shared, v: usize) {
     guest_image::clear_ram(&partition);
     shared.vgic.lock().reset();
     *shared.verdict.lock() = None;
-    match guest_image::load(&shared.config, &partition, shared.boot_info, slot.vcpus.len(), boot) {
+    match guest_image::load(&shared.config, &partition, shared.boot_info, slot.vcpus.len(), boot, shared.extra_bootargs) {
         Ok(entry) => {
             log::info!("partition {}: restarting from its image (boot {boot})", partition.name);
             *slot.vcpus[0].start.lock() = (entry.pc, entry.x0);

@@ -19,7 +19,8 @@ use bulkhead_core::devices::verdict::{VERDICT_MMIO_SIZE, VerdictRegister};
 use crate::interrupts::VcpuInterrupts;
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use bulkhead_core::devices::pl011::{ByteSink, PL011_MMIO_SIZE, Pl011 as EmulatedPl011};
+use bulkhead_core::devices::pl011::{ByteSink, PL011_MMIO_SIZE, Pl011 as EmulatedPl011, UartState};
+use crate::interrupts::ConsoleInput;
 use bulkhead_core::vgic::Vgic;
 use bulkhead_core::vgic::distributor::{Distributor, GICD_SIZE};
 use bulkhead_core::vgic::redistributor::Redistributors;
@@ -65,6 +66,14 @@ pub struct Shared {
     pub boot_info: &'static BootInfo,
     /// How many times the partition has booted (1 at first).
     pub boots: AtomicU32,
+    /// Added to a Linux partition's command line (e.g. `bulkhead.shell=1`).
+    pub extra_bootargs: &'static str,
+}
+
+/// Console input given to a partition being built.
+pub struct InputRoute {
+    /// A person is at the console.
+    pub interactive: bool,
 }
 
 /// PSCI state of a vCPU (DEN0022 `AFFINITY_INFO` values, but stored).
@@ -190,11 +199,26 @@ pub fn create_partitions(
 ) -> Vec<Slot> {
     let mut slots = Vec::new();
     let whole = config;
+    let args = platform.bootargs.clone().unwrap_or_default();
+    // Console input goes to the partition the boot arguments name, or to
+    // the first with an emulated UART.
+    let input_index = match &args.input {
+        Some(name) => config.partitions.iter().position(|p| &p.name == name),
+        None => config.partitions.iter().position(|p| p.console == Console::Pl011),
+    };
+    if let Some(name) = &args.input
+        && input_index.is_none()
+    {
+        log::warn!("boot arguments: input={name}: no such partition; console input goes nowhere");
+    }
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
         let mut partition = Partition::new(index, &config.name, AddressSpace::new());
         let built = match refusal {
             Some(reason) => Err(reason),
-            None => build(index, config, whole, platform, boot_info, memory, &mut partition),
+            None => {
+                let input = (input_index == Some(index)).then_some(InputRoute { interactive: args.interactive });
+                build(index, config, whole, platform, boot_info, memory, &mut partition, input)
+            }
         };
         let (shared, vcpus) = match built {
             Ok((shared, vcpus)) => (Some(shared), vcpus),
@@ -216,6 +240,7 @@ pub fn create_partitions(
     slots
 }
 
+#[allow(clippy::too_many_arguments, reason = "one call site; the arguments are the partition's inputs")]
 fn build(
     index: usize,
     config: &bulkhead_config::Partition,
@@ -224,6 +249,7 @@ fn build(
     boot_info: &'static BootInfo,
     memory: &Memory,
     partition: &mut Partition,
+    input: Option<InputRoute>,
 ) -> Result<(Shared, Vec<VcpuSlot>), String> {
     let pa_bits = platform.firmware.pa_bits;
     let cpus: Vec<usize> = config.cpus.iter().map(|&c| c as usize).collect();
@@ -284,19 +310,34 @@ fn build(
         .bus
         .insert(Gpa::new(VERDICT_REGISTER_BASE), VERDICT_MMIO_SIZE, Box::new(VerdictRegister(verdict.clone())))
         .map_err(|e| format!("verdict register: {e:?}"))?;
-    let uart_output = if config.console == Console::Pl011 {
+    let (uart_output, uart_state) = if config.console == Console::Pl011 {
         let bytes = Arc::new(Mutex::new(Vec::new()));
+        let state = Arc::new(Mutex::new(UartState::default()));
         partition
             .bus
-            .insert(Gpa::new(EMULATED_UART_BASE), PL011_MMIO_SIZE, Box::new(EmulatedPl011::new(UartBytes(bytes.clone()))))
+            .insert(
+                Gpa::new(EMULATED_UART_BASE),
+                PL011_MMIO_SIZE,
+                Box::new(EmulatedPl011::new(UartBytes(bytes.clone()), state.clone())),
+            )
             .map_err(|e| format!("emulated UART: {e:?}"))?;
-        Some(bytes)
+        (Some(bytes), Some(state))
     } else {
-        None
+        (None, None)
     };
+    let console_input = match (&input, &uart_state, platform.uart_intid) {
+        (Some(_), Some(uart), Some(physical_intid)) => {
+            Some(ConsoleInput { physical_intid, uart: uart.clone(), virtual_intid: EMULATED_UART_INTID })
+        }
+        _ => None,
+    };
+    let mut console_input = console_input;
     let mpidrs: Vec<u64> = cpus.iter().map(|&c| platform.cpus.get(c).copied().unwrap_or(0)).collect();
 
-    let entry = guest_image::load(config, partition, boot_info, vcpu_count, 1)?;
+    let interactive = input.as_ref().is_some_and(|i| i.interactive);
+    partition.eager_console = interactive;
+    let extra_bootargs = if interactive { " bulkhead.shell=1" } else { "" };
+    let entry = guest_image::load(config, partition, boot_info, vcpu_count, 1, extra_bootargs)?;
 
     let vmid = u8::try_from(index + 1).map_err(|_| String::from("too many partitions for 8-bit VMIDs"))?;
     let vcpus: Vec<VcpuSlot> = cpus
@@ -324,7 +365,13 @@ fn build(
                     vcpu: VcpuContext::new(start.0, start.1),
                     irq_exits: 0,
                     injected_faults: 0,
-                    interrupts: VcpuInterrupts::new(vgic.clone(), v, cpu, mpidrs.clone()),
+                    interrupts: {
+                        let mut interrupts = VcpuInterrupts::new(vgic.clone(), v, cpu, mpidrs.clone());
+                        if v == 0 {
+                            interrupts.console_input = console_input.take();
+                        }
+                        interrupts
+                    },
                 }),
             }
         })
@@ -348,6 +395,7 @@ fn build(
         config: config.clone(),
         boot_info,
         boots: AtomicU32::new(1),
+        extra_bootargs,
     };
     Ok((shared, vcpus))
 }

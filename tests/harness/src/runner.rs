@@ -43,6 +43,9 @@ pub struct RunOptions<'a> {
     pub log_path: Option<&'a Path>,
     /// Copy QEMU's output to this process's stdout/stderr as it arrives.
     pub echo: bool,
+    /// Type `bytes` on QEMU's console once a line containing `trigger`
+    /// appears: `(trigger, bytes)`.
+    pub input: Option<(&'a str, &'a [u8])>,
 }
 
 impl Default for RunOptions<'_> {
@@ -53,6 +56,7 @@ impl Default for RunOptions<'_> {
             stop_grace: DEFAULT_STOP_GRACE,
             log_path: None,
             echo: false,
+            input: None,
         }
     }
 }
@@ -112,7 +116,7 @@ pub fn run(command: &QemuCommand, options: &RunOptions<'_>) -> io::Result<RunOut
     let start = Instant::now();
     let mut child = command
         .to_command()
-        .stdin(Stdio::null())
+        .stdin(if options.input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -127,7 +131,8 @@ pub fn run(command: &QemuCommand, options: &RunOptions<'_>) -> io::Result<RunOut
         spawn_reader(child.stderr.take(), Stream::Stderr, sender),
     ];
     let mut capture = Capture::new(options);
-    let result = capture.pump(&receiver, &mut child, pid, start, options, log.as_mut());
+    let stdin = child.stdin.take();
+    let result = capture.pump(&receiver, &mut child, pid, start, options, log.as_mut(), stdin);
     for reader in readers.into_iter().flatten() {
         let _ = reader.join();
     }
@@ -222,6 +227,7 @@ impl<'a> Capture<'a> {
         start: Instant,
         options: &RunOptions<'_>,
         mut log: Option<&mut BufWriter<File>>,
+        mut stdin: Option<std::process::ChildStdin>,
     ) -> io::Result<Option<Ending>> {
         let deadline = options.timeout.map(|t| start + t);
         let mut open_pipes = 2;
@@ -242,6 +248,17 @@ impl<'a> Capture<'a> {
                         echo(stream, &bytes);
                     }
                     self.push(stream, &bytes, options.stop_grace, log.as_deref_mut())?;
+                    if let Some((trigger, input)) = options.input
+                        && stdin.is_some()
+                        && self.lines.iter().any(|line| line.contains(trigger))
+                    {
+                        if let Some(mut pipe) = stdin.take() {
+                            // A failed write (QEMU gone) shows in the log as missing output.
+                            let _ = pipe.write_all(input).and_then(|()| pipe.flush());
+                            // Keep the pipe open: QEMU would see end-of-file.
+                            std::mem::forget(pipe);
+                        }
+                    }
                 }
                 Ok(Event::Closed) => open_pipes -= 1,
                 Err(RecvTimeoutError::Disconnected) => break,

@@ -41,6 +41,9 @@ pub struct Scenario {
     /// Compile the configuration without the build-time validation, to test
     /// that the hypervisor validates it again at boot.
     pub skip_build_validation: bool,
+    /// Type this on the console once a line containing the trigger appears:
+    /// `(trigger, text)`.
+    pub input: Option<(&'static str, &'static str)>,
 }
 
 impl Scenario {
@@ -59,6 +62,7 @@ impl Scenario {
         omit_images: false,
         overwrite: &[],
         skip_build_validation: false,
+        input: None,
     };
 
     /// Whether `filter` selects this scenario (substring of the name; the

@@ -242,6 +242,27 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAIL", "Kernel panic", "stage-2 fault"],
         ..Scenario::DEFAULT
     },
+    // Console input reaches the Linux partition's emulated UART: with a
+    // person at the console (`interactive=1`) its init starts a shell; what
+    // is typed runs there, and `poweroff` ends it.
+    Scenario {
+        name: "linux-console-input",
+        config: "tests/configs/bench-linux-6.1.toml",
+        bootargs: Some("interactive=1"),
+        timeout: Duration::from_secs(120),
+        input: Some(("bulkhead-linux: shell on the console", "echo ok-$((6*7)); poweroff -f\n")),
+        expect: &[
+            "console input goes to partition linux",
+            "bulkhead.shell=1",
+            "[linux] bulkhead-linux: verdict PASS",
+            "[linux] bulkhead-linux: shell on the console",
+            "ok-42",
+            "reboot: Power down",
+            "partition linux: passed",
+        ],
+        forbid: &["FAIL", "Kernel panic"],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic reaches the panic handler and exits with 99.
     Scenario {
         name: "hv-panic",

@@ -189,6 +189,7 @@ fn run_job(job: Job) -> Finished {
         timeout: Some(scenario.timeout),
         stop_on: scenario.stop_on,
         log_path: Some(&job.log),
+        input: scenario.input.map(|(trigger, text)| (trigger, text.as_bytes())),
         ..RunOptions::default()
     };
     match runner::run(&job.qemu, &options) {

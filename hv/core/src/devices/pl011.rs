@@ -6,16 +6,28 @@
 //! name). The transmit FIFO never fills and is always empty, so the guest
 //! never waits for a transmit interrupt.
 //!
-//! Omitted: receive (reads of DR return 0 with RXFE set: no input is routed
-//! yet), baud-rate and line-control effects (the values are stored and read
-//! back), DMA, modem lines, and interrupts (RIS/MIS read as 0).
+//! Receive: bytes the hypervisor routes to this partition's console enter a
+//! 32-byte receive FIFO ([`UartState::push_input`]); the receive and
+//! receive-timeout interrupts (RXRIS, RTRIS) are raised while it holds data,
+//! and [`UartState::interrupt_level`] is the UART's interrupt line.
+//!
+//! Omitted: baud-rate and line-control effects (the values are stored and
+//! read back), DMA, modem lines, error and break conditions, and the
+//! transmit interrupt (the FIFO is never full).
 
 use crate::mmio::{AccessSize, MmioDevice, VcpuId};
 use alloc::vec::Vec;
 
-/// `UARTFR` bits: RXFE (4) receive FIFO empty, TXFE (7) transmit FIFO empty.
+/// `UARTFR` bits: RXFE (4) receive FIFO empty, TXFE (7) transmit FIFO empty,
+/// RXFF (6) receive FIFO full.
 const FR_RXFE: u64 = 1 << 4;
+const FR_RXFF: u64 = 1 << 6;
 const FR_TXFE: u64 = 1 << 7;
+/// Interrupt bits (RIS/MIS/IMSC/ICR): RXIM (4) receive, RTIM (6) receive timeout.
+const INT_RX: u64 = 1 << 4;
+const INT_RT: u64 = 1 << 6;
+/// Depth of the receive FIFO.
+pub const RX_FIFO_DEPTH: usize = 32;
 
 /// Register offsets (TRM table 3-1).
 mod offset {
@@ -61,24 +73,55 @@ impl ByteSink for TxBuffer {
     }
 }
 
-/// The emulated UART's state: the registers a guest may write and read back.
+/// What the UART shares with the hypervisor: received bytes waiting for the
+/// guest, and the interrupt mask that decides the interrupt line.
+#[derive(Debug, Default)]
+pub struct UartState {
+    rx: alloc::collections::VecDeque<u8>,
+    imsc: u64,
+}
+
+impl UartState {
+    /// Queues a received byte; `false` (dropped) when the FIFO is full.
+    pub fn push_input(&mut self, byte: u8) -> bool {
+        if self.rx.len() >= RX_FIFO_DEPTH {
+            return false;
+        }
+        self.rx.push_back(byte);
+        true
+    }
+
+    /// Raw interrupt status: receive and receive-timeout while data waits.
+    fn raw_status(&self) -> u64 {
+        if self.rx.is_empty() { 0 } else { INT_RX | INT_RT }
+    }
+
+    /// The UART's interrupt line: a raw interrupt the guest has unmasked.
+    pub fn interrupt_level(&self) -> bool {
+        self.raw_status() & self.imsc != 0
+    }
+}
+
+/// The emulated UART: registers a guest may write and read back, plus the
+/// state shared with the hypervisor.
 #[derive(Debug)]
 pub struct Pl011<S: ByteSink> {
     sink: S,
+    shared: alloc::sync::Arc<spin::Mutex<UartState>>,
     ilpr: u64,
     ibrd: u64,
     fbrd: u64,
     lcr_h: u64,
     cr: u64,
     ifls: u64,
-    imsc: u64,
     dmacr: u64,
 }
 
 impl<S: ByteSink> Pl011<S> {
-    /// A UART in its reset state (TRM: CR = 0x300, IFLS = 0x12).
-    pub fn new(sink: S) -> Pl011<S> {
-        Pl011 { sink, ilpr: 0, ibrd: 0, fbrd: 0, lcr_h: 0, cr: 0x300, ifls: 0x12, imsc: 0, dmacr: 0 }
+    /// A UART in its reset state (TRM: CR = 0x300, IFLS = 0x12), sharing
+    /// `shared` with the hypervisor.
+    pub fn new(sink: S, shared: alloc::sync::Arc<spin::Mutex<UartState>>) -> Pl011<S> {
+        Pl011 { sink, shared, ilpr: 0, ibrd: 0, fbrd: 0, lcr_h: 0, cr: 0x300, ifls: 0x12, dmacr: 0 }
     }
 
     /// The byte sink.
@@ -93,16 +136,24 @@ impl<S: ByteSink> MmioDevice for Pl011<S> {
     }
 
     fn read(&mut self, _vcpu: VcpuId, at: u64, _size: AccessSize) -> u64 {
+        let mut shared = self.shared.lock();
         match at {
-            offset::DR | offset::RSR | offset::RIS | offset::MIS => 0,
-            offset::FR => FR_RXFE | FR_TXFE,
+            offset::DR => shared.rx.pop_front().map_or(0, u64::from),
+            offset::RSR => 0,
+            offset::FR => {
+                let rx = if shared.rx.is_empty() { FR_RXFE } else { 0 };
+                let full = if shared.rx.len() >= RX_FIFO_DEPTH { FR_RXFF } else { 0 };
+                rx | full | FR_TXFE
+            }
+            offset::RIS => shared.raw_status(),
+            offset::MIS => shared.raw_status() & shared.imsc,
             offset::ILPR => self.ilpr,
             offset::IBRD => self.ibrd,
             offset::FBRD => self.fbrd,
             offset::LCR_H => self.lcr_h,
             offset::CR => self.cr,
             offset::IFLS => self.ifls,
-            offset::IMSC => self.imsc,
+            offset::IMSC => shared.imsc,
             offset::DMACR => self.dmacr,
             id if (offset::PERIPH_ID0..PL011_MMIO_SIZE).contains(&id) && id % 4 == 0 => {
                 ID_REGISTERS[((id - offset::PERIPH_ID0) / 4) as usize]
@@ -120,9 +171,10 @@ impl<S: ByteSink> MmioDevice for Pl011<S> {
             offset::LCR_H => self.lcr_h = value & 0xff,
             offset::CR => self.cr = value & 0xff87,
             offset::IFLS => self.ifls = value & 0x3f,
-            offset::IMSC => self.imsc = value & 0x7ff,
+            offset::IMSC => self.shared.lock().imsc = value & 0x7ff,
             offset::DMACR => self.dmacr = value & 0x7,
-            // RSR/ECR and ICR clear error and interrupt state we never set.
+            // The receive interrupts follow the FIFO; clearing them (ICR) or
+            // the error status (RSR/ECR) changes nothing else here.
             offset::RSR | offset::ICR => {}
             _ => {}
         }
@@ -133,9 +185,33 @@ impl<S: ByteSink> MmioDevice for Pl011<S> {
 mod tests {
     use super::*;
 
+    fn uart() -> (Pl011<TxBuffer>, alloc::sync::Arc<spin::Mutex<UartState>>) {
+        let shared = alloc::sync::Arc::new(spin::Mutex::new(UartState::default()));
+        (Pl011::new(TxBuffer::default(), shared.clone()), shared)
+    }
+
+    #[test]
+    fn receives_with_an_interrupt_while_data_waits() {
+        let (mut uart, shared) = uart();
+        assert!(shared.lock().push_input(b'a'));
+        assert!(!shared.lock().interrupt_level(), "masked");
+        uart.write(0, offset::IMSC, AccessSize::Word, INT_RX | INT_RT);
+        assert!(shared.lock().interrupt_level());
+        assert_eq!(uart.read(0, offset::MIS, AccessSize::Word), INT_RX | INT_RT);
+        assert_eq!(uart.read(0, offset::FR, AccessSize::Word) & FR_RXFE, 0);
+        assert_eq!(uart.read(0, offset::DR, AccessSize::Word), u64::from(b'a'));
+        assert_ne!(uart.read(0, offset::FR, AccessSize::Word) & FR_RXFE, 0);
+        assert!(!shared.lock().interrupt_level(), "the line drops with the FIFO empty");
+        for _ in 0..RX_FIFO_DEPTH {
+            assert!(shared.lock().push_input(b'x'));
+        }
+        assert!(!shared.lock().push_input(b'y'), "full");
+        assert_ne!(uart.read(0, offset::FR, AccessSize::Word) & FR_RXFF, 0);
+    }
+
     #[test]
     fn transmits_and_never_blocks() {
-        let mut uart = Pl011::new(TxBuffer::default());
+        let (mut uart, _) = uart();
         for b in b"ok\n" {
             assert_eq!(uart.read(0, offset::FR, AccessSize::Word) & (1 << 5), 0, "TXFF never set");
             uart.write(0, offset::DR, AccessSize::Word, u64::from(*b) | 0x100);
@@ -145,7 +221,7 @@ mod tests {
 
     #[test]
     fn identifies_as_a_primecell_pl011() {
-        let mut uart = Pl011::new(TxBuffer::default());
+        let (mut uart, _) = uart();
         let id: alloc::vec::Vec<u64> = (0..8).map(|i| uart.read(0, 0xfe0 + 4 * i, AccessSize::Word)).collect();
         assert_eq!(id, ID_REGISTERS);
         // AMBA: PeriphID = 0x00341011 (part 0x011, designer 0x41 'A'), CellID = 0xb105f00d.
@@ -155,7 +231,7 @@ mod tests {
 
     #[test]
     fn control_registers_read_back_within_their_width() {
-        let mut uart = Pl011::new(TxBuffer::default());
+        let (mut uart, _) = uart();
         assert_eq!(uart.read(0, offset::CR, AccessSize::Word), 0x300);
         uart.write(0, offset::CR, AccessSize::Word, 0xffff_ffff);
         assert_eq!(uart.read(0, offset::CR, AccessSize::Word), 0xff87);
