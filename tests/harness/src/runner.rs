@@ -219,6 +219,7 @@ impl<'a> Capture<'a> {
     /// Reads events until both pipes close, the timeout expires or the stop
     /// line's grace period ends. Returns the ending when the harness killed
     /// QEMU, `None` when QEMU ended by itself.
+    #[allow(clippy::too_many_arguments, reason = "one caller; the pieces of one running QEMU")]
     fn pump(
         &mut self,
         receiver: &Receiver<Event>,
@@ -251,13 +252,12 @@ impl<'a> Capture<'a> {
                     if let Some((trigger, input)) = options.input
                         && stdin.is_some()
                         && self.lines.iter().any(|line| line.contains(trigger))
+                        && let Some(mut pipe) = stdin.take()
                     {
-                        if let Some(mut pipe) = stdin.take() {
-                            // A failed write (QEMU gone) shows in the log as missing output.
-                            let _ = pipe.write_all(input).and_then(|()| pipe.flush());
-                            // Keep the pipe open: QEMU would see end-of-file.
-                            std::mem::forget(pipe);
-                        }
+                        // A failed write (QEMU gone) shows in the log as missing output.
+                        let _ = pipe.write_all(input).and_then(|()| pipe.flush());
+                        // Keep the pipe open: QEMU would see end-of-file.
+                        std::mem::forget(pipe);
                     }
                 }
                 Ok(Event::Closed) => open_pipes -= 1,
