@@ -48,10 +48,10 @@ pub struct Scenario {
 
 impl Scenario {
     /// Defaults to build entries from with `..Scenario::DEFAULT`: the demo
-    /// configuration, one CPU, 60 s, exit code 0, nothing expected.
+    /// two bare-metal partitions, one CPU, 60 s, exit code 0, nothing expected.
     pub const DEFAULT: Scenario = Scenario {
         name: "",
-        config: "configs/qemu-virt-demo.toml",
+        config: "tests/configs/two-partitions.toml",
         bootargs: None,
         smp: 1,
         timeout: Duration::from_secs(60),

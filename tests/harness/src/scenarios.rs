@@ -12,7 +12,27 @@ use bulkhead_abi::exit::ExitCode;
 
 /// Every scenario, in the order they are started.
 pub const SCENARIOS: &[Scenario] = &[
-    // The demo: two partitions on two CPUs say hello through the console
+    // The default demo (`cargo xtask run` without a terminal): Linux with two
+    // vCPUs beside a bare-metal partition.
+    Scenario {
+        name: "demo",
+        config: "configs/qemu-virt-demo.toml",
+        timeout: Duration::from_secs(120),
+        expect: &[
+            "console input goes to partition linux",
+            "partition hello: started",
+            "[hello] Hello from a Bulkhead partition",
+            "[linux] bulkhead-linux: /init reached (kernel 6.12.",
+            "[linux] bulkhead-linux: check cpus: ok (online 0-1 = 2",
+            "[linux] bulkhead-linux: verdict PASS",
+            "partition linux: passed",
+            "partition hello: passed",
+            "all 2 partitions passed",
+        ],
+        forbid: &["FAIL", "Kernel panic", "stage-2 fault"],
+        ..Scenario::DEFAULT
+    },
+    // Two bare-metal partitions on two CPUs say hello through the console
     // hypercall, each under its own stage 2 and VMID.
     Scenario {
         name: "hello",

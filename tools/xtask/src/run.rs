@@ -38,13 +38,22 @@ pub fn run(
 ) -> Result<ExitCode> {
     let compiled = config::compile(&ws.resolve(config_file), &config_file.display().to_string())?;
     let artifacts = build::build_images(ws, options)?;
-    let spec = EspSpec::for_config(config_file, &compiled, bootargs);
+    // A person at a terminal gets the interactive side of the demo: console
+    // input goes to a partition, and a Linux partition's init opens a shell.
+    let interactive = std::io::stdin().is_terminal();
+    let bootargs: Option<String> = match (bootargs, interactive) {
+        (Some(text), true) => Some(format!("{text} interactive=1")),
+        (None, true) => Some("interactive=1".into()),
+        (text, false) => text.map(String::from),
+    };
+    let spec = EspSpec::for_config(config_file, &compiled, bootargs.as_deref());
     let esp_dir = esp::assemble(ws, &artifacts, &spec)?;
     let smp = cpus_needed(&compiled.config);
     let qemu = QemuCommand::for_arch(options.arch, &esp_dir, smp)
         .with_context(|| format!("{} is not supported yet", options.arch))?;
     println!("xtask: {qemu}");
-    if std::io::stdin().is_terminal() {
+    if interactive {
+        println!("xtask: interactive: console input goes to the partition with the emulated UART; Ctrl-A X quits QEMU");
         let status = qemu
             .to_command()
             .status()
