@@ -22,6 +22,8 @@ use spin::Mutex;
 
 /// Unexpected physical interrupts logged per vCPU before going quiet.
 const UNEXPECTED_LOG_LIMIT: u32 = 4;
+/// Physical interrupts handled in one exit at most.
+const IRQS_PER_EXIT: usize = 16;
 
 /// One vCPU's interrupt plumbing on the CPU that runs it.
 pub struct VcpuInterrupts {
@@ -66,12 +68,20 @@ impl VcpuInterrupts {
         }
     }
 
-    /// Handles the physical interrupts pending after an IRQ exit.
+    /// Handles the physical interrupts pending after an IRQ exit (a bounded
+    /// number: a level interrupt that stays asserted waits for the next exit
+    /// instead of holding the CPU here).
     pub fn on_irq_exit(&mut self, partition: &str) {
-        loop {
+        for _ in 0..IRQS_PER_EXIT {
             let intid = cpu_if::acknowledge();
             if intid >= SPURIOUS_INTID - 3 {
                 break;
+            }
+            if intid == MAINTENANCE_INTID {
+                // The underflow condition is level: drop UIE first, or the
+                // interrupt is pending again the moment it is completed.
+                // `before_entry` sets it again if interrupts still wait.
+                cpu_if::write_ich_hcr_el2(ICH_HCR_EN);
             }
             cpu_if::end_of_interrupt(intid);
             match intid {

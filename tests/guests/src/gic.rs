@@ -110,6 +110,15 @@ pub fn enable_irqs() {
     }
 }
 
+/// Masks IRQs at EL1.
+pub fn disable_irqs() {
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: masking IRQs only delays them.
+    unsafe {
+        core::arch::asm!("msr daifset, #2", "isb", options(nostack));
+    }
+}
+
 /// Waits for an interrupt.
 pub fn wait_for_interrupt() {
     #[cfg(target_arch = "aarch64")]

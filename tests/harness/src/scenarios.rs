@@ -188,6 +188,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "[vgic-timer] SPI 40 (not ours) stays disabled",
             "[vgic-timer] virtual timer interrupts: 5",
             "[vgic-timer] SGIs to self: 1",
+            "[vgic-timer] burst of 7 SGIs delivered: 7",
             "partition vgic-timer: passed",
         ],
         ..Scenario::DEFAULT
