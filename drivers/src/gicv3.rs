@@ -157,6 +157,20 @@ impl Gicd {
         self.wait_for_writes()
     }
 
+    /// Disables SPI `intid`.
+    pub fn disable_spi(&self, intid: u32) {
+        if (32..self.line_count()).contains(&intid) {
+            self.registers.icenabler[intid as usize / 32].set(1 << (intid % 32));
+        }
+    }
+
+    /// Re-enables SPI `intid` (routed earlier with [`Gicd::enable_spi`]).
+    pub fn unmask_spi(&self, intid: u32) {
+        if (32..self.line_count()).contains(&intid) {
+            self.registers.isenabler[intid as usize / 32].set(1 << (intid % 32));
+        }
+    }
+
     /// Routes SPI `intid` to the CPU with affinity `mpidr` and enables it.
     pub fn enable_spi(&self, intid: u32, mpidr: u64) {
         if (32..self.line_count()).contains(&intid) {

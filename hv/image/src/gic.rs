@@ -74,6 +74,17 @@ pub fn route_spi(intid: u32, mpidr: u64) {
     }
 }
 
+/// Masks or unmasks an SPI at the distributor.
+pub fn set_spi(intid: u32, enabled: bool) {
+    if let Some(distributor) = GICD.get() {
+        if enabled {
+            distributor.unmask_spi(intid);
+        } else {
+            distributor.disable_spi(intid);
+        }
+    }
+}
+
 /// Enables or disables a private interrupt on this CPU.
 pub fn set_private(cpu: usize, intid: u32, enabled: bool) {
     if let Some(redistributor) = GICR.get(cpu).and_then(|r| r.get()) {

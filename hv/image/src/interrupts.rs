@@ -41,6 +41,9 @@ pub struct VcpuInterrupts {
     /// For the vCPU that receives console input: the physical console
     /// interrupt, the emulated UART it feeds, and that UART's SPI.
     pub console_input: Option<ConsoleInput>,
+    /// SPIs of passed-through devices delivered to this vCPU, each with
+    /// whether it is unmasked at the physical distributor.
+    pub passthrough_spis: Vec<(u32, bool)>,
 }
 
 /// Console input routed to one vCPU's emulated UART.
@@ -65,6 +68,7 @@ impl VcpuInterrupts {
             vtimer_physically_enabled: false,
             unexpected: 0,
             console_input: None,
+            passthrough_spis: Vec::new(),
         }
     }
 
@@ -97,6 +101,7 @@ impl VcpuInterrupts {
                     cpu_if::deactivate(i);
                 }
                 MAINTENANCE_INTID | KICK_SGI => cpu_if::deactivate(intid),
+                i if self.passthrough_spis.iter().any(|&(spi, _)| spi == i) => self.forward_spi(i),
                 other => {
                     cpu_if::deactivate(other);
                     self.unexpected = self.unexpected.saturating_add(1);
@@ -137,6 +142,29 @@ impl VcpuInterrupts {
         }
     }
 
+    /// A passed-through device's SPI: into a HW list register when the guest
+    /// has it enabled (its deactivation completes the physical one); else
+    /// masked at the distributor until the guest enables it.
+    fn forward_spi(&mut self, intid: u32) {
+        let (enabled, priority) = {
+            let vgic = self.vgic.lock();
+            (vgic.spi(intid).is_some_and(|s| s.irq.enabled), vgic.priority(self.vcpu, intid))
+        };
+        match (enabled, self.free_list_register()) {
+            (true, Some(lr)) if !self.held(intid) => {
+                let entry = ListRegister { vintid: intid, pintid: Some(intid), priority, state: LrState::Pending };
+                cpu_if::write_lr(lr, entry.encode());
+            }
+            _ => {
+                cpu_if::deactivate(intid);
+                gic::set_spi(intid, false);
+                if let Some(entry) = self.passthrough_spis.iter_mut().find(|(spi, _)| *spi == intid) {
+                    entry.1 = false;
+                }
+            }
+        }
+    }
+
     fn free_list_register(&self) -> Option<usize> {
         let empty = cpu_if::empty_list_registers();
         (0..self.list_registers).find(|&lr| empty & (1 << lr) != 0)
@@ -159,6 +187,15 @@ impl VcpuInterrupts {
         if timer_wanted != self.vtimer_physically_enabled {
             gic::set_private(self.cpu, VIRTUAL_TIMER_INTID, timer_wanted);
             self.vtimer_physically_enabled = timer_wanted;
+        }
+        // Passed-through SPIs: unmasked physically while the guest has them
+        // enabled (one masked for want of a list register comes back here).
+        for (intid, unmasked) in &mut self.passthrough_spis {
+            let wanted = vgic.spi(*intid).is_some_and(|s| s.irq.enabled);
+            if wanted != *unmasked {
+                gic::set_spi(*intid, wanted);
+                *unmasked = wanted;
+            }
         }
         // The emulated UART's line is level-triggered: while it is high and
         // its SPI is neither pending nor in a list register, raise it again.

@@ -68,6 +68,7 @@ pub fn start(slots: Vec<Slot>, platform: Platform) -> ! {
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
     let boot_cpu = platform.boot_cpu().unwrap_or(0);
     route_console_input(machine, platform);
+    route_device_interrupts(machine);
     for slot in &machine.slots {
         if slot.shared.is_none() {
             continue;
@@ -99,6 +100,21 @@ pub extern "C" fn bulkhead_secondary_main(block: &SecondaryBoot) -> ! {
         gic::init_cpu(platform, cpu, mpidr);
     }
     run_cpu(machine, cpu)
+}
+
+/// Routes every passed-through device's SPI to the CPU of the vCPU that
+/// receives it (masked until the guest enables it).
+fn route_device_interrupts(machine: &Machine) {
+    for slot in &machine.slots {
+        for vcpu in &slot.vcpus {
+            let spis: Vec<u32> = vcpu.runnable.lock().interrupts.passthrough_spis.iter().map(|&(spi, _)| spi).collect();
+            for spi in spis {
+                gic::route_spi(spi, vcpu.mpidr);
+                gic::set_spi(spi, false);
+                log::info!("partition {}: interrupt {spi} goes to CPU {}", slot.partition.lock().name, vcpu.cpu);
+            }
+        }
+    }
 }
 
 /// Sends the console UART's interrupt to the CPU whose vCPU receives input.

@@ -276,18 +276,13 @@ fn build(
     space
         .derive_cpu_view(&mut Stage2View(&mut stage2))
         .map_err(|e| format!("stage-2 mapping failed: {e:?}"))?;
-    if !config.interrupts.is_empty() || !config.passthrough.is_empty() {
-        log::warn!(
-            "partition {}: its interrupts are not delivered yet (no GIC driver): {:?}",
-            config.name,
-            config.interrupt_ids(&whole.platform)
-        );
-    }
+
     *partition = Partition::new(index, &config.name, space);
     partition.console_enabled = config.console != Console::None;
 
     // Every partition gets a virtual GIC at the QEMU `virt` addresses.
     let mut spis: Vec<u32> = config.interrupt_ids(&whole.platform).into_iter().collect();
+    let device_spis: Vec<u32> = spis.clone();
     if config.console == Console::Pl011 {
         // The emulated UART's line (its device tree names it).
         spis.push(EMULATED_UART_INTID);
@@ -369,6 +364,9 @@ fn build(
                         let mut interrupts = VcpuInterrupts::new(vgic.clone(), v, cpu, mpidrs.clone());
                         if v == 0 {
                             interrupts.console_input = console_input.take();
+                            // Passed-through devices' SPIs go to vCPU 0 (the
+                            // guest's IROUTER is not followed yet).
+                            interrupts.passthrough_spis = device_spis.iter().map(|&spi| (spi, false)).collect();
                         }
                         interrupts
                     },

@@ -284,6 +284,20 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAIL", "Kernel panic"],
         ..Scenario::DEFAULT
     },
+    // A passed-through device's interrupt: the PL031 RTC's alarm (physical
+    // SPI 34) is routed to the partition's CPU and injected through a HW
+    // list register.
+    Scenario {
+        name: "passthrough-rtc",
+        config: "tests/configs/passthrough-rtc.toml",
+        expect: &[
+            "partition rtc: device 'rtc0' at IPA 0x9010000 (device-ngnre)",
+            "partition rtc: interrupt 34 goes to CPU 0",
+            "[rtc] RTC alarm interrupts: 1",
+            "partition rtc: passed",
+        ],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic reaches the panic handler and exits with 99.
     Scenario {
         name: "hv-panic",
