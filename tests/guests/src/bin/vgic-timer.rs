@@ -86,7 +86,7 @@ fn main() -> Result<(), u64> {
     while BURST.load(Ordering::SeqCst) != all && time::counter() < deadline {
         core::hint::spin_loop();
     }
-    println!("burst of {} SGIs delivered: {}", BURST_SGIS.len(), (BURST.load(Ordering::SeqCst) as u32).count_ones());
+    println!("burst of {} SGIs delivered: {}", BURST_SGIS.len(), BURST.load(Ordering::SeqCst).count_ones());
     if TICKS.load(Ordering::SeqCst) != TICKS_WANTED {
         return Err(4);
     }
