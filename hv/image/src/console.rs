@@ -4,18 +4,54 @@
 use bulkhead_core::bootargs::LogLevel;
 use bulkhead_core::partition::ConsoleSink;
 use bulkhead_drivers::pl011::Pl011;
-use core::fmt::Write;
 use spin::Mutex;
 
-/// The console UART. `Pl011` holds a reference to MMIO registers, which is
-/// only used under this lock.
-struct Console(Option<Pl011>);
+/// Where the hypervisor's console output goes.
+enum Output {
+    /// Nowhere (no console found yet, or the UART was given away without a
+    /// semihosting host).
+    None,
+    /// The UART `/chosen/stdout-path` names. `Pl011` holds a reference to MMIO
+    /// registers, only used under the console lock.
+    Uart(Pl011),
+    /// The semihosting host's console, once a partition owns the UART.
+    Semihosting(Semihosting),
+}
+
+struct Console(Output);
+
+/// Writes formatted text to the semihosting console.
+struct Semihosting;
+
+impl core::fmt::Write for Semihosting {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        bulkhead_arch_aarch64::semihosting::write(s);
+        Ok(())
+    }
+}
+
+impl Console {
+    fn out(&mut self) -> Option<&mut dyn core::fmt::Write> {
+        match &mut self.0 {
+            Output::Uart(uart) => Some(uart),
+            Output::Semihosting(host) => Some(host),
+            Output::None => None,
+        }
+    }
+
+    fn uart(&self) -> Option<&Pl011> {
+        match &self.0 {
+            Output::Uart(uart) => Some(uart),
+            _ => None,
+        }
+    }
+}
 
 // SAFETY: the UART registers are only accessed with the mutex held (or, in
 // `emergency_line`, when the holder can never run again).
 unsafe impl Send for Console {}
 
-static CONSOLE: Mutex<Console> = Mutex::new(Console(None));
+static CONSOLE: Mutex<Console> = Mutex::new(Console(Output::None));
 
 struct Logger;
 
@@ -29,8 +65,8 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record<'_>) {
         if self.enabled(record.metadata()) {
             let mut console = CONSOLE.lock();
-            if let Some(uart) = console.0.as_mut() {
-                let _ = writeln!(uart, "[bulkhead] {:<5} {}", record.level(), record.args());
+            if let Some(out) = console.out() {
+                let _ = writeln!(out, "[bulkhead] {:<5} {}", record.level(), record.args());
             }
         }
     }
@@ -44,7 +80,7 @@ pub fn init(uart: Option<u64>, level: LogLevel) {
     if let Some(base) = uart {
         // SAFETY: `base` comes from the device tree's `stdout-path` node, a
         // PL011 that only the hypervisor drives.
-        CONSOLE.lock().0 = Some(unsafe { Pl011::new(base as usize) });
+        CONSOLE.lock().0 = Output::Uart(unsafe { Pl011::new(base as usize) });
     }
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(match level {
@@ -59,8 +95,8 @@ pub fn init(uart: Option<u64>, level: LogLevel) {
 /// Prints a plain line (no log prefix), e.g. the run summary.
 pub fn line(args: core::fmt::Arguments<'_>) {
     let mut console = CONSOLE.lock();
-    if let Some(uart) = console.0.as_mut() {
-        let _ = writeln!(uart, "{args}");
+    if let Some(out) = console.out() {
+        let _ = writeln!(out, "{args}");
     }
 }
 
@@ -77,14 +113,20 @@ pub fn emergency_line(args: core::fmt::Arguments<'_>) {
 
 /// Takes one byte typed at the console, if any.
 pub fn read_input() -> Option<u8> {
-    CONSOLE.lock().0.as_ref().and_then(|uart| uart.read_byte())
+    CONSOLE.lock().uart().and_then(|uart| uart.read_byte())
 }
 
 /// Makes the console UART interrupt while typed input waits.
 pub fn enable_input_interrupt() {
-    if let Some(uart) = CONSOLE.lock().0.as_ref() {
+    if let Some(uart) = CONSOLE.lock().uart() {
         uart.enable_receive_interrupt();
     }
+}
+
+/// Gives the console UART away (a partition owns it now): later output goes
+/// to the semihosting host if there is one, else nowhere.
+pub fn give_away_uart(semihosting: bool) {
+    CONSOLE.lock().0 = if semihosting { Output::Semihosting(Semihosting) } else { Output::None };
 }
 
 /// Prints guest console lines as `[partition] line`.
@@ -97,11 +139,11 @@ impl ConsoleSink for GuestConsole {
 
     fn guest_partial(&mut self, partition: &str, text: &str, continues: bool) {
         let mut console = CONSOLE.lock();
-        if let Some(uart) = console.0.as_mut() {
+        if let Some(out) = console.out() {
             if continues {
-                let _ = write!(uart, "{text}");
+                let _ = write!(out, "{text}");
             } else {
-                let _ = write!(uart, "[{partition}] {text}");
+                let _ = write!(out, "[{partition}] {text}");
             }
         }
     }

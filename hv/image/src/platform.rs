@@ -97,6 +97,12 @@ impl Platform {
         platform
     }
 
+    /// Whether the hypervisor's console can leave the UART (to semihosting,
+    /// on QEMU), so that a partition may own the UART.
+    pub fn console_movable(&self) -> bool {
+        self.exit_method(&self.bootargs.clone().unwrap_or_default()) == ExitMethod::Semihosting
+    }
+
     /// The CPU number of the calling CPU (its index in [`Platform::cpus`]).
     pub fn boot_cpu(&self) -> Option<usize> {
         let mpidr = self.firmware.mpidr & MPIDR_AFFINITY_MASK;

@@ -67,7 +67,9 @@ pub fn start(slots: Vec<Slot>, platform: Platform) -> ! {
     let started = slots.iter().filter(|s| s.shared.is_some()).count();
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
     let boot_cpu = platform.boot_cpu().unwrap_or(0);
-    route_console_input(machine, platform);
+    if !give_uart_away(machine, platform) {
+        route_console_input(machine, platform);
+    }
     route_device_interrupts(machine);
     for slot in &machine.slots {
         if slot.shared.is_none() {
@@ -100,6 +102,29 @@ pub extern "C" fn bulkhead_secondary_main(block: &SecondaryBoot) -> ! {
         gic::init_cpu(platform, cpu, mpidr);
     }
     run_cpu(machine, cpu)
+}
+
+/// If a started partition owns the console UART, moves the hypervisor's
+/// console to semihosting; returns whether it did.
+fn give_uart_away(machine: &Machine, platform: &Platform) -> bool {
+    let Some(uart) = platform.uart else { return false };
+    for slot in machine.slots.iter().filter(|s| s.shared.is_some()) {
+        let partition = slot.partition.lock();
+        let owns = partition.space.regions().iter().any(|r| {
+            r.kind == bulkhead_core::address_space::RegionKind::Device
+                && r.hpa.raw() <= uart
+                && uart < r.hpa.raw().saturating_add(r.size)
+        });
+        if owns {
+            log::info!(
+                "console: the UART at {uart:#x} goes to partition {}; the hypervisor's console moves to semihosting",
+                partition.name
+            );
+            crate::console::give_away_uart(platform.console_movable());
+            return true;
+        }
+    }
+    false
 }
 
 /// Routes every passed-through device's SPI to the CPU of the vCPU that

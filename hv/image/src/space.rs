@@ -62,8 +62,12 @@ pub fn build(
         if let Some(uart) = platform.uart
             && uart < end
             && device.base < uart + Pl011::MMIO_SIZE
+            && !platform.console_movable()
         {
-            return Err(format!("passthrough[{i}].device '{}' is the hypervisor's console UART", device.name));
+            return Err(format!(
+                "passthrough[{i}].device '{}' is the hypervisor's console UART, and there is no semihosting host to move the console to",
+                device.name
+            ));
         }
         check_host_range(memory, device.base, end).map_err(|e| format!("passthrough[{i}]: {e}"))?;
         if memmap::ranges_of(&memory.map, MemoryKind::Free).iter().any(|&(b, e)| device.base < e && b < end) {

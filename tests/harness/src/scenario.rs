@@ -30,6 +30,9 @@ pub struct Scenario {
     /// Texts that must appear, in this order (each a substring of a line;
     /// several may share one line).
     pub expect: &'static [&'static str],
+    /// Texts that must appear somewhere, in any order (output that reaches
+    /// the log through another stream, e.g. semihosting against the UART).
+    pub expect_anywhere: &'static [&'static str],
     /// Texts that must not appear anywhere.
     pub forbid: &'static [&'static str],
     /// Leave `bulkhead/images/` empty on the ESP (tests the loader's error path).
@@ -58,6 +61,7 @@ impl Scenario {
         expect_exit: Some(ExitCode::Success),
         stop_on: None,
         expect: &[],
+        expect_anywhere: &[],
         forbid: &[],
         omit_images: false,
         overwrite: &[],
@@ -96,6 +100,11 @@ pub fn judge(scenario: &Scenario, ending: &Ending, lines: &[String]) -> Verdict 
     }
     if let Some(reason) = check_expected(scenario.expect, lines) {
         return Verdict::Fail(reason);
+    }
+    for wanted in scenario.expect_anywhere {
+        if !lines.iter().any(|line| line.contains(wanted)) {
+            return Verdict::Fail(format!("missing '{wanted}'"));
+        }
     }
     for forbidden in scenario.forbid {
         if let Some(index) = lines.iter().position(|line| line.contains(forbidden)) {
@@ -202,6 +211,17 @@ mod tests {
 
     const GOOD_LOG: &str =
         "UEFI\nBulkhead 0.1\npartition hello: started\n[hello] hi\nall 1 partitions passed\n";
+
+    #[test]
+    fn texts_expected_anywhere_need_no_order_but_must_appear() {
+        let scenario = Scenario { name: "any", expect_anywhere: &["[hello] hi", "UEFI"], ..HELLO };
+        assert_eq!(judge(&scenario, &Ending::Exited(Some(0)), &log(GOOD_LOG)), Verdict::Pass);
+        let missing = Scenario { expect_anywhere: &["nowhere"], ..scenario };
+        assert_eq!(
+            judge(&missing, &Ending::Exited(Some(0)), &log(GOOD_LOG)),
+            Verdict::Fail("missing 'nowhere'".into())
+        );
+    }
 
     #[test]
     fn a_good_run_passes() {

@@ -304,6 +304,22 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         ..Scenario::DEFAULT
     },
+    // A partition owns the physical PL011: the hypervisor's console moves to
+    // semihosting, the partition writes to the UART itself (no prefix).
+    Scenario {
+        name: "uart-owner",
+        config: "tests/configs/uart-owner.toml",
+        expect: &[
+            "console: the UART at 0x9000000 goes to partition owner; the hypervisor's console moves to semihosting",
+            "partition owner: interrupt 33 goes to CPU 0",
+            "partition owner: passed",
+        ],
+        // The partition's own line travels on the UART, the hypervisor's on
+        // semihosting: no order between the two in the log.
+        expect_anywhere: &["uart-owner: this line went straight to the PL011"],
+        forbid: &["[owner] uart-owner"],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic reaches the panic handler and exits with 99.
     Scenario {
         name: "hv-panic",
