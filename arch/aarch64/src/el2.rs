@@ -63,10 +63,20 @@ pub struct GuestSetup {
 /// VM (0) stage 2 on; SWIO (1) set/way invalidation becomes clean+invalidate;
 /// FMO/IMO/AMO (3..5) physical FIQ/IRQ/SError go to EL2; TSC (19) trap SMC so
 /// PSCI and firmware calls are ours to answer; RW (31) EL1 is AArch64;
+/// TID3 (18) trap the feature ID registers so that what the hypervisor does
+/// not support (SVE, SME) is hidden ([`crate::idregs`]);
 /// APK/API (40, 41) let the guest use pointer authentication untrapped.
 /// E2H and TGE stay 0: Bulkhead runs in the plain (non-VHE) EL2 regime.
-pub const HCR_GUEST: u64 =
-    (1 << 0) | (1 << 1) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 19) | (1 << 31) | (1 << 40) | (1 << 41);
+pub const HCR_GUEST: u64 = (1 << 0)
+    | (1 << 1)
+    | (1 << 3)
+    | (1 << 4)
+    | (1 << 5)
+    | (1 << 18)
+    | (1 << 19)
+    | (1 << 31)
+    | (1 << 40)
+    | (1 << 41);
 
 /// `VTCR_EL2` for a 4 KiB granule and the given stage-2 geometry,
 /// inner-shareable write-back walks, and the output size from `pa_bits`
@@ -106,10 +116,11 @@ pub const fn vttbr(root: u64, vmid: u8) -> u64 {
 /// (bits 11, 20, 22, 23, 28, 29 in Armv8.0).
 pub const SCTLR_EL1_RESET: u64 = (1 << 11) | (1 << 20) | (1 << 22) | (1 << 23) | (1 << 28) | (1 << 29);
 
-/// `CPTR_EL2` while a guest runs (E2H = 0 layout, Arm ARM D24.2.34): nothing
-/// trapped. RES1 bits 13, 9 and 7:0; TZ (8) and TSM (12) clear so the guest
-/// may use SVE and SME; TFP (10) clear.
-pub const CPTR_EL2_GUEST: u64 = (1 << 13) | (1 << 9) | 0xff;
+/// `CPTR_EL2` while a guest runs (E2H = 0 layout, Arm ARM D24.2.34): FP/SIMD
+/// untrapped (TFP, 10, clear); SVE (TZ, 8) and SME (TSM, 12) trapped — they
+/// are hidden from guests ([`crate::idregs`]) because the hypervisor does
+/// not switch their state. RES1 bits 13, 9 and 7:0.
+pub const CPTR_EL2_GUEST: u64 = (1 << 13) | (1 << 12) | (1 << 9) | (1 << 8) | 0xff;
 
 /// `HCRX_EL2.MSCEn` (bit 11).
 pub const HCRX_EL2_MSCEN: u64 = 1 << 11;
@@ -130,8 +141,6 @@ pub unsafe fn configure_guest(setup: &GuestSetup) {
         VMPIDR_EL2.set(setup.vmpidr);
         // The guest reads the real MIDR: nothing to hide yet.
         core::arch::asm!("mrs {t}, midr_el1", "msr vpidr_el2, {t}", t = out(reg) _);
-        // No FP/SIMD, SVE or SME traps: CPTR_EL2 with TZ (8) and TSM (12)
-        // clear and the other RES1 bits (13, 9, 7:0) set.
         CPTR_EL2.set(CPTR_EL2_GUEST);
         // FEAT_HCX: MSCEn (11) lets EL0/EL1 use the memory-copy (MOPS)
         // instructions, which Linux 6.12 userspace does on `-cpu max`.

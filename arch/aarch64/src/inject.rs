@@ -118,6 +118,32 @@ pub fn inject_abort(vcpu: &mut VcpuContext, trapped: Esr, far: u64, fault: Injec
     Ok(())
 }
 
+/// Makes the guest take an Undefined Instruction exception (EC 0, "unknown
+/// reason") at its EL1 vector for the instruction at its PC.
+///
+/// # Errors
+/// When the guest's saved mode is not one a guest can be in.
+pub fn inject_undefined(vcpu: &mut VcpuContext) -> Result<(), InjectError> {
+    let mode = GuestMode::from_spsr(vcpu.spsr).ok_or(InjectError { spsr: vcpu.spsr })?;
+    let esr = IL;
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    let vbar = {
+        use aarch64_cpu::registers::{ELR_EL1, ESR_EL1, Readable, SPSR_EL1, VBAR_EL1, Writeable};
+        ELR_EL1.set(vcpu.elr);
+        SPSR_EL1.set(vcpu.spsr);
+        ESR_EL1.set(esr);
+        VBAR_EL1.get()
+    };
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    let vbar = {
+        let _ = esr;
+        0u64
+    };
+    vcpu.elr = vbar.wrapping_add(mode.sync_vector_offset());
+    vcpu.spsr = SPSR_EL1H_MASKED;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,6 +19,7 @@ extern crate alloc;
 pub mod cache;
 pub mod el2;
 pub mod gic;
+pub mod idregs;
 pub mod esr;
 pub mod exception;
 pub mod inject;

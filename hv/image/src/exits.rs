@@ -11,7 +11,8 @@ use alloc::string::String;
 use bulkhead_arch_aarch64::el2;
 use bulkhead_arch_aarch64::esr::{self, Esr, ExceptionClass};
 use bulkhead_arch_aarch64::exception::ExitKind;
-use bulkhead_arch_aarch64::inject::{InjectedFault, inject_abort};
+use bulkhead_arch_aarch64::idregs;
+use bulkhead_arch_aarch64::inject::{InjectedFault, inject_abort, inject_undefined};
 use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
 use bulkhead_arch_aarch64::translate::{Stages, combine, s2_memattr, translate};
 use bulkhead_config::FaultPolicy;
@@ -112,6 +113,26 @@ fn handle_sync(
         }
         ExceptionClass::DataAbortLower | ExceptionClass::InstructionAbortLower => {
             stage2_fault(partition, shared, runnable, esr, far, hpfar)
+        }
+        ExceptionClass::SysReg
+            if {
+                let a = SysRegAccess::decode(esr);
+                a.read && idregs::is_id_register(a.encoding.0, a.encoding.1, a.encoding.2, a.encoding.3)
+            } =>
+        {
+            let access = SysRegAccess::decode(esr);
+            let (_, _, _, crm, op2) = access.encoding;
+            let value = idregs::guest_view(crm, op2, idregs::read(crm, op2));
+            if let Some(slot) = runnable.vcpu.x.get_mut(usize::from(access.register)) {
+                *slot = value;
+            }
+            runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
+        }
+        ExceptionClass::Other(0x19) | ExceptionClass::Other(0x1d) => {
+            // SVE or SME, which the guest was told it does not have.
+            if let Err(e) = inject_undefined(&mut runnable.vcpu) {
+                stop_for_fault(partition, format!("cannot inject an undefined instruction: PSTATE {:#x}", e.spsr));
+            }
         }
         ExceptionClass::SysReg if SysRegAccess::decode(esr).is_sgi1r_write() => {
             let access = SysRegAccess::decode(esr);

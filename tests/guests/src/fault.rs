@@ -58,9 +58,9 @@ extern "C" fn bulkhead_guest_exception(esr: u64, elr: u64, far: u64, vector: u64
         return elr;
     }
     let class = (esr >> 26) & 0x3f;
-    // Data aborts (from EL1 or EL0) inside a probe are expected: skip the
-    // faulting load or store.
-    if PROBING.load(Ordering::SeqCst) && matches!(class, 0x24 | 0x25) {
+    // Data aborts (from EL1 or EL0) and undefined instructions inside a
+    // probe are expected: skip the faulting instruction.
+    if PROBING.load(Ordering::SeqCst) && matches!(class, 0x00 | 0x24 | 0x25) {
         FAULT_ESR.store(esr, Ordering::SeqCst);
         FAULT_FAR.store(far, Ordering::SeqCst);
         FAULTED.store(true, Ordering::SeqCst);

@@ -171,6 +171,8 @@ pub const SCENARIOS: &[Scenario] = &[
             "(DeviceNGnRnE): stage 1 0xff, stages 1+2 0x00, expected 0x00: match",
             "unaligned load from normal-nc: no fault",
             "unaligned load from device-ngnre:",
+            "ID_AA64PFR0_EL1.SVE = 0",
+            "an SVE instruction is undefined",
             "partition attributes: passed",
         ],
         forbid: &["MISMATCH"],

@@ -49,6 +49,36 @@ fn main() -> Result<(), u64> {
     // On hardware this faults; QEMU TCG may not (DESIGN.md §4): either is
     // recorded, neither fails the test.
     unaligned_load("device-ngnre", REGIONS[2].1);
+    hidden_sve()
+}
+
+/// SVE is hidden (the hypervisor does not switch its state): the ID
+/// register says it is absent, and an SVE instruction is undefined.
+fn hidden_sve() -> Result<(), u64> {
+    let pfr0: u64;
+    // SAFETY: reading an ID register (the hypervisor traps and answers).
+    unsafe { core::arch::asm!("mrs {}, id_aa64pfr0_el1", out(reg) pfr0, options(nostack)) };
+    let sve = (pfr0 >> 32) & 0xf;
+    println!("ID_AA64PFR0_EL1.SVE = {sve}");
+    // Enable SVE at EL1 (CPACR_EL1.ZEN = 0b11) so that only the hypervisor's
+    // trap stands between the instruction and the hardware.
+    // SAFETY: changes this guest's own EL1 trap control.
+    unsafe {
+        core::arch::asm!("mrs {t}, cpacr_el1", "orr {t}, {t}, #(3 << 16)", "msr cpacr_el1, {t}", "isb", t = out(reg) _, options(nostack));
+    }
+    let fault = probe(|| {
+        // SAFETY: RDVL (SVE) only reads the vector length into x0; here it
+        // must be undefined.
+        unsafe { core::arch::asm!(".inst 0x04bf5020", out("x0") _, options(nostack)) };
+    });
+    match fault {
+        Some(f) if f.class() == 0 => println!("an SVE instruction is undefined (ESR_EL1 {:#x})", f.esr),
+        Some(f) => println!("an SVE instruction faulted oddly (ESR_EL1 {:#x})", f.esr),
+        None => println!("an SVE instruction ran"),
+    }
+    if sve != 0 || !fault.is_some_and(|f| f.class() == 0) {
+        return Err(30);
+    }
     Ok(())
 }
 
