@@ -35,6 +35,7 @@ pub const fn guest_view(crm: u8, op2: u8, real: u64) -> u64 {
     }
 }
 
+#[cfg(all(target_arch = "aarch64", not(test)))]
 macro_rules! read_id {
     ($crm:expr, $op2:expr, $(($c:literal, $o:literal)),* $(,)?) => {
         match ($crm, $op2) {

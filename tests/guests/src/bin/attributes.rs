@@ -76,7 +76,7 @@ fn hidden_sve() -> Result<(), u64> {
         Some(f) => println!("an SVE instruction faulted oddly (ESR_EL1 {:#x})", f.esr),
         None => println!("an SVE instruction ran"),
     }
-    if sve != 0 || !fault.is_some_and(|f| f.class() == 0) {
+    if sve != 0 || fault.is_none_or(|f| f.class() != 0) {
         return Err(30);
     }
     Ok(())
