@@ -1,5 +1,5 @@
 //! A bare-metal partition that keeps working for a while: it takes virtual
-//! timer interrupts and prints a heartbeat every second for 20 seconds.
+//! timer interrupts and prints a heartbeat every second for 30 seconds.
 //! Beside a Linux partition it shows that Linux stopping (or resetting)
 //! leaves it running.
 
@@ -10,7 +10,7 @@ use bulkhead_test_guests::{gic, guest_main, println, time};
 use core::sync::atomic::{AtomicU32, Ordering};
 
 const TIMER: u32 = 27;
-const SECONDS: u32 = 20;
+const SECONDS: u32 = 30;
 
 static TICKS: AtomicU32 = AtomicU32::new(0);
 
