@@ -40,11 +40,18 @@
 //! ```
 
 #![no_std]
-#![forbid(unsafe_code)]
+// Only the bare-metal CPU code (`cpu`) may use `unsafe`; everything that
+// runs as a host test stays safe.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
+#[cfg(all(target_arch = "x86_64", target_os = "none"))]
+#[allow(unsafe_code)]
+pub mod cpu;
 pub mod ept;
+pub mod exception;
 pub mod npt;
 pub mod table;
 

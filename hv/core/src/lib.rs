@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+pub mod acpi;
 pub mod address;
 pub mod address_space;
 pub mod bootargs;

@@ -4,6 +4,9 @@
 //! calls [`bulkhead_main`]. From there: console, memory, partitions, and the
 //! run loop, each in its own module. Everything with logic of its own lives
 //! in `bulkhead-core`, `bulkhead-arch-aarch64` and `bulkhead-drivers`.
+//!
+//! On x86_64 the image is only the boot path so far (module `x86`): the
+//! arm64 modules are compiled for arm64 only.
 
 #![no_std]
 #![no_main]
@@ -11,19 +14,35 @@
 
 extern crate alloc;
 
+#[cfg(target_arch = "aarch64")]
 mod console;
+#[cfg(target_arch = "aarch64")]
 mod crash;
+#[cfg(target_arch = "aarch64")]
 mod exits;
+#[cfg(target_arch = "aarch64")]
 mod gic;
+#[cfg(target_arch = "aarch64")]
 mod guest_image;
+#[cfg(target_arch = "aarch64")]
 mod interrupts;
+#[cfg(target_arch = "aarch64")]
 mod memory;
+#[cfg(target_arch = "aarch64")]
 mod platform;
+#[cfg(target_arch = "aarch64")]
 mod run;
+#[cfg(target_arch = "aarch64")]
 mod setup;
+#[cfg(target_arch = "aarch64")]
 mod space;
+// x86_64 (QEMU `q35`): its own entry path, see the module.
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
+#[cfg(target_arch = "aarch64")]
 use bulkhead_abi::boot::BootInfo;
+#[cfg(target_arch = "aarch64")]
 use bulkhead_abi::exit::ExitCode;
 
 /// The hypervisor's Rust entry point, called by `_start` on the hypervisor's
@@ -32,6 +51,7 @@ use bulkhead_abi::exit::ExitCode;
 /// # Safety
 /// `boot_info` must point at the loader's boot information block, and every
 /// range it names must be memory the loader prepared for us.
+#[cfg(target_arch = "aarch64")]
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     // SAFETY: `_start` checked the magic; the loader wrote the whole block
@@ -71,6 +91,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
 }
 
 /// Reports a hypervisor panic and ends the run with [`ExitCode::HypervisorFault`].
+#[cfg(target_arch = "aarch64")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     console::emergency_line(format_args!("hypervisor panic: {info}"));

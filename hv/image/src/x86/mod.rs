@@ -1,0 +1,189 @@
+//! The x86_64 image (QEMU `q35`): boot to the hypervisor's Rust code, the
+//! COM1 console, our own GDT/IDT with a fatal-exception report, the memory
+//! map and the ACPI MADT. Partitions are not started yet: the SVM back end
+//! is pending, so every boot ends with [`ExitCode::BootFailure`].
+
+mod console;
+
+use alloc::vec::Vec;
+use bulkhead_abi::boot::BootInfo;
+use bulkhead_abi::exit::ExitCode;
+use bulkhead_arch_x86_64::exception::{ExceptionFrame, vector_name};
+use bulkhead_core::acpi::{self, PhysicalMemory};
+use bulkhead_core::bootargs::{BootArgs, CrashTest};
+use bulkhead_core::memmap::{self, MemoryKind};
+use buddy_system_allocator::LockedHeap;
+use console::{emergency_line, finish, finish_quietly};
+
+/// Bytes at the top of the pool used as the boot CPU's stack (`_start`
+/// puts the stack pointer at the pool's end).
+const STACK_SIZE: u64 = 256 << 10;
+/// Kept free between heap and stack.
+const GUARD_SIZE: u64 = 4096;
+
+#[global_allocator]
+static HEAP: LockedHeap<32> = LockedHeap::empty();
+
+/// A non-canonical address: any access raises #GP.
+const NON_CANONICAL: usize = 0x8000_0000_0000_0000;
+
+/// The hypervisor's Rust entry point, called by `_start` on the
+/// hypervisor's own stack with our GDT and IDT loaded.
+///
+/// # Safety
+/// `boot_info` must point at the loader's boot information block, and every
+/// range it names must be memory the loader prepared for us.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
+    // SAFETY: `_start` checked the magic; the loader wrote the whole block
+    // into hypervisor-owned memory that nothing else uses.
+    let boot_info: &'static BootInfo = unsafe { &*boot_info };
+    let pool = boot_info.hv_pool;
+    // SAFETY: the pool is hypervisor-owned memory reserved by the loader;
+    // the heap stays below the guard gap and the stack.
+    unsafe { HEAP.lock().init(pool.base as usize, (pool.size - STACK_SIZE - GUARD_SIZE) as usize) };
+
+    let args = bootargs(boot_info);
+    console::init(args.log_level);
+    console::set_exit_method(args.exit);
+    log::info!("Bulkhead {} hypervisor starting (x86_64, long mode, own GDT and IDT)", env!("CARGO_PKG_VERSION"));
+    for word in &args.unknown {
+        log::warn!("boot arguments: unknown word '{word}' ignored");
+    }
+    if !boot_info.is_compatible() {
+        log::error!("boot information version {} is not {}", boot_info.version, bulkhead_abi::boot::BOOT_INFO_VERSION);
+        finish(ExitCode::BootFailure);
+    }
+    log::info!(
+        "hypervisor image {:#x} (+{:#x}), pool {:#x} (+{:#x}), {} guest image(s), configuration {} bytes",
+        boot_info.hv_image.base,
+        boot_info.hv_image.size,
+        pool.base,
+        pool.size,
+        boot_info.modules().len(),
+        boot_info.config.size
+    );
+    log_memory_map(boot_info);
+    log_cpus(boot_info.acpi_rsdp);
+
+    if let Some(test) = args.crash {
+        crash(test);
+    }
+    log::error!("x86_64: partitions are not started yet (SVM backend pending)");
+    finish(ExitCode::BootFailure)
+}
+
+fn bootargs(boot_info: &BootInfo) -> BootArgs {
+    let range = boot_info.bootargs;
+    if range.is_empty() {
+        return BootArgs::default();
+    }
+    // SAFETY: the loader copied the boot arguments into hypervisor memory.
+    let bytes = unsafe { core::slice::from_raw_parts(range.base as *const u8, range.size as usize) };
+    BootArgs::parse(core::str::from_utf8(bytes).unwrap_or(""))
+}
+
+/// Summarises the firmware memory map the loader recorded.
+fn log_memory_map(boot_info: &BootInfo) {
+    let map = boot_info.memory_map;
+    if map.buffer.is_empty() {
+        log::warn!("no memory map from the loader");
+        return;
+    }
+    // SAFETY: the loader left the map's buffer to the hypervisor.
+    let bytes = unsafe { core::slice::from_raw_parts(map.buffer.base as *const u8, map.buffer.size as usize) };
+    let descriptors = match memmap::parse(bytes, map.descriptor_size as usize) {
+        Ok(descriptors) => descriptors,
+        Err(err) => {
+            log::error!("memory map: {err:?}");
+            return;
+        }
+    };
+    let mib = |kind: MemoryKind| memmap::ranges_of(&descriptors, kind).iter().map(|(b, e)| e - b).sum::<u64>() >> 20;
+    log::info!(
+        "memory map: {} descriptors; free RAM {} MiB, hypervisor {} MiB, guest images {} MiB, firmware RAM {} MiB",
+        descriptors.len(),
+        mib(MemoryKind::Free),
+        mib(MemoryKind::Hypervisor),
+        mib(MemoryKind::GuestImage),
+        mib(MemoryKind::FirmwareRam)
+    );
+}
+
+/// ACPI tables, read in place (the firmware's page tables identity-map them).
+struct IdentityMapped;
+
+impl PhysicalMemory for IdentityMapped {
+    fn read(&self, address: u64, buffer: &mut [u8]) -> bool {
+        if address == 0 || address.checked_add(buffer.len() as u64).is_none_or(|end| end > 1 << 46) {
+            return false;
+        }
+        // SAFETY: ACPI tables lie in firmware RAM that stays mapped and is
+        // never written after boot; the range was checked to be canonical.
+        unsafe { core::ptr::copy_nonoverlapping(address as *const u8, buffer.as_mut_ptr(), buffer.len()) };
+        true
+    }
+}
+
+/// Lists the CPUs of the ACPI MADT.
+fn log_cpus(rsdp: u64) {
+    log::info!("ACPI RSDP at {rsdp:#x}");
+    let madt = acpi::find_table(&IdentityMapped, rsdp, b"APIC").and_then(|table| acpi::parse_madt(&table));
+    match madt {
+        Ok(madt) => {
+            let ids: Vec<u32> = madt.cpus.iter().filter(|c| c.usable()).map(|c| c.apic_id).collect();
+            log::info!(
+                "ACPI MADT: local APIC at {:#x}, {} CPU(s), APIC IDs {:?}",
+                madt.local_apic_address,
+                ids.len(),
+                ids
+            );
+        }
+        Err(err) => log::error!("ACPI MADT: {err}"),
+    }
+}
+
+/// Performs the crash test the boot arguments asked for.
+fn crash(test: CrashTest) -> ! {
+    log::warn!("crash test requested by the boot arguments: {test:?}");
+    match test {
+        CrashTest::Panic => panic!("crash test: deliberate panic requested by boot arguments"),
+        CrashTest::Exception => {
+            // SAFETY: not safe at all, deliberately: a non-canonical load
+            // raises #GP, and the exception handler ends the run.
+            let value = unsafe { core::ptr::read_volatile(NON_CANONICAL as *const u64) };
+            panic!("crash test: load from non-canonical {NON_CANONICAL:#x} returned {value:#x}")
+        }
+    }
+}
+
+/// Called by the vector stubs for every vector: prints the vector, error
+/// code, RIP, CR2 and the registers, then ends the run with
+/// [`ExitCode::HypervisorFault`].
+#[unsafe(no_mangle)]
+fn bulkhead_x86_exception(frame: &ExceptionFrame) -> ! {
+    emergency_line(format_args!(
+        "[bulkhead] FATAL unexpected exception: vector {} ({})",
+        frame.vector,
+        vector_name(frame.vector)
+    ));
+    emergency_line(format_args!("  error code {:#x}", frame.error_code));
+    emergency_line(format_args!(
+        "  RIP {:#018x}  CS {:#06x}  RFLAGS {:#010x}  CR2 {:#018x}",
+        frame.rip,
+        frame.cs,
+        frame.rflags,
+        bulkhead_arch_x86_64::cpu::cr2()
+    ));
+    for pair in frame.registers().chunks(2) {
+        emergency_line(format_args!("  {:<3} {:#018x}  {:<3} {:#018x}", pair[0].0, pair[0].1, pair[1].0, pair[1].1));
+    }
+    finish_quietly(ExitCode::HypervisorFault)
+}
+
+/// Reports a hypervisor panic and ends the run with [`ExitCode::HypervisorFault`].
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    emergency_line(format_args!("[bulkhead] hypervisor panic: {info}"));
+    finish_quietly(ExitCode::HypervisorFault)
+}
