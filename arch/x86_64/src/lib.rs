@@ -53,7 +53,9 @@ pub mod cpu;
 pub mod ept;
 pub mod exception;
 pub mod npt;
+pub mod svm;
 pub mod table;
+pub mod vmx;
 
 pub use ept::Ept;
 pub use npt::Npt;

@@ -1,0 +1,1 @@
+//! AMD SVM (placeholder while the modules are written).
