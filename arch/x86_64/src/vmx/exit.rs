@@ -161,7 +161,11 @@ impl EptViolation {
             read: bit(qualification, 0),
             write: bit(qualification, 1),
             fetch: bit(qualification, 2),
-            permitted: crate::Access { read: bit(qualification, 3), write: bit(qualification, 4), execute: bit(qualification, 5) },
+            permitted: crate::Access {
+                read: bit(qualification, 3),
+                write: bit(qualification, 4),
+                execute: bit(qualification, 5),
+            },
             guest_linear_valid: bit(qualification, 7),
             final_translation: bit(qualification, 7) && bit(qualification, 8),
             nmi_unblocking: bit(qualification, 12),
@@ -283,7 +287,10 @@ mod tests {
 
     #[test]
     fn exit_reason_field() {
-        assert_eq!(ExitReasonField::decode(48), ExitReasonField { basic: ExitReason::EptViolation, entry_failure: false });
+        assert_eq!(
+            ExitReasonField::decode(48),
+            ExitReasonField { basic: ExitReason::EptViolation, entry_failure: false }
+        );
         let failed = ExitReasonField::decode(0x8000_0021);
         assert_eq!(failed, ExitReasonField { basic: ExitReason::EntryFailureInvalidGuestState, entry_failure: true });
         // Bits 30:16 do not leak into the basic reason.

@@ -1,4 +1,6 @@
 use super::*;
+use crate::vmx::controls::{ControlError, VmxBasic};
+use crate::vmx::vmcs::FixedBits;
 
 const fn capability(must_be_one: u32, may_be_one: u32) -> u64 {
     ((may_be_one as u64) << 32) | must_be_one as u64
@@ -19,7 +21,13 @@ fn capabilities() -> VmxCapabilities {
 }
 
 fn partition() -> PartitionVmx {
-    PartitionVmx { ept_pml4: 0x1_0000_0000, vpid: 3, io_bitmap_a: 0x20_0000, io_bitmap_b: 0x20_1000, msr_bitmap: 0x20_2000 }
+    PartitionVmx {
+        ept_pml4: 0x1_0000_0000,
+        vpid: 3,
+        io_bitmap_a: 0x20_0000,
+        io_bitmap_b: 0x20_1000,
+        msr_bitmap: 0x20_2000,
+    }
 }
 
 fn guest() -> GuestEntry {

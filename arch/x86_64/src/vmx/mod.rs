@@ -9,6 +9,8 @@
 //!
 //! - [`controls`]: the capability MSRs and the VM-execution, VM-exit and
 //!   VM-entry control values derived from them (SDM Vol. 3D Appendix A);
+//! - [`capabilities`]: the MSR values one CPU reports and Bulkhead's
+//!   control choices, [`capabilities::VmxControls::for_partition`];
 //! - [`vmcs`]: VMCS field encodings (Appendix B) and the CR0/CR4 fixed bits;
 //! - [`guest`]: [`guest::VmcsWrites`], the plan of VMWRITEs that sets up a
 //!   64-bit guest;
@@ -32,6 +34,7 @@ macro_rules! bit_flags {
     ) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        #[repr(transparent)]
         pub struct $name(u32);
 
         impl $name {
@@ -92,6 +95,7 @@ macro_rules! bit_flags {
 pub(crate) use bit_flags;
 
 pub mod bitmaps;
+pub mod capabilities;
 pub mod controls;
 pub mod exit;
 pub mod guest;
