@@ -1,11 +1,14 @@
 //! QEMU command lines for the machines Bulkhead runs on (DESIGN.md §6).
 //!
-//! Only arm64 `virt` is wired up today; x86_64 `q35` is named so that adding
-//! it is a matter of filling in [`QemuCommand::for_arch`].
+//! arm64 `virt` and x86_64 `q35` (OVMF). On `q35` the hypervisor ends the
+//! run through `isa-debug-exit`, which turns the value `v` it writes into
+//! QEMU's exit status `(v << 1) | 1`; [`hypervisor_exit_code`] maps a
+//! status back to the hypervisor's `ExitCode` value so scenarios are judged
+//! the same way on both machines.
 
 use std::ffi::OsString;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::str::FromStr;
 
@@ -143,13 +146,43 @@ impl QemuCommand {
         }
     }
 
-    /// The command for `arch`, or `None` where the harness cannot boot it yet.
+    /// The command that boots the ESP folder `esp_dir` on x86_64 `q35`
+    /// through OVMF, exactly as DESIGN.md §6 gives it: OVMF code as
+    /// read-only pflash, `vars` (a per-run copy of [`OVMF_VARS`], see
+    /// [`copy_ovmf_vars`]) as writable pflash, the ESP as a FAT drive,
+    /// `isa-debug-exit` at port 0xf4 for the exit code, serial on stdio.
+    /// `-smp` is added only for more than one CPU.
+    pub fn x86_64_q35(esp_dir: &Path, vars: &Path, smp: u32) -> QemuCommand {
+        let mut code = OsString::from("if=pflash,format=raw,readonly=on,file=");
+        code.push(OVMF_CODE);
+        let mut vars_drive = OsString::from("if=pflash,format=raw,file=");
+        vars_drive.push(vars.as_os_str());
+        let mut esp = OsString::from("format=raw,file=fat:rw:");
+        esp.push(esp_dir.as_os_str());
+        let mut args: Vec<OsString> = ["-M", "q35", "-cpu", "max"].into_iter().map(OsString::from).collect();
+        if smp > 1 {
+            args.extend(["-smp".into(), smp.to_string().into()]);
+        }
+        args.extend(
+            ["-m", "1G", "-nographic", "-no-reboot", "-nodefaults", "-serial", "mon:stdio", "-drive"]
+                .into_iter()
+                .map(OsString::from),
+        );
+        args.extend([code, "-drive".into(), vars_drive, "-drive".into(), esp]);
+        args.extend(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"].into_iter().map(OsString::from));
+        QemuCommand {
+            program: Arch::X86_64.qemu_binary().into(),
+            args,
+        }
+    }
+
+    /// The command for `arch`. On x86_64 the firmware variable store is
+    /// [`ovmf_vars_path`]`(esp_dir)`, which [`copy_ovmf_vars`] must create
+    /// before QEMU starts.
     pub fn for_arch(arch: Arch, esp_dir: &Path, smp: u32) -> Option<QemuCommand> {
         match arch {
             Arch::Aarch64 => Some(QemuCommand::aarch64_virt(esp_dir, smp)),
-            // q35 + OVMF (DESIGN.md §6) needs a per-run copy of OVMF_VARS;
-            // it comes with the x86_64 port.
-            Arch::X86_64 => None,
+            Arch::X86_64 => Some(QemuCommand::x86_64_q35(esp_dir, &ovmf_vars_path(esp_dir), smp)),
         }
     }
 
@@ -158,6 +191,60 @@ impl QemuCommand {
         let mut command = Command::new(&self.program);
         command.args(&self.args);
         command
+    }
+}
+
+/// Where a run's copy of the OVMF variable store lives: next to (not inside)
+/// its ESP folder, `<esp_dir>.OVMF_VARS_4M.fd`.
+pub fn ovmf_vars_path(esp_dir: &Path) -> PathBuf {
+    let mut name = esp_dir.as_os_str().to_owned();
+    name.push(".OVMF_VARS_4M.fd");
+    PathBuf::from(name)
+}
+
+/// Copies the [`OVMF_VARS`] template to [`ovmf_vars_path`]`(esp_dir)`, fresh
+/// for each run (firmware writes to it: boot entries, variables).
+///
+/// # Errors
+/// When the template cannot be read or the copy written.
+pub fn copy_ovmf_vars(esp_dir: &Path) -> std::io::Result<PathBuf> {
+    let path = ovmf_vars_path(esp_dir);
+    std::fs::copy(OVMF_VARS, &path)?;
+    Ok(path)
+}
+
+/// Added to a `q35` exit status that did not come from `isa-debug-exit`
+/// (an even status: QEMU shut down on its own, e.g. after a triple fault
+/// under `-no-reboot`), so that it can never read as one of the
+/// hypervisor's codes.
+pub const NOT_FROM_DEBUG_EXIT: i32 = 256;
+
+/// The text the hypervisor prints before it exits with code 0 (see
+/// `platform::finish`); on `q35` it tells a real success (status 1) from
+/// QEMU failing on its own (also status 1).
+pub const SUCCESS_LINE: &str = "run finished: exit code 0 (success)";
+
+/// Maps QEMU's exit status to the hypervisor's exit code value
+/// (`bulkhead_abi::exit::ExitCode::code`).
+///
+/// - arm64 `virt`: semihosting `SYS_EXIT` returns the code itself.
+/// - x86_64 `q35`: `isa-debug-exit` returns `(code << 1) | 1`, so an odd
+///   status `s` is code `s >> 1` (BootFailure 4 → 9, HypervisorFault 99 →
+///   199). Status 1 is code 0 (Success) only if the log has
+///   [`SUCCESS_LINE`]; otherwise it is QEMU's own error status and stays 1.
+///   An even status becomes `NOT_FROM_DEBUG_EXIT + status`.
+pub fn hypervisor_exit_code(arch: Arch, status: i32, lines: &[String]) -> i32 {
+    match arch {
+        Arch::Aarch64 => status,
+        Arch::X86_64 if status == 1 => {
+            if lines.iter().any(|line| line.contains(SUCCESS_LINE)) {
+                0
+            } else {
+                1
+            }
+        }
+        Arch::X86_64 if status & 1 == 1 => status >> 1,
+        Arch::X86_64 => NOT_FROM_DEBUG_EXIT + status,
     }
 }
 
@@ -198,8 +285,29 @@ mod tests {
     }
 
     #[test]
-    fn x86_64_is_not_wired_up_yet() {
-        assert!(QemuCommand::for_arch(Arch::X86_64, Path::new("/e"), 1).is_none());
-        assert!(QemuCommand::for_arch(Arch::Aarch64, Path::new("/e"), 1).is_some());
+    fn x86_64_q35_matches_the_design_notes() {
+        let command = QemuCommand::for_arch(Arch::X86_64, Path::new("/tmp/esp-x"), 1).unwrap();
+        assert_eq!(
+            command.to_string(),
+            "qemu-system-x86_64 -M q35 -cpu max -m 1G -nographic -no-reboot -nodefaults -serial mon:stdio \
+             -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+             -drive if=pflash,format=raw,file=/tmp/esp-x.OVMF_VARS_4M.fd \
+             -drive format=raw,file=fat:rw:/tmp/esp-x -device isa-debug-exit,iobase=0xf4,iosize=0x04"
+        );
+        let two = QemuCommand::x86_64_q35(Path::new("/e"), Path::new("/v"), 2).to_string();
+        assert!(two.contains("-cpu max -smp 2 -m 1G"), "{two}");
+    }
+
+    #[test]
+    fn isa_debug_exit_statuses_map_back_to_exit_codes() {
+        use bulkhead_abi::exit::ExitCode;
+        let success = [format!("[bulkhead] {SUCCESS_LINE}")];
+        for code in ExitCode::ALL {
+            let status = (i32::from(code.code()) << 1) | 1;
+            assert_eq!(hypervisor_exit_code(Arch::X86_64, status, &success), i32::from(code.code()));
+        }
+        assert_eq!(hypervisor_exit_code(Arch::X86_64, 1, &[]), 1, "QEMU's own error without the success line");
+        assert_eq!(hypervisor_exit_code(Arch::X86_64, 0, &[]), NOT_FROM_DEBUG_EXIT);
+        assert_eq!(hypervisor_exit_code(Arch::Aarch64, 4, &[]), 4);
     }
 }

@@ -3,6 +3,7 @@
 //! Judging is a pure function of the scenario, how the run ended and the
 //! captured log, so it is unit-tested here without QEMU.
 
+use crate::qemu::Arch;
 use crate::runner::Ending;
 use bulkhead_abi::exit::ExitCode;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use std::time::Duration;
 pub struct Scenario {
     /// Unique name: used for the filter, the ESP folder and the log file.
     pub name: &'static str,
+    /// The machine it boots on: arm64 `virt` or x86_64 `q35`.
+    pub arch: Arch,
     /// Configuration TOML, relative to the workspace root.
     pub config: &'static str,
     /// Text for `bulkhead/bootargs.txt`, if any.
@@ -50,10 +53,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// Defaults to build entries from with `..Scenario::DEFAULT`: the demo
-    /// two bare-metal partitions, one CPU, 60 s, exit code 0, nothing expected.
+    /// Defaults to build entries from with `..Scenario::DEFAULT`: arm64, the
+    /// demo two bare-metal partitions, one CPU, 60 s, exit code 0, nothing expected.
     pub const DEFAULT: Scenario = Scenario {
         name: "",
+        arch: Arch::Aarch64,
         config: "tests/configs/two-partitions.toml",
         bootargs: None,
         smp: 1,

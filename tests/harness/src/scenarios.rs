@@ -5,6 +5,7 @@
 //! ESP folder (`target/xtask/<arch>/esp-<name>/`, QEMU's FAT driver writes
 //! to it) and its own log (`target/xtask/logs/<name>.log`).
 
+use crate::qemu::Arch;
 use crate::scenario::Scenario;
 use std::time::Duration;
 use bulkhead_abi::boot::{CONFIG_PATH, HV_IMAGE_PATH};
@@ -376,7 +377,63 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["entering the hypervisor"],
         ..Scenario::DEFAULT
     },
+    // x86_64 on q35 (OVMF): the loader enters the hypervisor in long mode,
+    // which reads the memory map and the ACPI MADT and then says honestly
+    // that it cannot start partitions yet (no SVM back end).
+    Scenario {
+        name: "x86-boot",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        expect_exit: Some(ExitCode::BootFailure),
+        expect: &[
+            "bulkhead-boot: exiting boot services and entering the hypervisor",
+            "Bulkhead",
+            "hypervisor starting (x86_64, long mode, own GDT and IDT)",
+            "memory map:",
+            "ACPI RSDP at 0x",
+            "ACPI MADT: local APIC at 0xfee00000",
+            "APIC IDs [0",
+            "x86_64: partitions are not started yet (SVM backend pending)",
+            "run finished: exit code 4 (boot-failure)",
+        ],
+        forbid: &["FATAL", "panic"],
+        ..Scenario::DEFAULT
+    },
+    // A hypervisor panic on x86_64 ends the run through isa-debug-exit with 99.
+    Scenario {
+        name: "x86-panic",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        bootargs: Some("crash=panic"),
+        expect_exit: Some(ExitCode::HypervisorFault),
+        expect: &["hypervisor starting (x86_64", "hypervisor panic: ", "deliberate panic"],
+        ..Scenario::DEFAULT
+    },
+    // A load from a non-canonical address raises #GP, which our own IDT
+    // reports with RIP, CR2 and the registers.
+    Scenario {
+        name: "x86-exception",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        bootargs: Some("crash=exception"),
+        expect_exit: Some(ExitCode::HypervisorFault),
+        expect: &[
+            "hypervisor starting (x86_64",
+            "unexpected exception: vector 13 (#GP general protection)",
+            "error code 0x0",
+            "RIP 0x",
+            "CR2 0x",
+            "rax 0x",
+            "r15 0x",
+        ],
+        forbid: &["hypervisor panic"],
+        ..Scenario::DEFAULT
+    },
 ];
+
+/// The configuration of the x86_64 scenarios: one partition that is never
+/// started (partitions do not run on x86_64 yet).
+pub const X86_CONFIG: &str = "configs/qemu-q35.toml";
 
 #[cfg(test)]
 mod tests {

@@ -4,6 +4,8 @@
 //! - `bulkhead-boot` for the UEFI target: the loader, a PE `.efi`;
 //! - `bulkhead-test-guests --bins` for the bare-metal target: one ELF per
 //!   guest, each turned into `<bin>.bin` with `llvm-objcopy -O binary`.
+//!   The guests are arm64 programs: on x86_64 they are not built, and the
+//!   only image is [`X86_PLACEHOLDER`] (partitions do not run there yet).
 //!
 //! Artifact paths come from cargo's JSON messages, not from guessing.
 
@@ -67,14 +69,24 @@ pub struct Artifacts {
 /// supported yet.
 pub fn build_images(ws: &Workspace, options: &BuildOptions) -> Result<Artifacts> {
     let arch = options.arch;
-    if arch != Arch::Aarch64 {
-        bail!("{arch} is not supported yet");
-    }
     let bare = arch.bare_metal_target();
     let hv = cargo_build(ws, options, "bulkhead-hv", bare, &[])?;
     let hv_elf = single(hv, "bulkhead-hv")?;
     let boot = cargo_build(ws, options, "bulkhead-boot", arch.uefi_target(), &[])?;
     let loader = single(boot, "bulkhead-boot")?;
+    if arch == Arch::X86_64 {
+        let images_dir = profile_dir(ws, bare, options.profile);
+        std::fs::create_dir_all(&images_dir)?;
+        std::fs::write(images_dir.join(X86_PLACEHOLDER), X86_PLACEHOLDER_CODE)
+            .with_context(|| format!("writing {X86_PLACEHOLDER}"))?;
+        return Ok(Artifacts {
+            arch,
+            hv_elf,
+            loader,
+            images_dir,
+            images: vec![X86_PLACEHOLDER.to_string()],
+        });
+    }
     let guests = cargo_build(ws, options, "bulkhead-test-guests", bare, &["--bins"])?;
     let objcopy = setup::objcopy_path(ws)?;
     let mut images = Vec::new();
@@ -107,6 +119,13 @@ pub fn build_images(ws: &Workspace, options: &BuildOptions) -> Result<Artifacts>
         images,
     })
 }
+
+/// The stand-in guest image of x86_64 configurations: the test guests are
+/// arm64 programs, and x86_64 partitions are not started yet, but the loader
+/// loads every image a configuration names.
+pub const X86_PLACEHOLDER: &str = "x86-placeholder.bin";
+/// Its code: `hlt; jmp .-1` (it never runs).
+const X86_PLACEHOLDER_CODE: &[u8] = &[0xf4, 0xeb, 0xfd];
 
 /// `target/<target>/<release|debug>`.
 fn profile_dir(ws: &Workspace, target: &str, profile: Profile) -> PathBuf {

@@ -32,7 +32,7 @@ mod setup;
 mod test;
 mod unit;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use bulkhead_harness::Arch;
 use clap::{Args, Parser, Subcommand};
 use paths::Workspace;
@@ -72,9 +72,10 @@ enum Command {
 struct BuildArgs {
     #[command(flatten)]
     target: TargetArgs,
-    /// Configuration TOML to compile into the ESP.
-    #[arg(long, value_name = "FILE", default_value = paths::DEFAULT_CONFIG)]
-    config: PathBuf,
+    /// Configuration TOML to compile into the ESP [default:
+    /// configs/qemu-virt-demo.toml; configs/qemu-q35.toml on x86_64].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Boot arguments for the hypervisor (written to bulkhead/bootargs.txt).
     #[arg(long, value_name = "TEXT")]
     bootargs: Option<String>,
@@ -93,8 +94,12 @@ struct TargetArgs {
 
 #[derive(Args)]
 struct TestArgs {
-    #[command(flatten)]
-    target: TargetArgs,
+    /// Run only this architecture's scenarios (default: aarch64, then x86_64).
+    #[arg(long)]
+    arch: Option<Arch>,
+    /// Build the debug profile instead of release.
+    #[arg(long)]
+    debug: bool,
     /// Skip the host unit tests.
     #[arg(long)]
     no_unit: bool,
@@ -133,12 +138,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => {
             let options = build_options(&args.target)?;
             setup::ensure(&ws, setup::Verbosity::Quiet)?;
+            let config_file = args.config_file();
             let compiled = config::compile(
-                &ws.resolve(&args.config),
-                &args.config.display().to_string(),
+                &ws.resolve(&config_file),
+                &config_file.display().to_string(),
             )?;
             let artifacts = build::build_images(&ws, &options)?;
-            let spec = esp::EspSpec::for_config(&args.config, &compiled, args.bootargs.as_deref());
+            let spec = esp::EspSpec::for_config(&config_file, &compiled, args.bootargs.as_deref());
             let dir = esp::assemble(&ws, &artifacts, &spec)?;
             println!("ESP ready: {}", dir.display());
             Ok(ExitCode::SUCCESS)
@@ -146,7 +152,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => {
             let options = build_options(&args.target)?;
             setup::ensure(&ws, setup::Verbosity::Quiet)?;
-            run::run(&ws, &options, &args.config, args.bootargs.as_deref())
+            run::run(&ws, &options, &args.config_file(), args.bootargs.as_deref())
         }
         Command::Bench(target) => {
             let options = build_options(&target)?;
@@ -154,9 +160,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             bench::bench(&ws, &options)
         }
         Command::Test(args) => {
-            let options = build_options(&args.target)?;
+            let arches: Vec<Arch> = match args.arch {
+                Some(arch) => vec![arch],
+                None => Arch::ALL.to_vec(),
+            };
+            let profile = build::Profile::from_debug(args.debug);
             let filter = args.filter.unwrap_or_default();
-            test::test(&ws, &options, &filter, !args.no_unit)
+            test::test(&ws, &arches, profile, &filter, !args.no_unit)
         }
         Command::LinuxDirect(args) => {
             setup::ensure(&ws, setup::Verbosity::Quiet)?;
@@ -175,13 +185,20 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// Turns the command-line target options into build options, refusing the
-/// architectures that are not wired up yet.
-fn build_options(target: &TargetArgs) -> Result<build::BuildOptions> {
-    match target.arch {
-        Arch::Aarch64 => {}
-        Arch::X86_64 => bail!("x86_64 is not supported yet"),
+impl BuildArgs {
+    /// `--config`, or the architecture's default configuration.
+    fn config_file(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(|| {
+            PathBuf::from(match self.target.arch {
+                Arch::Aarch64 => paths::DEFAULT_CONFIG,
+                Arch::X86_64 => paths::DEFAULT_CONFIG_X86_64,
+            })
+        })
     }
+}
+
+/// Turns the command-line target options into build options.
+fn build_options(target: &TargetArgs) -> Result<build::BuildOptions> {
     Ok(build::BuildOptions {
         arch: target.arch,
         profile: build::Profile::from_debug(target.debug),

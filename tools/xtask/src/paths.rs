@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 /// The configuration `build` and `run` use when none is given.
 pub const DEFAULT_CONFIG: &str = "configs/qemu-virt-demo.toml";
+/// The configuration `run`/`build` use on x86_64 without `--config`.
+pub const DEFAULT_CONFIG_X86_64: &str = bulkhead_harness::scenarios::X86_CONFIG;
 
 /// The Bulkhead workspace this tool belongs to.
 pub struct Workspace {

@@ -4,8 +4,11 @@
 //! Ctrl-A X work) and no timeout applies. Without one (CI, pipes) stdin is
 //! null so nothing can wait for input, the output is copied through and
 //! saved to `target/xtask/logs/run.log`, and QEMU is killed after
-//! [`NON_INTERACTIVE_TIMEOUT`]. Either way the exit code is QEMU's: 0 when
-//! every partition passed (the hypervisor exits QEMU through semihosting).
+//! [`NON_INTERACTIVE_TIMEOUT`]. Either way the exit code is the
+//! hypervisor's `ExitCode`: 0 when every partition passed. On arm64 that is
+//! QEMU's status (semihosting); on x86_64 QEMU's status is `(code << 1) | 1`
+//! (`isa-debug-exit`) and is mapped back with
+//! [`bulkhead_harness::qemu::hypervisor_exit_code`].
 
 use crate::build::{self, BuildOptions};
 use crate::config;
@@ -13,7 +16,8 @@ use crate::esp::{self, EspSpec};
 use crate::paths::Workspace;
 use anyhow::{Context, Result};
 use bulkhead_config::Config;
-use bulkhead_harness::QemuCommand;
+use bulkhead_harness::qemu::{OVMF_VARS, copy_ovmf_vars, hypervisor_exit_code};
+use bulkhead_harness::{Arch, QemuCommand};
 use bulkhead_harness::runner::{self, Ending, RunOptions};
 use std::io::IsTerminal;
 use std::path::Path;
@@ -51,6 +55,9 @@ pub fn run(
     let smp = cpus_needed(&compiled.config);
     let qemu = QemuCommand::for_arch(options.arch, &esp_dir, smp)
         .with_context(|| format!("{} is not supported yet", options.arch))?;
+    if options.arch == Arch::X86_64 {
+        copy_ovmf_vars(&esp_dir).with_context(|| format!("copying {OVMF_VARS}"))?;
+    }
     println!("xtask: {qemu}");
     if interactive {
         println!("xtask: interactive: console input goes to the partition with the emulated UART; Ctrl-A X quits QEMU");
@@ -58,9 +65,12 @@ pub fn run(
             .to_command()
             .status()
             .with_context(|| format!("starting {}", qemu.program))?;
-        return Ok(exit_code(status.code()));
+        // Interactive runs are not captured, so a q35 status of 1 cannot be
+        // told from QEMU's own error: it is passed through as 1.
+        return Ok(exit_code(status.code().map(|c| hypervisor_exit_code(options.arch, c, &[]))));
     }
     install_interrupt_handler();
+    let arch = options.arch;
     let log = ws.log_path("run");
     let options = RunOptions {
         timeout: Some(NON_INTERACTIVE_TIMEOUT),
@@ -70,7 +80,7 @@ pub fn run(
     };
     let outcome = runner::run(&qemu, &options)?;
     Ok(match outcome.ending {
-        Ending::Exited(code) => exit_code(code),
+        Ending::Exited(code) => exit_code(code.map(|c| hypervisor_exit_code(arch, c, &outcome.lines))),
         Ending::TimedOut(limit) => {
             eprintln!(
                 "xtask: QEMU timed out after {} s and was killed (log: {})",

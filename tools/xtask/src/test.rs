@@ -1,4 +1,6 @@
-//! `cargo xtask test`: host unit tests, one build, then the scenarios.
+//! `cargo xtask test`: host unit tests, one build per architecture, then
+//! the scenarios (arm64 `virt` ones, then x86_64 `q35` ones; `--arch`
+//! selects one).
 //!
 //! Every selected scenario gets its own ESP folder and log, runs under a
 //! hard timeout, at most [`MAX_PARALLEL`] at a time, and is reported as it
@@ -6,7 +8,7 @@
 //! of its log. The last line is `N passed, N failed` (host unit tests plus
 //! scenarios); the exit status is non-zero on any failure.
 
-use crate::build::{self, Artifacts, BuildOptions};
+use crate::build::{self, Artifacts, BuildOptions, Profile};
 use crate::config;
 use crate::esp::{self, EspSpec};
 use crate::paths::Workspace;
@@ -14,8 +16,9 @@ use crate::run::{cpus_needed, install_interrupt_handler};
 use crate::setup;
 use crate::unit;
 use anyhow::{Context, Result};
-use bulkhead_harness::runner::{self, RunOptions};
-use bulkhead_harness::{QemuCommand, SCENARIOS, Scenario, Verdict, judge};
+use bulkhead_harness::qemu::{copy_ovmf_vars, hypervisor_exit_code};
+use bulkhead_harness::runner::{self, Ending, RunOptions};
+use bulkhead_harness::{Arch, QemuCommand, SCENARIOS, Scenario, Verdict, judge};
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +50,7 @@ impl Tally {
 /// A scenario ready to boot.
 struct Job {
     scenario: &'static Scenario,
+    arch: Arch,
     qemu: QemuCommand,
     log: PathBuf,
 }
@@ -60,13 +64,17 @@ struct Finished {
     log: PathBuf,
 }
 
-/// Runs the host unit tests (unless `unit` is false) and every scenario
-/// whose name contains `filter`.
+/// Runs the host unit tests (unless `unit` is false) and every scenario of
+/// `arches` whose name contains `filter`, building the images once per
+/// architecture that has a selected scenario.
 ///
 /// # Errors
 /// When setup fails; test failures are reported and give a failure status.
-pub fn test(ws: &Workspace, options: &BuildOptions, filter: &str, unit: bool) -> Result<ExitCode> {
-    let selected: Vec<&'static Scenario> = SCENARIOS.iter().filter(|s| s.matches(filter)).collect();
+pub fn test(ws: &Workspace, arches: &[Arch], profile: Profile, filter: &str, unit: bool) -> Result<ExitCode> {
+    let selected: Vec<&'static Scenario> = SCENARIOS
+        .iter()
+        .filter(|s| arches.contains(&s.arch) && s.matches(filter))
+        .collect();
     if selected.is_empty() {
         println!("xtask: no scenario name contains '{filter}'");
     }
@@ -82,20 +90,23 @@ pub fn test(ws: &Workspace, options: &BuildOptions, filter: &str, unit: bool) ->
         tally.passed += counts.passed;
         tally.failed += counts.failed;
     }
-    if !selected.is_empty() {
-        match build::build_images(ws, options) {
-            Ok(artifacts) => {
-                let jobs = prepare(ws, &artifacts, &selected, &mut tally);
-                run_jobs(jobs, &mut tally);
-            }
+    let mut jobs = Vec::new();
+    for &arch in arches {
+        let of_arch: Vec<&'static Scenario> = selected.iter().copied().filter(|s| s.arch == arch).collect();
+        if of_arch.is_empty() {
+            continue;
+        }
+        match build::build_images(ws, &BuildOptions { arch, profile }) {
+            Ok(artifacts) => jobs.extend(prepare(ws, &artifacts, &of_arch, &mut tally)),
             Err(err) => {
-                println!("xtask: build failed: {err:#}");
-                for scenario in selected {
+                println!("xtask: {arch} build failed: {err:#}");
+                for scenario in of_arch {
                     tally.fail(scenario.name, "not run: the build failed");
                 }
             }
         }
     }
+    run_jobs(jobs, &mut tally);
     println!("{} passed, {} failed", tally.passed, tally.failed);
     Ok(if tally.failed == 0 {
         ExitCode::SUCCESS
@@ -140,8 +151,12 @@ fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenari
     let smp = scenario.smp.max(cpus_needed(&compiled.config));
     let qemu = QemuCommand::for_arch(artifacts.arch, &esp_dir, smp)
         .with_context(|| format!("{} is not supported yet", artifacts.arch))?;
+    if artifacts.arch == Arch::X86_64 {
+        copy_ovmf_vars(&esp_dir).context("copying the OVMF variable store")?;
+    }
     Ok(Job {
         scenario,
+        arch: artifacts.arch,
         qemu,
         log: ws.log_path(scenario.name),
     })
@@ -195,7 +210,7 @@ fn run_job(job: Job) -> Finished {
     match runner::run(&job.qemu, &options) {
         Ok(outcome) => Finished {
             scenario,
-            verdict: judge(scenario, &outcome.ending, &outcome.lines),
+            verdict: judge(scenario, &hypervisor_ending(job.arch, outcome.ending, &outcome.lines), &outcome.lines),
             elapsed: outcome.elapsed,
             lines: outcome.lines,
             log: job.log,
@@ -229,6 +244,15 @@ fn report(finished: &Finished, tally: &mut Tally) {
                 println!("    | {}", printable(line));
             }
         }
+    }
+}
+
+/// The ending with QEMU's exit status turned into the hypervisor's exit
+/// code (on x86_64, `isa-debug-exit` doubles it and adds one).
+fn hypervisor_ending(arch: Arch, ending: Ending, lines: &[String]) -> Ending {
+    match ending {
+        Ending::Exited(Some(status)) => Ending::Exited(Some(hypervisor_exit_code(arch, status, lines))),
+        other => other,
     }
 }
 
