@@ -377,13 +377,15 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["entering the hypervisor"],
         ..Scenario::DEFAULT
     },
-    // x86_64 on q35 (OVMF): the loader enters the hypervisor in long mode,
-    // which reads the memory map and the ACPI MADT and then says honestly
+    // x86_64 on q35 (OVMF), two CPUs: the loader enters the hypervisor in
+    // long mode, which reads the memory map and the ACPI MADT (both CPUs'
+    // APIC IDs) and then says honestly
     // that it cannot start partitions yet (no SVM back end).
     Scenario {
         name: "x86-boot",
         arch: Arch::X86_64,
         config: X86_CONFIG,
+        smp: 2,
         expect_exit: Some(ExitCode::BootFailure),
         expect: &[
             "bulkhead-boot: exiting boot services and entering the hypervisor",
@@ -392,7 +394,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "memory map:",
             "ACPI RSDP at 0x",
             "ACPI MADT: local APIC at 0xfee00000",
-            "APIC IDs [0",
+            "2 CPU(s), APIC IDs [0, 1]",
             "x86_64: partitions are not started yet (SVM backend pending)",
             "run finished: exit code 4 (boot-failure)",
         ],
