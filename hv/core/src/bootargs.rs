@@ -28,6 +28,19 @@ pub enum LogLevel {
     Trace,
 }
 
+impl LogLevel {
+    /// The `log` crate's filter for this level.
+    pub const fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
 /// How a run ends once every partition has stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitMethod {

@@ -83,13 +83,7 @@ pub fn init(uart: Option<u64>, level: LogLevel) {
         CONSOLE.lock().0 = Output::Uart(unsafe { Pl011::new(base as usize) });
     }
     let _ = log::set_logger(&LOGGER);
-    log::set_max_level(match level {
-        LogLevel::Error => log::LevelFilter::Error,
-        LogLevel::Warn => log::LevelFilter::Warn,
-        LogLevel::Info => log::LevelFilter::Info,
-        LogLevel::Debug => log::LevelFilter::Debug,
-        LogLevel::Trace => log::LevelFilter::Trace,
-    });
+    log::set_max_level(level.filter());
 }
 
 /// Prints a plain line (no log prefix), e.g. the run summary.

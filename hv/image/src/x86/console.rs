@@ -37,13 +37,7 @@ impl log::Log for Logger {
 pub fn init(level: LogLevel) {
     CONSOLE.lock().init();
     let _ = log::set_logger(&LOGGER);
-    log::set_max_level(match level {
-        LogLevel::Error => log::LevelFilter::Error,
-        LogLevel::Warn => log::LevelFilter::Warn,
-        LogLevel::Info => log::LevelFilter::Info,
-        LogLevel::Debug => log::LevelFilter::Debug,
-        LogLevel::Trace => log::LevelFilter::Trace,
-    });
+    log::set_max_level(level.filter());
 }
 
 /// Prints a plain line (no log prefix).
