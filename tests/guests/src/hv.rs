@@ -1,8 +1,20 @@
 //! Hypercalls (see `bulkhead_abi::hypercall`).
+//!
+//! On arm64 a call is `HVC #0` (or a trapped `SMC #0`) with SMCCC registers.
+//! On x86_64 it is `VMMCALL` with the same eight values in registers chosen
+//! to mirror SMCCC (the hypervisor's `x86::run` reads them the same way):
+//!
+//! | SMCCC | x86_64 |
+//! |-------|--------|
+//! | x0 (function ID; result) | rax |
+//! | x1..x3 (arguments; results) | rdi, rsi, rdx |
+//! | x4..x7 (arguments) | r8, r9, r10, r11 |
+//!
+//! Results come back in rax, rdi, rsi, rdx; every other register is kept.
 
 use bulkhead_abi::hypercall::{self as abi, HvError};
 
-/// Makes a hypercall with `HVC #0`; returns `x0`.
+/// Makes a hypercall with `HVC #0` (`VMMCALL` on x86_64); returns `x0`.
 pub fn call(function: u32, args: [u64; 7]) -> u64 {
     call_via(Conduit::Hvc, function, args)
 }
@@ -10,9 +22,9 @@ pub fn call(function: u32, args: [u64; 7]) -> u64 {
 /// Which instruction carries a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Conduit {
-    /// `HVC #0`.
+    /// `HVC #0` (on x86_64: `VMMCALL`).
     Hvc,
-    /// `SMC #0` (trapped by the hypervisor).
+    /// `SMC #0` (trapped by the hypervisor; arm64 only).
     Smc,
 }
 
@@ -38,7 +50,22 @@ pub fn call_via(conduit: Conduit, function: u32, args: [u64; 7]) -> u64 {
             ),
         }
     }
-    #[cfg(not(target_arch = "aarch64"))]
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a hypercall only changes rax, rdi, rsi and rdx (the registers
+    // mirroring x0..x3), which are declared clobbered; memory it reads is
+    // passed by address and outlives the call.
+    unsafe {
+        match conduit {
+            Conduit::Hvc => core::arch::asm!(
+                "vmmcall",
+                inout("rax") u64::from(function) => x0,
+                inout("rdi") args[0] => _, inout("rsi") args[1] => _, inout("rdx") args[2] => _,
+                in("r8") args[3], in("r9") args[4], in("r10") args[5], in("r11") args[6],
+            ),
+            Conduit::Smc => x0 = HvError::NotSupported.to_register(),
+        }
+    }
+    #[cfg(not(any(target_arch = "aarch64", target_arch = "x86_64")))]
     {
         let _ = (conduit, function, args);
         x0 = HvError::NotSupported.to_register();

@@ -1,19 +1,32 @@
 //! A tiny runtime for Bulkhead's bare-metal test guests.
 //!
-//! Each program in `src/bin` is a flat binary that a partition enters at EL1
-//! with its MMU off. The runtime sets up a stack, FP/SIMD access and EL1
-//! exception vectors (an exception in a guest reports a failure instead of
-//! hanging), then calls the program's `guest_main`. Programs talk to the
-//! hypervisor only through the hypercalls in [`hv`].
+//! Each program in `src/bin` is a flat binary. On arm64 a partition enters
+//! it at EL1 with its MMU off; the runtime sets up a stack, FP/SIMD access
+//! and EL1 exception vectors (an exception in a guest reports a failure
+//! instead of hanging), then calls the program's `guest_main`. On x86_64 the
+//! hypervisor enters it in 64-bit long mode at CPL 0, with paging on through
+//! an identity map of the partition's RAM that the hypervisor built; the
+//! runtime ([`x86`]) sets up a stack, clears `.bss` and calls `guest_main`.
+//! Programs talk to the hypervisor only through the hypercalls in [`hv`].
+//!
+//! The arm64-only modules (`fault`, `gic`, `mmu`, `time`) exist only on
+//! arm64; programs that use only [`hv`], [`println!`] and [`guest_main!`]
+//! build for both architectures.
 
 #![no_std]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+#[cfg(target_arch = "aarch64")]
 pub mod fault;
+#[cfg(target_arch = "aarch64")]
 pub mod gic;
 pub mod hv;
+#[cfg(target_arch = "aarch64")]
 pub mod mmu;
+#[cfg(target_arch = "aarch64")]
 pub mod time;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use core::fmt::{self, Write};
 

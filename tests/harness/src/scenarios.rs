@@ -386,7 +386,7 @@ pub const SCENARIOS: &[Scenario] = &[
         arch: Arch::X86_64,
         config: X86_CONFIG,
         smp: 2,
-        expect_exit: Some(ExitCode::BootFailure),
+        expect_exit: Some(ExitCode::Success),
         expect: &[
             "bulkhead-boot: exiting boot services and entering the hypervisor",
             "Bulkhead",
@@ -395,10 +395,33 @@ pub const SCENARIOS: &[Scenario] = &[
             "ACPI RSDP at 0x",
             "ACPI MADT: local APIC at 0xfee00000",
             "2 CPU(s), APIC IDs [0, 1]",
-            "x86_64: partitions are not started yet (SVM backend pending)",
-            "run finished: exit code 4 (boot-failure)",
+            "SVM enabled",
+            "[x86-hello] Hello from an x86_64 Bulkhead partition",
+            "all 1 partitions passed",
+            "run finished: exit code 0 (success)",
         ],
-        forbid: &["FATAL", "panic"],
+        forbid: &["FATAL", "panic", "not started"],
+        ..Scenario::DEFAULT
+    },
+    // The first x86_64 partition: a 64-bit guest entered in long mode under
+    // SVM with nested paging makes CONSOLE_WRITE, ABI_VERSION and
+    // REPORT_RESULT through VMMCALL, then stops.
+    Scenario {
+        name: "x86-hello",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-hello.toml",
+        expect_exit: Some(ExitCode::Success),
+        expect: &[
+            "SVM enabled",
+            "partition x86-hello: image x86-hello.bin",
+            "partition x86-hello: entering the guest at RIP 0x200000",
+            "[x86-hello] Hello from an x86_64 Bulkhead partition",
+            "[x86-hello] hypercall ABI version 1.0 via VMMCALL",
+            "partition x86-hello: passed",
+            "all 1 partitions passed",
+            "run finished: exit code 0 (success)",
+        ],
+        forbid: &["FATAL", "panic", "stopped by fault"],
         ..Scenario::DEFAULT
     },
     // A hypervisor panic on x86_64 ends the run through isa-debug-exit with 99.
@@ -433,8 +456,8 @@ pub const SCENARIOS: &[Scenario] = &[
     },
 ];
 
-/// The configuration of the x86_64 scenarios: one partition that is never
-/// started (partitions do not run on x86_64 yet).
+/// The configuration of the x86_64 boot scenarios: one partition running
+/// `x86-hello.bin` under SVM.
 pub const X86_CONFIG: &str = "configs/qemu-q35.toml";
 
 #[cfg(test)]

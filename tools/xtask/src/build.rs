@@ -4,8 +4,8 @@
 //! - `bulkhead-boot` for the UEFI target: the loader, a PE `.efi`;
 //! - `bulkhead-test-guests --bins` for the bare-metal target: one ELF per
 //!   guest, each turned into `<bin>.bin` with `llvm-objcopy -O binary`.
-//!   The guests are arm64 programs: on x86_64 they are not built, and the
-//!   only image is [`X86_PLACEHOLDER`] (partitions do not run there yet).
+//!   On arm64 every guest is built (`--bins`); on x86_64 only the programs
+//!   of [`X86_GUESTS`], the others use arm64-only parts of the runtime.
 //!
 //! Artifact paths come from cargo's JSON messages, not from guessing.
 
@@ -74,20 +74,15 @@ pub fn build_images(ws: &Workspace, options: &BuildOptions) -> Result<Artifacts>
     let hv_elf = single(hv, "bulkhead-hv")?;
     let boot = cargo_build(ws, options, "bulkhead-boot", arch.uefi_target(), &[])?;
     let loader = single(boot, "bulkhead-boot")?;
-    if arch == Arch::X86_64 {
-        let images_dir = profile_dir(ws, bare, options.profile);
-        std::fs::create_dir_all(&images_dir)?;
-        std::fs::write(images_dir.join(X86_PLACEHOLDER), X86_PLACEHOLDER_CODE)
-            .with_context(|| format!("writing {X86_PLACEHOLDER}"))?;
-        return Ok(Artifacts {
-            arch,
-            hv_elf,
-            loader,
-            images_dir,
-            images: vec![X86_PLACEHOLDER.to_string()],
-        });
-    }
-    let guests = cargo_build(ws, options, "bulkhead-test-guests", bare, &["--bins"])?;
+    let guest_args: Vec<String> = match arch {
+        Arch::X86_64 => X86_GUESTS
+            .iter()
+            .flat_map(|bin| ["--bin".to_string(), bin.to_string()])
+            .collect(),
+        _ => vec!["--bins".to_string()],
+    };
+    let guest_args: Vec<&str> = guest_args.iter().map(String::as_str).collect();
+    let guests = cargo_build(ws, options, "bulkhead-test-guests", bare, &guest_args)?;
     let objcopy = setup::objcopy_path(ws)?;
     let mut images = Vec::new();
     for elf in &guests {
@@ -120,12 +115,9 @@ pub fn build_images(ws: &Workspace, options: &BuildOptions) -> Result<Artifacts>
     })
 }
 
-/// The stand-in guest image of x86_64 configurations: the test guests are
-/// arm64 programs, and x86_64 partitions are not started yet, but the loader
-/// loads every image a configuration names.
-pub const X86_PLACEHOLDER: &str = "x86-placeholder.bin";
-/// Its code: `hlt; jmp .-1` (it never runs).
-const X86_PLACEHOLDER_CODE: &[u8] = &[0xf4, 0xeb, 0xfd];
+/// The guests built for x86_64: programs that use only the arch-neutral
+/// runtime (hypercalls, `println!`, `guest_main!`).
+pub const X86_GUESTS: &[&str] = &["x86-hello"];
 
 /// `target/<target>/<release|debug>`.
 fn profile_dir(ws: &Workspace, target: &str, profile: Profile) -> PathBuf {

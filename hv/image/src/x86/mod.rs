@@ -1,12 +1,28 @@
 //! The x86_64 image (QEMU `q35`): boot to the hypervisor's Rust code, the
 //! COM1 console, our own GDT/IDT with a fatal-exception report, the memory
-//! map and the ACPI MADT. Partitions are not started yet: the SVM back end
-//! is pending, so every boot ends with [`ExitCode::BootFailure`].
+//! map and the ACPI MADT; then the partitions of the configuration, built
+//! ([`partition`]) and run one after the other on the boot CPU under AMD
+//! SVM with nested paging ([`vcpu`]); then the summary, whose exit code ends
+//! the run through `isa-debug-exit`.
+//!
+//! Not yet: application processors (every partition runs on CPU 0), MMIO
+//! and port emulation, MSR pass-through, the VMX back end, and the
+//! hypervisor's own page tables (it runs on OVMF's identity map, see
+//! [`memory`]).
 
 mod console;
+mod memory;
+mod partition;
+mod vcpu;
 
+use alloc::format;
+use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
+use bulkhead_config::Config;
+use bulkhead_core::address_space::AddressSpace;
+use bulkhead_core::partition::{Partition, RunState};
+use bulkhead_core::summary;
 use bulkhead_abi::exit::ExitCode;
 use bulkhead_arch_x86_64::exception::{ExceptionFrame, vector_name};
 use bulkhead_core::acpi::{self, PhysicalMemory};
@@ -69,8 +85,81 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     if let Some(test) = args.crash {
         crash(test);
     }
-    log::error!("x86_64: partitions are not started yet (SVM backend pending)");
-    finish(ExitCode::BootFailure)
+    run_partitions(boot_info)
+}
+
+/// Loads the configuration, builds and runs every partition, prints the
+/// summary and ends the run with its exit code.
+fn run_partitions(boot_info: &'static BootInfo) -> ! {
+    let (config, refused) = load_config(boot_info);
+    if let Err(message) = memory::init(boot_info, &[]) {
+        log::error!("memory set-up failed: {message}");
+        finish(ExitCode::BootFailure);
+    }
+    let svm = vcpu::enable_svm();
+    if let Err(reason) = &svm {
+        log::error!("{reason}");
+    }
+    let mut partitions = Vec::new();
+    for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
+        let built = match (refusal, &svm) {
+            (Some(reason), _) => Err(reason),
+            (None, Err(reason)) => Err(reason.clone()),
+            (None, Ok(())) => partition::build(index, config, boot_info),
+        };
+        match built {
+            Ok((mut partition, npt, start)) => {
+                partition.console_enabled = config.console != bulkhead_config::Console::None;
+                partition.state = RunState::Running;
+                vcpu::run(&mut partition, &npt, &start);
+                partitions.push(partition);
+            }
+            Err(reason) => {
+                log::error!("partition {}: not started: {reason}", config.name);
+                let mut partition = Partition::new(index, &config.name, AddressSpace::new());
+                partition.state = RunState::NotStarted(reason);
+                partitions.push(partition);
+            }
+        }
+    }
+    let (lines, code) = summary::summarize(&partitions);
+    console::line(format_args!("[bulkhead] ---- summary ----"));
+    for text in &lines {
+        console::line(format_args!("[bulkhead] {text}"));
+    }
+    finish(code)
+}
+
+/// Decodes and validates the configuration blob. Ends the run if it is
+/// unreadable or has errors outside any partition; returns, per partition,
+/// the reason it must not be started.
+fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
+    // SAFETY: the loader copied the configuration blob into hypervisor memory.
+    let blob = unsafe { core::slice::from_raw_parts(boot_info.config.base as *const u8, boot_info.config.size as usize) };
+    let (config, source) = match bulkhead_config::from_blob_with_source(blob) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            log::error!("configuration: {e}");
+            finish(ExitCode::BootFailure);
+        }
+    };
+    let source = if source.is_empty() { String::from("configuration") } else { source };
+    log::info!("configuration: {source}, {} partition(s)", config.partitions.len());
+    let errors = bulkhead_config::validate(&config);
+    for e in &errors {
+        log::error!("{source}: {e}");
+    }
+    if bulkhead_config::has_global_errors(&errors) {
+        log::error!("configuration rejected: errors outside any partition; no partition is started");
+        finish(ExitCode::BootFailure);
+    }
+    let mut refused = alloc::vec![None; config.partitions.len()];
+    for e in errors {
+        if let Some(slot) = e.partition_index.and_then(|i| refused.get_mut(i)) {
+            slot.get_or_insert(format!("{source}: {e}"));
+        }
+    }
+    (config, refused)
 }
 
 fn bootargs(boot_info: &BootInfo) -> BootArgs {

@@ -1,0 +1,210 @@
+//! Building an x86_64 partition from its configuration: its address space
+//! (RAM only, for now), its nested page table, its image, and the
+//! identity-mapping guest page table that lets it start in long mode.
+
+use super::memory::{self, NptFrames};
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bulkhead_abi::boot::BootInfo;
+use bulkhead_arch_x86_64::{Access as NptAccess, MapError, MemoryType, Npt, SecondLevelTable};
+use bulkhead_config::{Backing, ImageKind, MemoryAttribute, Permissions};
+use bulkhead_core::address::{Gpa, Hpa};
+use bulkhead_core::address_space::{Access, AddressSpace, CpuView, Region, RegionKind};
+use bulkhead_core::partition::Partition;
+
+/// A partition's nested page table.
+pub type NestedTable = SecondLevelTable<Npt, NptFrames>;
+
+const PAGE: u64 = 4096;
+const PAGE_2M: u64 = 2 << 20;
+
+/// Where a built partition's vCPU starts.
+pub struct Start {
+    /// Entry point (guest-virtual = guest-physical).
+    pub rip: u64,
+    /// Initial stack pointer: just below the guest page tables.
+    pub rsp: u64,
+    /// Guest CR3: the identity map's PML4.
+    pub cr3: u64,
+}
+
+/// The NPT memory type for a configured attribute.
+fn memory_type(attr: MemoryAttribute) -> MemoryType {
+    match attr {
+        MemoryAttribute::NormalWb => MemoryType::NormalWriteBack,
+        MemoryAttribute::NormalNc => MemoryType::NormalNonCacheable,
+        MemoryAttribute::DeviceNGnRE => MemoryType::DeviceNGnRE,
+        MemoryAttribute::DeviceNGnRnE => MemoryType::DeviceNGnRnE,
+    }
+}
+
+/// The x86 CPU view: an [`AddressSpace`] mapped into a nested page table.
+pub struct NptView<'a>(pub &'a mut NestedTable);
+
+impl CpuView for NptView<'_> {
+    type Error = MapError;
+
+    fn map(
+        &mut self,
+        gpa: Gpa,
+        hpa: Hpa,
+        size: u64,
+        attr: MemoryAttribute,
+        perms: Permissions,
+        pages_only: bool,
+    ) -> Result<(), MapError> {
+        let access = NptAccess { read: perms.read, write: perms.write, execute: perms.execute };
+        let memory = memory_type(attr);
+        if !pages_only {
+            return self.0.map(gpa.raw(), hpa.raw(), size, memory, access);
+        }
+        // One 4 KiB leaf per page, so that pages can change one by one.
+        for offset in (0..size).step_by(PAGE as usize) {
+            self.0.map(gpa.raw() + offset, hpa.raw() + offset, PAGE, memory, access)?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds partition `index` from `config`: RAM (allocated or checked),
+/// the NPT, the image and the guest page table.
+///
+/// # Errors
+/// A message naming what is refused; the partition is then not started.
+pub fn build(
+    index: usize,
+    config: &bulkhead_config::Partition,
+    boot_info: &BootInfo,
+) -> Result<(Partition, NestedTable, Start), String> {
+    if config.image.kind != ImageKind::Raw {
+        return Err(String::from("image.kind: only raw images run on x86_64 so far"));
+    }
+    if !config.passthrough.is_empty() {
+        return Err(String::from("passthrough: device assignment is not implemented on x86_64 yet"));
+    }
+    if config.cpus.len() != 1 || config.cpus[0] != 0 {
+        return Err(String::from("cpus: only CPU 0 runs partitions on x86_64 so far (no AP start-up yet)"));
+    }
+    let mut space = AddressSpace::new();
+    for (i, region) in config.memory.iter().enumerate() {
+        let hpa = match region.backing {
+            Backing::Allocate => memory::alloc_frames(region.size, region.size.min(PAGE_2M).next_power_of_two())
+                .ok_or_else(|| format!("memory[{i}]: cannot allocate {:#x} bytes", region.size))?,
+            Backing::Host(_) => {
+                return Err(format!("memory[{i}].backing: host-assigned RAM is not supported on x86_64 yet"));
+            }
+        };
+        space
+            .add_region(Region {
+                gpa: Gpa::new(region.guest),
+                hpa,
+                size: region.size,
+                attr: region.attr,
+                perms: region.perms,
+                kind: RegionKind::Ram,
+                dma: region.dma,
+            })
+            .map_err(|e| format!("memory[{i}]: {e:?}"))?;
+        log::debug!("partition {}: memory[{i}] GPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
+    }
+    let mut npt = NestedTable::new(NptFrames).ok_or("no memory for the nested page table's root")?;
+    space.derive_cpu_view(&mut NptView(&mut npt)).map_err(|e| format!("nested page table: {e:?}"))?;
+    let partition = Partition::new(index, &config.name, space);
+
+    let load = config.image.load;
+    let module = boot_info.module(&config.image.file).ok_or_else(|| format!("image '{}' was not loaded", config.image.file))?;
+    // SAFETY: the loader copied the file into guest-image memory, which
+    // nothing writes after boot.
+    let bytes = unsafe { core::slice::from_raw_parts(module.data.base as *const u8, module.data.size as usize) };
+    let (cr3, tables) = build_identity_map(&partition, load)?;
+    let image_end = load.checked_add(bytes.len() as u64).ok_or("image: load address + size wraps")?;
+    if image_end > tables {
+        return Err(format!("image ({} bytes at {load:#x}) overlaps the guest page tables at {tables:#x}", bytes.len()));
+    }
+    copy_in(&partition, load, bytes, "image")?;
+    log::info!(
+        "partition {}: image {} ({} bytes) at {load:#x}, guest page tables at {tables:#x}, NPT root {:#x} ({} table frames)",
+        config.name,
+        config.image.file,
+        bytes.len(),
+        npt.root_address(),
+        npt.table_frame_count()
+    );
+    Ok((partition, npt, Start { rip: config.image.entry.unwrap_or(load), rsp: tables, cr3 }))
+}
+
+/// Copies `bytes` to guest-physical `at`, which must be writable RAM.
+fn copy_in(partition: &Partition, at: u64, bytes: &[u8], what: &str) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let target = partition
+        .translate(Gpa::new(at), bytes.len() as u64, Access::Write)
+        .ok_or_else(|| format!("{what} ({} bytes) does not fit in writable memory at {at:#x}", bytes.len()))?;
+    // SAFETY: `target` is the partition's own RAM, just translated and
+    // identity-mapped; the partition does not run yet.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), target.raw() as *mut u8, bytes.len()) };
+    Ok(())
+}
+
+/// Page-table entry bits of the guest's identity map: P, R/W, A (and D, PS
+/// for 2 MiB leaves). U/S stays clear: the guest runs at CPL 0.
+const PTE_TABLE: u64 = 0x1 | 0x2 | 0x20;
+const PTE_LEAF_2M: u64 = PTE_TABLE | 0x40 | 0x80;
+
+/// Writes a long-mode page table that identity-maps every RAM region of
+/// the partition with 2 MiB pages (and nothing else) into the top pages of
+/// the RAM region holding `home`. Returns the PML4's guest-physical address
+/// (the guest's CR3) and the lowest address the tables use.
+fn build_identity_map(partition: &Partition, home: u64) -> Result<(u64, u64), String> {
+    let ram: Vec<&Region> = partition.space.regions().iter().filter(|r| r.kind == RegionKind::Ram).collect();
+    for region in &ram {
+        if !region.gpa.is_aligned(PAGE_2M) || !region.size.is_multiple_of(PAGE_2M) {
+            return Err(format!("memory at {:?}: x86_64 guest RAM must be 2 MiB aligned (its page table uses 2 MiB pages)", region.gpa));
+        }
+        if region.gpa.raw().saturating_add(region.size) > 1 << 47 {
+            return Err(format!("memory at {:?}: beyond the 47-bit identity map", region.gpa));
+        }
+    }
+    let home_region = ram
+        .iter()
+        .find(|r| r.contains(Gpa::new(home)) && r.perms.write)
+        .ok_or_else(|| format!("image.load {home:#x} is not in writable RAM"))?;
+    // Which PDPTs (per 512 GiB) and PDs (per 1 GiB) the map needs.
+    let mut pdpts = BTreeMap::new();
+    let mut pds = BTreeMap::new();
+    for region in &ram {
+        for page in (region.gpa.raw()..region.gpa.raw() + region.size).step_by(PAGE_2M as usize) {
+            pdpts.insert(page >> 39, 0u64);
+            pds.insert(page >> 30, 0u64);
+        }
+    }
+    let frames = 1 + pdpts.len() as u64 + pds.len() as u64;
+    let top = home_region.gpa.raw() + home_region.size;
+    let base = top.checked_sub(frames * PAGE).filter(|&b| b > home).ok_or("no room for the guest page tables")?;
+    let mut next = base + PAGE;
+    for slot in pdpts.values_mut().chain(pds.values_mut()) {
+        *slot = next;
+        next += PAGE;
+    }
+    let mut tables: BTreeMap<u64, [u64; 512]> = BTreeMap::new();
+    let mut entry = |table: u64, index: u64, value: u64| tables.entry(table).or_insert([0; 512])[index as usize] = value;
+    for (&i, &pdpt) in &pdpts {
+        entry(base, i, pdpt | PTE_TABLE);
+    }
+    for (&i, &pd) in &pds {
+        entry(pdpts[&(i >> 9)], i & 511, pd | PTE_TABLE);
+    }
+    for region in &ram {
+        for page in (region.gpa.raw()..region.gpa.raw() + region.size).step_by(PAGE_2M as usize) {
+            entry(pds[&(page >> 30)], (page >> 21) & 511, page | PTE_LEAF_2M);
+        }
+    }
+    for (gpa, table) in &tables {
+        let bytes: Vec<u8> = table.iter().flat_map(|e| e.to_le_bytes()).collect();
+        copy_in(partition, *gpa, &bytes, "guest page table")?;
+    }
+    Ok((base, base))
+}
