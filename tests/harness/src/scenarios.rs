@@ -403,6 +403,51 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FATAL", "panic", "not started"],
         ..Scenario::DEFAULT
     },
+    // A hostile x86_64 guest (msr): stopped by policy with a report; the
+    // hypervisor keeps running and ends the run with its summary.
+    Scenario {
+        name: "x86-msr",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-msr.toml",
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "[x86-msr] attacking",
+            "partition x86-msr: stopped by fault: WRMSR of MSR 0x174",
+            "1 of 1 partitions did not pass",
+        ],
+        forbid: &["the attack was not stopped", "FATAL"],
+        ..Scenario::DEFAULT
+    },
+    // A hostile x86_64 guest (port): stopped by policy with a report; the
+    // hypervisor keeps running and ends the run with its summary.
+    Scenario {
+        name: "x86-port",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-port.toml",
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "[x86-port] attacking",
+            "partition x86-port: stopped by fault: port access",
+            "1 of 1 partitions did not pass",
+        ],
+        forbid: &["the attack was not stopped", "FATAL"],
+        ..Scenario::DEFAULT
+    },
+    // A hostile x86_64 guest (triple): stopped by policy with a report; the
+    // hypervisor keeps running and ends the run with its summary.
+    Scenario {
+        name: "x86-triple",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-triple.toml",
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "[x86-triple] attacking",
+            "partition x86-triple: stopped by fault: triple fault (SHUTDOWN intercept)",
+            "1 of 1 partitions did not pass",
+        ],
+        forbid: &["the attack was not stopped", "FATAL"],
+        ..Scenario::DEFAULT
+    },
     // The first x86_64 partition: a 64-bit guest entered in long mode under
     // SVM with nested paging makes CONSOLE_WRITE, ABI_VERSION and
     // REPORT_RESULT through VMMCALL, then stops.
