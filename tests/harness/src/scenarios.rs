@@ -469,6 +469,37 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FATAL", "panic", "stopped by fault"],
         ..Scenario::DEFAULT
     },
+    // Two x86_64 partitions at the same time on two CPUs: the victim runs on
+    // an application processor started with INIT-SIPI-SIPI. The attacker's
+    // hypercall on foreign memory is refused; its read of a guest-physical
+    // address outside its RAM is a nested page fault (its guest page table
+    // maps the first 4 GiB, its NPT only its RAM) and the `stop` policy
+    // stops it; the victim's pattern is intact.
+    Scenario {
+        name: "x86-isolation",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-isolation.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "[attacker] console write from 0x30000000: Err(InvalidParameter)",
+            "[attacker] reading 0x30000000",
+            "partition attacker: nested page fault: read at GPA 0x30000000",
+            "[victim] pattern intact after the attack window",
+            "partition attacker: stopped by fault: nested page fault: read at GPA 0x30000000",
+            "partition victim: passed",
+            "1 of 2 partitions did not pass",
+        ],
+        // The two CPUs run at the same time: these come in either order.
+        expect_anywhere: &[
+            "SMP: boot CPU APIC ID 0",
+            "CPU with APIC ID 1 is up (AP, long mode, own GDT and IDT)",
+            "partition victim: entering the guest",
+            "[victim] pattern written",
+        ],
+        forbid: &["isolation is broken", "pattern damaged", "FATAL", "not started"],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic on x86_64 ends the run through isa-debug-exit with 99.
     Scenario {
         name: "x86-panic",

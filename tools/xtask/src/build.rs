@@ -117,7 +117,14 @@ pub fn build_images(ws: &Workspace, options: &BuildOptions) -> Result<Artifacts>
 
 /// The guests built for x86_64: programs that use only the arch-neutral
 /// runtime (hypercalls, `println!`, `guest_main!`).
-pub const X86_GUESTS: &[&str] = &["x86-hello", "x86-msr", "x86-port", "x86-triple"];
+pub const X86_GUESTS: &[&str] = &[
+    "x86-hello",
+    "x86-isolation-attacker",
+    "x86-isolation-victim",
+    "x86-msr",
+    "x86-port",
+    "x86-triple",
+];
 
 /// `target/<target>/<release|debug>`.
 fn profile_dir(ws: &Workspace, target: &str, profile: Profile) -> PathBuf {

@@ -128,3 +128,17 @@ pub unsafe fn load() {
     // SAFETY: the table is static and every gate points at a stub.
     unsafe { core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
 }
+
+/// Loads the IDT [`load`] filled on the boot CPU into this CPU.
+///
+/// # Safety
+/// [`load`] must have run (on the boot CPU); call at CPL 0 with interrupts
+/// disabled.
+pub unsafe fn reload() {
+    let pointer = DescriptorTablePointer {
+        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
+        base: IDT.0.get() as u64,
+    };
+    // SAFETY: the table is static and was filled by `load`.
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+}

@@ -5,6 +5,7 @@
 //! Built only for the bare-metal target (`target_os = "none"`): host tests
 //! of this crate run on an x86_64 host too, where none of this may execute.
 
+pub mod ap;
 pub mod entry;
 pub mod gdt;
 pub mod idt;

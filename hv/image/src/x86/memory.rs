@@ -119,3 +119,14 @@ impl HostMemory for IdentityMemory {
         }
     }
 }
+
+/// A free 4 KiB page below 1 MiB (and above page 0), from the firmware's
+/// conventional memory: where the AP start-up trampoline goes. The frame
+/// allocator never hands out memory below 1 MiB, so the page stays ours.
+pub fn low_page(map: &[MemoryDescriptor]) -> Option<u64> {
+    map.iter()
+        .filter(|d| d.uefi_type == UEFI_CONVENTIONAL)
+        .map(|d| (d.base.max(PAGE_SIZE).next_multiple_of(PAGE_SIZE), d.end().min(0xa_0000)))
+        .find(|(base, end)| base + PAGE_SIZE <= *end)
+        .map(|(base, _)| base)
+}

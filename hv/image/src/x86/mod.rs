@@ -1,18 +1,19 @@
 //! The x86_64 image (QEMU `q35`): boot to the hypervisor's Rust code, the
 //! COM1 console, our own GDT/IDT with a fatal-exception report, the memory
 //! map and the ACPI MADT; then the partitions of the configuration, built
-//! ([`partition`]) and run one after the other on the boot CPU under AMD
-//! SVM with nested paging ([`vcpu`]); then the summary, whose exit code ends
-//! the run through `isa-debug-exit`.
+//! ([`partition`]) and run at the same time, each on its own CPU ([`smp`]:
+//! application processors started with INIT-SIPI-SIPI) under AMD SVM with
+//! nested paging ([`vcpu`]); then the summary, printed by the CPU that
+//! finishes last, whose exit code ends the run through `isa-debug-exit`.
 //!
-//! Not yet: application processors (every partition runs on CPU 0), MMIO
-//! and port emulation, MSR pass-through, the VMX back end, and the
+//! Not yet: more than one vCPU per partition, MMIO and port emulation, MSR pass-through, the VMX back end, and the
 //! hypervisor's own page tables (it runs on OVMF's identity map, see
 //! [`memory`]).
 
 mod console;
 mod memory;
 mod partition;
+mod smp;
 mod vcpu;
 
 use alloc::format;
@@ -20,9 +21,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
 use bulkhead_config::Config;
-use bulkhead_core::address_space::AddressSpace;
-use bulkhead_core::partition::{Partition, RunState};
-use bulkhead_core::summary;
 use bulkhead_abi::exit::ExitCode;
 use bulkhead_arch_x86_64::exception::{ExceptionFrame, vector_name};
 use bulkhead_core::acpi::{self, PhysicalMemory};
@@ -80,54 +78,59 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         boot_info.config.size
     );
     log_memory_map(boot_info);
-    log_cpus(boot_info.acpi_rsdp);
+    let cpus = log_cpus(boot_info.acpi_rsdp);
 
     if let Some(test) = args.crash {
         crash(test);
     }
-    run_partitions(boot_info)
+    run_partitions(boot_info, &cpus)
 }
 
 /// Loads the configuration, builds and runs every partition, prints the
 /// summary and ends the run with its exit code.
-fn run_partitions(boot_info: &'static BootInfo) -> ! {
+fn run_partitions(boot_info: &'static BootInfo, cpus: &[u32]) -> ! {
     let (config, refused) = load_config(boot_info);
-    if let Err(message) = memory::init(boot_info, &[]) {
-        log::error!("memory set-up failed: {message}");
-        finish(ExitCode::BootFailure);
-    }
+    let map = match memory::init(boot_info, &[]) {
+        Ok(map) => Some(map),
+        Err(message) => {
+            log::error!("memory set-up failed: {message}");
+            finish(ExitCode::BootFailure);
+        }
+    };
     let svm = vcpu::enable_svm();
     if let Err(reason) = &svm {
         log::error!("{reason}");
     }
-    let mut partitions = Vec::new();
+    let trampoline = map.as_deref().and_then(memory::low_page);
+    let mut slots = Vec::new();
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
         let built = match (refusal, &svm) {
             (Some(reason), _) => Err(reason),
             (None, Err(reason)) => Err(reason.clone()),
-            (None, Ok(())) => partition::build(index, config, boot_info),
+            (None, Ok(())) => cpu_of(config, cpus).and_then(|apic_id| {
+                partition::build(index, config, boot_info).map(|built| (built, apic_id))
+            }),
         };
-        match built {
-            Ok((mut partition, npt, start)) => {
+        slots.push(match built {
+            Ok(((mut partition, npt, start), apic_id)) => {
                 partition.console_enabled = config.console != bulkhead_config::Console::None;
-                partition.state = RunState::Running;
-                vcpu::run(&mut partition, &npt, &start);
-                partitions.push(partition);
+                smp::Slot::ready(partition, npt, start, apic_id)
             }
-            Err(reason) => {
-                log::error!("partition {}: not started: {reason}", config.name);
-                let mut partition = Partition::new(index, &config.name, AddressSpace::new());
-                partition.state = RunState::NotStarted(reason);
-                partitions.push(partition);
-            }
-        }
+            Err(reason) => smp::Slot::refused(index, &config.name, reason),
+        });
     }
-    let (lines, code) = summary::summarize(&partitions);
-    console::line(format_args!("[bulkhead] ---- summary ----"));
-    for text in &lines {
-        console::line(format_args!("[bulkhead] {text}"));
+    smp::start(slots, trampoline)
+}
+
+/// The APIC ID of the one CPU `config` runs on: its CPU number indexes the
+/// usable CPUs of the MADT (`cpus`), in table order.
+fn cpu_of(config: &bulkhead_config::Partition, cpus: &[u32]) -> Result<u32, String> {
+    match config.cpus.as_slice() {
+        [cpu] => cpus.get(*cpu as usize).copied().ok_or_else(|| {
+            format!("cpus: CPU {cpu} does not exist (the ACPI MADT lists {} usable CPU(s))", cpus.len())
+        }),
+        _ => Err(String::from("cpus: one vCPU per partition on x86_64 so far (give exactly one CPU)")),
     }
-    finish(code)
 }
 
 /// Decodes and validates the configuration blob. Ends the run if it is
@@ -214,8 +217,8 @@ impl PhysicalMemory for IdentityMapped {
     }
 }
 
-/// Lists the CPUs of the ACPI MADT.
-fn log_cpus(rsdp: u64) {
+/// Lists the CPUs of the ACPI MADT; returns the usable ones' APIC IDs.
+fn log_cpus(rsdp: u64) -> Vec<u32> {
     log::info!("ACPI RSDP at {rsdp:#x}");
     let madt = acpi::find_table(&IdentityMapped, rsdp, b"APIC").and_then(|table| acpi::parse_madt(&table));
     match madt {
@@ -227,8 +230,12 @@ fn log_cpus(rsdp: u64) {
                 ids.len(),
                 ids
             );
+            ids
         }
-        Err(err) => log::error!("ACPI MADT: {err}"),
+        Err(err) => {
+            log::error!("ACPI MADT: {err}");
+            Vec::new()
+        }
     }
 }
 

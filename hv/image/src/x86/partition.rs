@@ -84,9 +84,6 @@ pub fn build(
     if !config.passthrough.is_empty() {
         return Err(String::from("passthrough: device assignment is not implemented on x86_64 yet"));
     }
-    if config.cpus.len() != 1 || config.cpus[0] != 0 {
-        return Err(String::from("cpus: only CPU 0 runs partitions on x86_64 so far (no AP start-up yet)"));
-    }
     let mut space = AddressSpace::new();
     for (i, region) in config.memory.iter().enumerate() {
         let hpa = match region.backing {
@@ -153,10 +150,18 @@ fn copy_in(partition: &Partition, at: u64, bytes: &[u8], what: &str) -> Result<(
 /// for 2 MiB leaves). U/S stays clear: the guest runs at CPL 0.
 const PTE_TABLE: u64 = 0x1 | 0x2 | 0x20;
 const PTE_LEAF_2M: u64 = PTE_TABLE | 0x40 | 0x80;
+/// The guest page table identity-maps at least this much, RAM or not.
+const IDENTITY_LOW: u64 = 1 << 32;
 
-/// Writes a long-mode page table that identity-maps every RAM region of
-/// the partition with 2 MiB pages (and nothing else) into the top pages of
-/// the RAM region holding `home`. Returns the PML4's guest-physical address
+/// Writes a long-mode page table that identity-maps, with 2 MiB pages, the
+/// whole first 4 GiB of guest-physical space and every RAM region of the
+/// partition, into the top pages of the RAM region holding `home`.
+///
+/// Mapping all of the low 4 GiB (not just RAM) means a guest access to any
+/// guest-physical address there passes its own page table and reaches the
+/// nested page table: an address the partition has no memory at becomes a
+/// nested page fault the hypervisor sees (and, later, MMIO to emulate),
+/// not a guest #PF that escalates to a triple fault. Returns the PML4's guest-physical address
 /// (the guest's CR3) and the lowest address the tables use.
 fn build_identity_map(partition: &Partition, home: u64) -> Result<(u64, u64), String> {
     let ram: Vec<&Region> = partition.space.regions().iter().filter(|r| r.kind == RegionKind::Ram).collect();
@@ -173,10 +178,12 @@ fn build_identity_map(partition: &Partition, home: u64) -> Result<(u64, u64), St
         .find(|r| r.contains(Gpa::new(home)) && r.perms.write)
         .ok_or_else(|| format!("image.load {home:#x} is not in writable RAM"))?;
     // Which PDPTs (per 512 GiB) and PDs (per 1 GiB) the map needs.
+    let mut ranges: Vec<(u64, u64)> = alloc::vec![(0, IDENTITY_LOW)];
+    ranges.extend(ram.iter().map(|r| (r.gpa.raw(), r.gpa.raw() + r.size)));
     let mut pdpts = BTreeMap::new();
     let mut pds = BTreeMap::new();
-    for region in &ram {
-        for page in (region.gpa.raw()..region.gpa.raw() + region.size).step_by(PAGE_2M as usize) {
+    for &(from, to) in &ranges {
+        for page in (from..to).step_by(PAGE_2M as usize) {
             pdpts.insert(page >> 39, 0u64);
             pds.insert(page >> 30, 0u64);
         }
@@ -197,8 +204,8 @@ fn build_identity_map(partition: &Partition, home: u64) -> Result<(u64, u64), St
     for (&i, &pd) in &pds {
         entry(pdpts[&(i >> 9)], i & 511, pd | PTE_TABLE);
     }
-    for region in &ram {
-        for page in (region.gpa.raw()..region.gpa.raw() + region.size).step_by(PAGE_2M as usize) {
+    for &(from, to) in &ranges {
+        for page in (from..to).step_by(PAGE_2M as usize) {
             entry(pds[&(page >> 30)], (page >> 21) & 511, page | PTE_LEAF_2M);
         }
     }

@@ -30,7 +30,7 @@ use bulkhead_core::partition::{ConsoleSink, Partition, StopReason};
 
 /// The power-on PAT value, given to the guest as its gPAT.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
-/// The only ASID in use while one partition runs on this CPU.
+/// The only ASID in use: one partition per CPU, and each CPU has its own TLB.
 const ASID: u32 = 1;
 /// CR0.NE: native x87 error reporting (what every 64-bit OS sets).
 const CR0_NE: u64 = 1 << 5;
