@@ -379,8 +379,7 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     // x86_64 on q35 (OVMF), two CPUs: the loader enters the hypervisor in
     // long mode, which reads the memory map and the ACPI MADT (both CPUs'
-    // APIC IDs) and then says honestly
-    // that it cannot start partitions yet (no SVM back end).
+    // APIC IDs), turns SVM on and runs the default x86 configuration.
     Scenario {
         name: "x86-boot",
         arch: Arch::X86_64,
@@ -446,6 +445,19 @@ pub const SCENARIOS: &[Scenario] = &[
             "1 of 1 partitions did not pass",
         ],
         forbid: &["the attack was not stopped", "FATAL"],
+        ..Scenario::DEFAULT
+    },
+    // x86_64: unknown function IDs and bad arguments through VMMCALL return
+    // error codes; the guest keeps running.
+    Scenario {
+        name: "x86-unknown-hypercall",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-unknown-hypercall.toml",
+        expect: &[
+            "unknown hypercall",
+            "[x86-unknown-hypercall] all bad calls were refused and the partition kept running",
+            "partition x86-unknown-hypercall: passed",
+        ],
         ..Scenario::DEFAULT
     },
     // The first x86_64 partition: a 64-bit guest entered in long mode under

@@ -124,6 +124,8 @@ pub const X86_GUESTS: &[&str] = &[
     "x86-msr",
     "x86-port",
     "x86-triple",
+    "x86-bench-hypercall",
+    "x86-unknown-hypercall",
 ];
 
 /// `target/<target>/<release|debug>`.
