@@ -460,6 +460,19 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         ..Scenario::DEFAULT
     },
+    // A triple fault stops only that partition: the one beside it, on the
+    // other CPU, finishes its own test.
+    Scenario {
+        name: "x86-triple-beside",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-triple-beside.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &["partition x86-triple: stopped by fault: triple fault (SHUTDOWN intercept)"],
+        expect_anywhere: &["partition victim: passed", "1 of 2 partitions did not pass"],
+        forbid: &["the attack was not stopped", "FATAL"],
+        ..Scenario::DEFAULT
+    },
     // The first x86_64 partition: a 64-bit guest entered in long mode under
     // SVM with nested paging makes CONSOLE_WRITE, ABI_VERSION and
     // REPORT_RESULT through VMMCALL, then stops.
