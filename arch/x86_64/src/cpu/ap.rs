@@ -103,6 +103,9 @@ pub enum TrampolineError {
     BadPage(u64),
     /// The boot CPU's CR3 lies above 4 GiB.
     HighCr3(u64),
+    /// The trampoline's code (this many bytes) would overlap its parameter
+    /// block at [`PARAMS_OFFSET`].
+    TooLong(u64),
 }
 
 /// The 64-bit entry an AP calls: `entry(argument)` on its own stack.
@@ -140,11 +143,13 @@ pub unsafe fn install_trampoline(page: u64, entry: ApEntry) -> Result<u8, Trampo
     let pm = addr_of!(bulkhead_ap_trampoline_pm) as u64 - start;
     let lm = addr_of!(bulkhead_ap_trampoline_lm) as u64 - start;
     let params = page + PARAMS_OFFSET;
-    // SAFETY: the caller gives us the page; the code is shorter than the
-    // parameter block's offset (checked by the debug assertion's twin in
-    // the tests: the trampoline is ~100 bytes).
+    if len > PARAMS_OFFSET {
+        return Err(TrampolineError::TooLong(len));
+    }
+    // SAFETY: the caller gives us the page; the code was just checked to end
+    // before the parameter block.
     unsafe {
-        core::ptr::copy_nonoverlapping(start as *const u8, page as *mut u8, len.min(PARAMS_OFFSET) as usize);
+        core::ptr::copy_nonoverlapping(start as *const u8, page as *mut u8, len as usize);
         let p = params as *mut u8;
         for (i, descriptor) in TRAMPOLINE_GDT.iter().enumerate() {
             (p.add(8 * i) as *mut u64).write_volatile(*descriptor);
