@@ -9,9 +9,9 @@
 //! runtime ([`x86`]) sets up a stack, clears `.bss` and calls `guest_main`.
 //! Programs talk to the hypervisor only through the hypercalls in [`hv`].
 //!
-//! The arm64-only modules (`fault`, `gic`, `mmu`, `time`) exist only on
-//! arm64; programs that use only [`hv`], [`println!`] and [`guest_main!`]
-//! build for both architectures.
+//! The arm64-only modules (`fault`, `gic`, `mmu`) exist only on arm64;
+//! programs that use only [`hv`], [`pattern`], [`time`] (its counter),
+//! [`println!`] and [`guest_main!`] build for both architectures.
 
 #![no_std]
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -23,7 +23,7 @@ pub mod gic;
 pub mod hv;
 #[cfg(target_arch = "aarch64")]
 pub mod mmu;
-#[cfg(target_arch = "aarch64")]
+pub mod pattern;
 pub mod time;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

@@ -6,24 +6,12 @@
 #![no_main]
 
 use bulkhead_abi::hypercall::ABI_VERSION;
-use bulkhead_test_guests::{guest_main, hv, println};
+use bulkhead_test_guests::{guest_main, hv, println, time};
 
 const CALLS: u64 = 2000;
 
-fn tsc() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (low, high): (u32, u32);
-        // SAFETY: RDTSC only reads the time-stamp counter.
-        unsafe { core::arch::asm!("lfence", "rdtsc", out("eax") low, out("edx") high, options(nostack)) };
-        (u64::from(high) << 32) | u64::from(low)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    0
-}
-
 fn measure(with_call: bool) -> u64 {
-    let start = tsc();
+    let start = time::counter();
     for _ in 0..CALLS {
         if with_call {
             core::hint::black_box(hv::call(ABI_VERSION, [0; 7]));
@@ -31,7 +19,7 @@ fn measure(with_call: bool) -> u64 {
             core::hint::black_box(ABI_VERSION);
         }
     }
-    tsc() - start
+    time::counter() - start
 }
 
 fn main() -> Result<(), u64> {

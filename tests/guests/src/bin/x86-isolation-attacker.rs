@@ -10,7 +10,7 @@
 #![no_main]
 
 use bulkhead_abi::hypercall::HvError;
-use bulkhead_test_guests::{guest_main, hv, println};
+use bulkhead_test_guests::{guest_main, hv, println, time};
 
 /// A guest-physical address outside this partition's 16 MiB of RAM, inside
 /// the host's 1 GiB where the hypervisor allocates partition memory.
@@ -19,19 +19,8 @@ const TARGET: u64 = 0x3000_0000;
 /// written its pattern.
 const START_DELAY_TICKS: u64 = 50_000_000;
 
-fn ticks() -> u64 {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: RDTSC only reads the counter.
-    return unsafe { core::arch::x86_64::_rdtsc() };
-    #[cfg(not(target_arch = "x86_64"))]
-    return 0;
-}
-
 fn main() -> Result<(), u64> {
-    let start = ticks();
-    while ticks().wrapping_sub(start) < START_DELAY_TICKS {
-        core::hint::spin_loop();
-    }
+    time::wait_ticks(START_DELAY_TICKS);
     println!("attacking");
     let result = hv::console_write_raw(TARGET, 64);
     println!("console write from {TARGET:#x}: {result:?}");
