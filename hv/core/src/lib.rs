@@ -14,6 +14,7 @@ extern crate alloc;
 pub mod acpi;
 pub mod address;
 pub mod address_space;
+pub mod boot_config;
 pub mod bootargs;
 pub mod devices;
 pub mod hypercall;

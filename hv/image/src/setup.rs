@@ -146,31 +146,10 @@ impl ByteSink for UartBytes {
 pub fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
     // SAFETY: the loader copied the configuration blob into hypervisor memory.
     let blob = unsafe { core::slice::from_raw_parts(boot_info.config.base as *const u8, boot_info.config.size as usize) };
-    let (config, source) = match bulkhead_config::from_blob_with_source(blob) {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            log::error!("configuration: {e}");
-            crate::platform::finish(ExitCode::BootFailure);
-        }
-    };
-    let source = if source.is_empty() { String::from("configuration") } else { source };
-    log::info!("configuration: {source}, {} partition(s)", config.partitions.len());
-    let errors = bulkhead_config::validate(&config);
-    for e in &errors {
-        log::error!("{source}: {e}");
+    match bulkhead_core::boot_config::check(blob) {
+        Some(checked) => checked,
+        None => crate::platform::finish(ExitCode::BootFailure),
     }
-    if bulkhead_config::has_global_errors(&errors) {
-        log::error!("configuration rejected: errors outside any partition; no partition is started");
-        crate::platform::finish(ExitCode::BootFailure);
-    }
-    let mut refused = alloc::vec![None; config.partitions.len()];
-    for e in errors {
-        if let Some(slot) = e.partition_index.and_then(|i| refused.get_mut(i)) {
-            let text = format!("{source}: {e}");
-            slot.get_or_insert(text);
-        }
-    }
-    (config, refused)
 }
 
 /// Every host range the configuration assigns by address: the frame
