@@ -23,14 +23,6 @@ pub struct Entry {
     pub x0: u64,
 }
 
-/// The bytes of a module the loader read.
-fn module<'a>(boot_info: &'a BootInfo, name: &str, field: &str) -> Result<&'a [u8], String> {
-    let module = boot_info.module(name).ok_or_else(|| format!("{field} '{name}' was not loaded"))?;
-    // SAFETY: the loader copied the file into guest-image memory, which
-    // nothing writes after boot.
-    Ok(unsafe { core::slice::from_raw_parts(module.data.base as *const u8, module.data.size as usize) })
-}
-
 /// Copies `bytes` to guest-physical `at` of `partition`, which must be
 /// writable memory of the partition.
 fn copy_in(partition: &Partition, at: u64, bytes: &[u8], what: &str) -> Result<(), String> {
@@ -70,7 +62,7 @@ pub fn load(
     boot: u32,
     extra_bootargs: &str,
 ) -> Result<Entry, String> {
-    let image = module(boot_info, &config.image.file, "image.file")?;
+    let image = crate::loaded::module(boot_info, &config.image.file, "image.file")?;
     let entry = match config.image.kind {
         ImageKind::Raw => {
             copy_in(partition, config.image.load, image, "image.file")?;
@@ -93,7 +85,7 @@ fn load_linux(
 ) -> Result<Entry, String> {
     let header = linux::parse_header(image).map_err(|e| format!("image.file '{}': {e:?}", config.image.file))?;
     let initrd = match &config.image.initrd {
-        Some(name) => module(boot_info, name, "image.initrd")?,
+        Some(name) => crate::loaded::module(boot_info, name, "image.initrd")?,
         None => &[],
     };
     let load = config.image.load;

@@ -37,6 +37,7 @@ mod setup;
 #[cfg(target_arch = "aarch64")]
 mod space;
 // x86_64 (QEMU `q35`): its own entry path, see the module.
+mod loaded;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -59,8 +60,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     let boot_info: &'static BootInfo = unsafe { &*boot_info };
     // SAFETY: called once, first thing, with the loader's pool.
     unsafe { memory::init_heap(boot_info) };
-    // SAFETY: the loader copied the device tree into hypervisor memory.
-    let platform = unsafe { platform::Platform::discover(boot_info) };
+    let platform = platform::Platform::discover(boot_info);
     let args = platform.bootargs.clone().unwrap_or_default();
     console::init(platform.uart, args.log_level);
     platform::set_exit_method(platform.exit_method(&args));

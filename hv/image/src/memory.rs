@@ -62,10 +62,7 @@ pub struct Memory {
 /// `host_backed` lists host ranges the configuration assigns by address;
 /// they are kept out of the allocator.
 pub fn init(boot_info: &BootInfo, platform: &Platform, host_backed: &[(u64, u64)]) -> Result<Memory, String> {
-    let mm = boot_info.memory_map;
-    // SAFETY: the loader left the memory map in hypervisor-owned memory.
-    let bytes = unsafe { core::slice::from_raw_parts(mm.buffer.base as *const u8, mm.buffer.size as usize) };
-    let map = memmap::parse(bytes, mm.descriptor_size as usize).map_err(|e| format!("firmware memory map: {e:?}"))?;
+    let map = crate::loaded::memory_map(boot_info)?;
 
     let pool = boot_info.hv_pool;
     let guard = (pool.base + pool.size - STACK_SIZE - GUARD_SIZE, pool.base + pool.size - STACK_SIZE);

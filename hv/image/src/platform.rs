@@ -42,10 +42,7 @@ const PL011_COMPATIBLE: &str = "arm,pl011";
 
 impl Platform {
     /// Reads the device tree and boot arguments.
-    ///
-    /// # Safety
-    /// The ranges in `boot_info` must be the loader's copies in hypervisor memory.
-    pub unsafe fn discover(boot_info: &'static BootInfo) -> Platform {
+    pub fn discover(boot_info: &'static BootInfo) -> Platform {
         let mut platform = Platform {
             uart: None,
             is_qemu_virt: false,
@@ -57,18 +54,12 @@ impl Platform {
             gic: None,
             uart_intid: None,
         };
-        if !boot_info.bootargs.is_empty() {
-            // SAFETY: the loader copied the boot arguments here (caller's promise).
-            let bytes = unsafe { range_bytes(boot_info.bootargs.base, boot_info.bootargs.size) };
-            platform.bootargs = Some(BootArgs::parse(core::str::from_utf8(bytes).unwrap_or("")));
-        }
+        platform.bootargs = crate::loaded::bootargs(boot_info);
         if boot_info.device_tree.is_empty() {
             platform.notes.push("no device tree: no console");
             return platform;
         }
-        // SAFETY: as above, for the device tree copy.
-        let bytes = unsafe { range_bytes(boot_info.device_tree.base, boot_info.device_tree.size) };
-        let Ok(fdt) = Fdt::new(bytes) else {
+        let Ok(fdt) = Fdt::new(crate::loaded::device_tree(boot_info)) else {
             platform.notes.push("the device tree is malformed");
             return platform;
         };
@@ -204,13 +195,6 @@ fn cpu_affinities(fdt: &Fdt<'_>) -> Vec<u64> {
             Some(value & MPIDR_AFFINITY_MASK)
         })
         .collect()
-}
-
-/// # Safety
-/// `[base, base + size)` must be readable memory that is not written for `'static`.
-unsafe fn range_bytes(base: u64, size: u64) -> &'static [u8] {
-    // SAFETY: the caller vouches for the range.
-    unsafe { core::slice::from_raw_parts(base as *const u8, size as usize) }
 }
 
 const EXIT_SEMIHOSTING: u8 = 0;

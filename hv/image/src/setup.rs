@@ -144,9 +144,7 @@ impl ByteSink for UartBytes {
 /// returns the configuration and, per partition, the reason it must not be
 /// started (its own validation errors).
 pub fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
-    // SAFETY: the loader copied the configuration blob into hypervisor memory.
-    let blob = unsafe { core::slice::from_raw_parts(boot_info.config.base as *const u8, boot_info.config.size as usize) };
-    match bulkhead_core::boot_config::check(blob) {
+    match bulkhead_core::boot_config::check(crate::loaded::config(boot_info)) {
         Some(checked) => checked,
         None => crate::platform::finish(ExitCode::BootFailure),
     }

@@ -11,7 +11,6 @@
 //! below 1 MiB (legacy area and a possibly unmapped page 0). Own
 //! hypervisor page tables are future work.
 
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
@@ -39,10 +38,7 @@ static FRAMES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
 /// # Errors
 /// A malformed memory map, as text for the boot log.
 pub fn init(boot_info: &BootInfo, keep_out: &[(u64, u64)]) -> Result<Vec<MemoryDescriptor>, String> {
-    let mm = boot_info.memory_map;
-    // SAFETY: the loader left the memory map in hypervisor-owned memory.
-    let bytes = unsafe { core::slice::from_raw_parts(mm.buffer.base as *const u8, mm.buffer.size as usize) };
-    let map = memmap::parse(bytes, mm.descriptor_size as usize).map_err(|e| format!("firmware memory map: {e:?}"))?;
+    let map = crate::loaded::memory_map(boot_info)?;
     let mut conventional: Vec<(u64, u64)> = map
         .iter()
         .filter(|d| d.uefi_type == UEFI_CONVENTIONAL && d.end() > LOW_LIMIT)

@@ -24,7 +24,7 @@ use bulkhead_config::Config;
 use bulkhead_abi::exit::ExitCode;
 use bulkhead_arch_x86_64::exception::{ExceptionFrame, vector_name};
 use bulkhead_core::acpi::{self, PhysicalMemory};
-use bulkhead_core::bootargs::{BootArgs, CrashTest};
+use bulkhead_core::bootargs::CrashTest;
 use bulkhead_core::memmap::{self, MemoryKind};
 use buddy_system_allocator::LockedHeap;
 use console::{emergency_line, finish, finish_quietly};
@@ -57,7 +57,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     // the heap stays below the guard gap and the stack.
     unsafe { HEAP.lock().init(pool.base as usize, (pool.size - STACK_SIZE - GUARD_SIZE) as usize) };
 
-    let args = bootargs(boot_info);
+    let args = crate::loaded::bootargs(boot_info).unwrap_or_default();
     console::init(args.log_level);
     console::set_exit_method(args.exit);
     log::info!("Bulkhead {} hypervisor starting (x86_64, long mode, own GDT and IDT)", env!("CARGO_PKG_VERSION"));
@@ -137,37 +137,22 @@ fn cpu_of(config: &bulkhead_config::Partition, cpus: &[u32]) -> Result<u32, Stri
 /// unreadable or has errors outside any partition; returns, per partition,
 /// the reason it must not be started.
 fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
-    // SAFETY: the loader copied the configuration blob into hypervisor memory.
-    let blob = unsafe { core::slice::from_raw_parts(boot_info.config.base as *const u8, boot_info.config.size as usize) };
-    match bulkhead_core::boot_config::check(blob) {
+    match bulkhead_core::boot_config::check(crate::loaded::config(boot_info)) {
         Some(checked) => checked,
         None => finish(ExitCode::BootFailure),
     }
 }
 
-fn bootargs(boot_info: &BootInfo) -> BootArgs {
-    let range = boot_info.bootargs;
-    if range.is_empty() {
-        return BootArgs::default();
-    }
-    // SAFETY: the loader copied the boot arguments into hypervisor memory.
-    let bytes = unsafe { core::slice::from_raw_parts(range.base as *const u8, range.size as usize) };
-    BootArgs::parse(core::str::from_utf8(bytes).unwrap_or(""))
-}
-
 /// Summarises the firmware memory map the loader recorded.
 fn log_memory_map(boot_info: &BootInfo) {
-    let map = boot_info.memory_map;
-    if map.buffer.is_empty() {
+    if boot_info.memory_map.buffer.is_empty() {
         log::warn!("no memory map from the loader");
         return;
     }
-    // SAFETY: the loader left the map's buffer to the hypervisor.
-    let bytes = unsafe { core::slice::from_raw_parts(map.buffer.base as *const u8, map.buffer.size as usize) };
-    let descriptors = match memmap::parse(bytes, map.descriptor_size as usize) {
+    let descriptors = match crate::loaded::memory_map(boot_info) {
         Ok(descriptors) => descriptors,
         Err(err) => {
-            log::error!("memory map: {err:?}");
+            log::error!("{err}");
             return;
         }
     };

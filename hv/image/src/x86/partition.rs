@@ -111,10 +111,7 @@ pub fn build(
     let partition = Partition::new(index, &config.name, space);
 
     let load = config.image.load;
-    let module = boot_info.module(&config.image.file).ok_or_else(|| format!("image '{}' was not loaded", config.image.file))?;
-    // SAFETY: the loader copied the file into guest-image memory, which
-    // nothing writes after boot.
-    let bytes = unsafe { core::slice::from_raw_parts(module.data.base as *const u8, module.data.size as usize) };
+    let bytes = crate::loaded::module(boot_info, &config.image.file, "image")?;
     let (cr3, tables) = build_identity_map(&partition, load)?;
     let image_end = load.checked_add(bytes.len() as u64).ok_or("image: load address + size wraps")?;
     if image_end > tables {
