@@ -2,6 +2,7 @@
 //! arm64 Linux kernel with its initramfs and a device tree generated for
 //! the partition.
 
+use crate::guest_memory::copy_in;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -10,7 +11,7 @@ use bulkhead_arch_aarch64::cache;
 use bulkhead_arch_aarch64::gic::VIRTUAL_TIMER_INTID;
 use bulkhead_config::{Console, EMULATED_UART_BASE, ImageKind, VGIC_DISTRIBUTOR_BASE, VGIC_REDISTRIBUTOR_BASE};
 use bulkhead_core::address::Gpa;
-use bulkhead_core::address_space::{Access, RegionKind};
+use bulkhead_core::address_space::RegionKind;
 use bulkhead_core::linux;
 use bulkhead_core::partition::Partition;
 use bulkhead_devicetree::{ArchTimer, GicV3, GuestPlatform, GuestRange, Pl011, PsciConduit};
@@ -21,22 +22,6 @@ pub struct Entry {
     pub pc: u64,
     /// Its `x0` (the device tree's address for Linux).
     pub x0: u64,
-}
-
-/// Copies `bytes` to guest-physical `at` of `partition`, which must be
-/// writable memory of the partition.
-fn copy_in(partition: &Partition, at: u64, bytes: &[u8], what: &str) -> Result<(), String> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    let target = partition
-        .translate(Gpa::new(at), bytes.len() as u64, Access::Write)
-        .ok_or_else(|| format!("{what} ({} bytes) does not fit in writable memory at {at:#x}", bytes.len()))?;
-    // SAFETY: `target` is the partition's own RAM, just translated; the
-    // partition does not run yet.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), target.raw() as *mut u8, bytes.len()) };
-    cache::clean_invalidate_to_poc(target.raw(), bytes.len() as u64);
-    Ok(())
 }
 
 /// Zeroes the partition's RAM (before reloading it after a reset).

@@ -37,6 +37,7 @@ mod setup;
 #[cfg(target_arch = "aarch64")]
 mod space;
 // x86_64 (QEMU `q35`): its own entry path, see the module.
+mod guest_memory;
 mod loaded;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -3,6 +3,7 @@
 //! identity-mapping guest page table that lets it start in long mode.
 
 use super::memory::{self, NptFrames};
+use crate::guest_memory::copy_in;
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::String;
@@ -11,7 +12,7 @@ use bulkhead_abi::boot::BootInfo;
 use bulkhead_arch_x86_64::{Access as NptAccess, MapError, MemoryType, Npt, SecondLevelTable};
 use bulkhead_config::{Backing, ImageKind, MemoryAttribute, Permissions};
 use bulkhead_core::address::{Gpa, Hpa};
-use bulkhead_core::address_space::{Access, AddressSpace, CpuView, Region, RegionKind};
+use bulkhead_core::address_space::{AddressSpace, CpuView, Region, RegionKind};
 use bulkhead_core::partition::Partition;
 
 /// A partition's nested page table.
@@ -127,20 +128,6 @@ pub fn build(
         npt.table_frame_count()
     );
     Ok((partition, npt, Start { rip: config.image.entry.unwrap_or(load), rsp: tables, cr3 }))
-}
-
-/// Copies `bytes` to guest-physical `at`, which must be writable RAM.
-fn copy_in(partition: &Partition, at: u64, bytes: &[u8], what: &str) -> Result<(), String> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    let target = partition
-        .translate(Gpa::new(at), bytes.len() as u64, Access::Write)
-        .ok_or_else(|| format!("{what} ({} bytes) does not fit in writable memory at {at:#x}", bytes.len()))?;
-    // SAFETY: `target` is the partition's own RAM, just translated and
-    // identity-mapped; the partition does not run yet.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), target.raw() as *mut u8, bytes.len()) };
-    Ok(())
 }
 
 /// Page-table entry bits of the guest's identity map: P, R/W, A (and D, PS
