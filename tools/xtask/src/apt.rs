@@ -13,8 +13,10 @@ pub const BACKPORTS_SUITE: &str = "bookworm-backports";
 const BASE_SUITE: &str = "bookworm";
 /// The file `setup` writes.
 pub const BACKPORTS_FILE: &str = "/etc/apt/sources.list.d/bulkhead-backports.sources";
-const SOURCES_LIST: &str = "/etc/apt/sources.list";
-const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
+/// Where APT reads its one-line sources list.
+pub const SOURCES_LIST: &str = "/etc/apt/sources.list";
+/// Where APT reads further `.list` and deb822 `.sources` files.
+pub const SOURCES_DIR: &str = "/etc/apt/sources.list.d";
 
 /// One enabled binary (`deb`) source entry, whatever its file format.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,7 +155,7 @@ pub enum Outcome {
 }
 
 /// Every source file APT reads under `root`, with its parsed entries.
-fn read_sources(root: &Path) -> Vec<(PathBuf, Vec<Entry>)> {
+pub fn read_sources(root: &Path) -> Vec<(PathBuf, Vec<Entry>)> {
     let mut files = Vec::new();
     let list = under(root, SOURCES_LIST);
     if let Ok(text) = std::fs::read_to_string(&list) {

@@ -54,9 +54,6 @@ const BUSYBOX_PATH: &str = "bin/busybox";
 const UNPACKED_MARKER: &str = ".xtask-package";
 /// The file recording the resolved packages, in `target/xtask/linux/`.
 const STAMP: &str = "packages.stamp";
-/// The host's APT sources.
-const HOST_SOURCES_LIST: &str = "/etc/apt/sources.list";
-const HOST_SOURCES_DIR: &str = "/etc/apt/sources.list.d";
 /// Host keyrings, used only when the host entry has no `Signed-By`.
 const HOST_TRUSTED: &str = "/etc/apt/trusted.gpg";
 const HOST_TRUSTED_DIR: &str = "/etc/apt/trusted.gpg.d";
@@ -538,32 +535,15 @@ fn run_checked(mut command: Command, what: &str) -> Result<String> {
 
 /// The host's first enabled `deb` entry for [`BASE_SUITE`] under `root`.
 fn host_base_entry(root: &Path) -> Result<Entry> {
-    let under = |path: &str| root.join(path.trim_start_matches('/'));
-    let mut entries = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(under(HOST_SOURCES_LIST)) {
-        entries.extend(apt::parse_one_line(&text));
-    }
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(under(HOST_SOURCES_DIR))
-        .map(|dir| dir.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    paths.sort();
-    for path in paths {
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            continue;
-        };
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("sources") => entries.extend(apt::parse_deb822(&text)),
-            Some("list") => entries.extend(apt::parse_one_line(&text)),
-            _ => {}
-        }
-    }
-    entries
+    apt::read_sources(root)
         .into_iter()
+        .flat_map(|(_, entries)| entries)
         .find(|e| !e.uris.is_empty() && e.suites.iter().any(|s| s == BASE_SUITE))
         .with_context(|| {
             format!(
-                "no APT entry for Debian '{BASE_SUITE}' in {HOST_SOURCES_LIST} or \
-                 {HOST_SOURCES_DIR}/ to take the archive URI from"
+                "no APT entry for Debian '{BASE_SUITE}' in {} or {}/ to take the archive URI from",
+                apt::SOURCES_LIST,
+                apt::SOURCES_DIR
             )
         })
 }
