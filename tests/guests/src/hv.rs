@@ -89,6 +89,23 @@ pub fn console_write_raw(address: u64, length: u64) -> Result<u64, HvError> {
     HvError::check(call(abi::CONSOLE_WRITE, [address, length, 0, 0, 0, 0, 0]))
 }
 
+/// Asks the hypervisor to print each `(address, length)` buffer, every one
+/// of them bad for this partition; each call must be refused with
+/// `InvalidParameter`.
+///
+/// # Errors
+/// `first_code + i` for the first buffer `i` that was not refused so.
+pub fn expect_console_writes_refused(bad_writes: &[(u64, u64)], first_code: u64) -> Result<(), u64> {
+    for (i, &(address, length)) in bad_writes.iter().enumerate() {
+        let result = console_write_raw(address, length);
+        crate::println!("console write {address:#x}+{length} -> {result:?}");
+        if result != Err(HvError::InvalidParameter) {
+            return Err(first_code + i as u64);
+        }
+    }
+    Ok(())
+}
+
 /// Reports the partition's verdict: 0 = pass.
 pub fn report_result(code: u64, detail: u64) {
     call(abi::REPORT_RESULT, [code, detail, 0, 0, 0, 0, 0]);

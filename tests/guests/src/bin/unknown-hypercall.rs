@@ -31,13 +31,7 @@ fn main() -> Result<(), u64> {
         (0x4000_0000, 4097),        // longer than CONSOLE_WRITE_MAX
         (u64::MAX - 3, 8),          // wraps around
     ];
-    for (i, (address, length)) in bad_writes.into_iter().enumerate() {
-        let result = hv::console_write_raw(address, length);
-        println!("console write {address:#x}+{length} -> {result:?}");
-        if result != Err(HvError::InvalidParameter) {
-            return Err(20 + i as u64);
-        }
-    }
+    hv::expect_console_writes_refused(&bad_writes, 20)?;
     println!("all bad calls were refused and the partition kept running");
     Ok(())
 }

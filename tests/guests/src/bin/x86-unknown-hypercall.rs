@@ -17,13 +17,7 @@ fn main() -> Result<(), u64> {
         }
     }
     // The guest's RAM is guest-physical 0..16 MiB.
-    for (i, (address, length)) in [(0x1_0000_0000u64, 16u64), (0xfff_fff8, 16), (0x1000, 4097), (u64::MAX - 3, 8)].into_iter().enumerate() {
-        let result = hv::console_write_raw(address, length);
-        println!("console write {address:#x}+{length} -> {result:?}");
-        if result != Err(HvError::InvalidParameter) {
-            return Err(20 + i as u64);
-        }
-    }
+    hv::expect_console_writes_refused(&[(0x1_0000_0000, 16), (0xfff_fff8, 16), (0x1000, 4097), (u64::MAX - 3, 8)], 20)?;
     println!("all bad calls were refused and the partition kept running");
     Ok(())
 }
