@@ -50,8 +50,11 @@ extern crate alloc;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 #[allow(unsafe_code)]
 pub mod cpu;
+pub mod decode;
 pub mod ept;
 pub mod exception;
+pub mod guest_msr;
+pub mod guest_paging;
 pub mod npt;
 pub mod svm;
 pub mod table;

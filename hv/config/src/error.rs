@@ -163,6 +163,27 @@ pub enum ErrorKind {
     },
     /// `passthrough` names a device the platform does not have.
     UnknownDevice(String),
+    /// An I/O port range that is empty or runs past port 0xffff.
+    BadPortRange {
+        /// First port.
+        base: u32,
+        /// Number of ports.
+        size: u32,
+    },
+    /// I/O ports the hypervisor keeps for itself.
+    HypervisorPorts {
+        /// First port of the reserved range.
+        base: u32,
+        /// What they are.
+        what: &'static str,
+    },
+    /// I/O ports another partition (or this one, earlier) already has.
+    PortsTaken {
+        /// First port of the overlap.
+        port: u32,
+        /// The partition that has them.
+        other: String,
+    },
     /// The device is listed twice, or given to two partitions.
     DeviceTaken {
         /// The device.
@@ -298,6 +319,15 @@ impl fmt::Display for ErrorKind {
             ),
             ErrorKind::PlatformOverlap { other } => write!(f, "range overlaps {other}"),
             ErrorKind::UnknownDevice(name) => write!(f, "the platform has no device '{name}'"),
+            ErrorKind::BadPortRange { base, size } => {
+                write!(f, "I/O ports {base:#x} (+{size}) are empty or run past port 0xffff")
+            }
+            ErrorKind::HypervisorPorts { base, what } => {
+                write!(f, "I/O ports from {base:#x} are {what}; no partition may have them")
+            }
+            ErrorKind::PortsTaken { port, other } => {
+                write!(f, "I/O port {port:#x} is already given to partition '{other}'")
+            }
             ErrorKind::DeviceTaken { device, other } => {
                 write!(
                     f,

@@ -132,6 +132,11 @@ pub struct Partition {
     /// Where the partition's console output goes.
     #[serde(default)]
     pub console: Console,
+    /// x86 I/O ports the partition reads and writes directly, without an
+    /// exit (x86_64 only). Any other port access is a fault handled by
+    /// `on_fault`.
+    #[serde(default)]
+    pub io_ports: Vec<PortRange>,
 }
 
 impl Partition {
@@ -150,6 +155,39 @@ impl Partition {
         ids
     }
 }
+
+/// A range of x86 I/O ports, `base..base + size`.
+///
+/// ```toml
+/// io_ports = [{ base = 0x70, size = 2 }]   # the CMOS RTC
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortRange {
+    /// First port.
+    pub base: u32,
+    /// Number of ports.
+    pub size: u32,
+}
+
+impl PortRange {
+    /// The ports as an inclusive range, if the range is valid (non-empty,
+    /// inside the 64 Ki port space).
+    pub fn ports(&self) -> Option<core::ops::RangeInclusive<u16>> {
+        let last = self.base.checked_add(self.size)?.checked_sub(1)?;
+        (self.size > 0 && last <= 0xffff).then_some(self.base as u16..=last as u16)
+    }
+}
+
+/// Ports no partition may be given: the hypervisor's own, and those that
+/// reset or reconfigure the whole machine (first port, count, what).
+pub const HYPERVISOR_PORTS: [(u32, u32, &str); 5] = [
+    (0x3f8, 8, "COM1, the hypervisor's console"),
+    (0xcf8, 8, "PCI configuration mechanism #1 and the reset control register"),
+    (0x92, 1, "system control port A (fast reset)"),
+    (0x64, 1, "the i8042 command port (machine reset)"),
+    (0xf4, 1, "isa-debug-exit, which ends the QEMU run"),
+];
 
 /// A platform device given to a partition.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

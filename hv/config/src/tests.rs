@@ -41,6 +41,7 @@ fn partition(name: &str, cpu: u32) -> Partition {
         passthrough: Vec::new(),
         interrupts: Vec::new(),
         console: Console::Hypercall,
+        io_ports: Vec::new(),
     }
 }
 
@@ -762,4 +763,28 @@ fn permissions_parse_and_print() {
     assert_eq!(Permissions::parse("xr").unwrap().as_str(), "rx");
     assert!(Permissions::parse("rr").is_none());
     assert!(Permissions::parse("rwz").is_none());
+}
+
+#[test]
+fn io_ports_are_checked_for_range_reservation_and_owner() {
+    let range = |base, size| PortRange { base, size };
+    assert_eq!(range(0xffff, 1).ports(), Some(0xffff..=0xffff));
+    assert_eq!(range(0x70, 2).ports(), Some(0x70..=0x71));
+    assert_eq!(range(0x70, 0).ports(), None);
+    assert_eq!(range(0xffff, 2).ports(), None);
+    assert_eq!(range(u32::MAX, 2).ports(), None);
+
+    let mut a = partition("a", 0);
+    a.io_ports = vec![range(0x70, 2), range(0x60, 8)];
+    let mut b = partition("b", 1);
+    b.io_ports = vec![range(0x2f8, 8), range(0x6f, 2), range(0x80, 0)];
+    let c = config(vec![a, b]);
+    assert_eq!(
+        found(&c),
+        vec![
+            at(0, "io_ports[1]", ErrorKind::HypervisorPorts { base: 0x64, what: HYPERVISOR_PORTS[3].2 }),
+            at(1, "io_ports[1]", ErrorKind::PortsTaken { port: 0x70, other: "a".into() }),
+            at(1, "io_ports[2]", ErrorKind::BadPortRange { base: 0x80, size: 0 }),
+        ]
+    );
 }

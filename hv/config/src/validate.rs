@@ -16,6 +16,7 @@
 //! | `memory[i].backing` (host) | inside `platform.ram` (when set), not reserved, not a device, not another partition's unless both `shared` with the same range and attribute |
 //! | `passthrough[i]` | known device, in one partition only, not reserved, guest range free, attribute allowed by [`crate::MemoryAttribute::may_map`] |
 //! | `interrupts[i]` | SPI, not a line of a device the partition does not have, in one partition only |
+//! | `io_ports[i]` | non-empty, below 0x10000, none of [`crate::HYPERVISOR_PORTS`], each port in one partition only |
 //!
 //! Global errors come first, then each partition's in file order. A
 //! conflict between two partitions is reported on the later one.
@@ -267,6 +268,7 @@ impl<'a> Checker<'a> {
         }
         self.passthrough(scope, p, earlier, regions_ok);
         self.interrupts(scope, p, earlier);
+        self.io_ports(scope, p, earlier);
     }
 
     fn cpus(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
@@ -452,6 +454,36 @@ impl<'a> Checker<'a> {
                     }
                 }
                 placed.push((field, guest, device.size));
+            }
+        }
+    }
+
+    fn io_ports(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
+        // The first port two ranges share, if any.
+        let overlap_of = |a: &crate::PortRange, b: &crate::PortRange| {
+            let span = |r: &crate::PortRange| (u64::from(r.base), u64::from(r.base) + u64::from(r.size));
+            let ((a_start, a_end), (b_start, b_end)) = (span(a), span(b));
+            (a_start < b_end && b_start < a_end).then(|| a_start.max(b_start) as u32)
+        };
+        for (i, range) in p.io_ports.iter().enumerate() {
+            let field = format!("io_ports[{i}]");
+            if range.ports().is_none() {
+                self.push(scope, field, ErrorKind::BadPortRange { base: range.base, size: range.size });
+                continue;
+            }
+            if let Some(&(base, _, what)) = crate::HYPERVISOR_PORTS
+                .iter()
+                .find(|(base, size, _)| overlap_of(range, &crate::PortRange { base: *base, size: *size }).is_some())
+            {
+                self.push(scope, field, ErrorKind::HypervisorPorts { base, what });
+                continue;
+            }
+            let mine = p.io_ports[..i].iter().filter_map(|r| overlap_of(range, r)).map(|port| (port, p.name.clone()));
+            let theirs = earlier
+                .iter()
+                .flat_map(|q| q.io_ports.iter().filter_map(|r| overlap_of(range, r)).map(|port| (port, q.name.clone())));
+            if let Some((port, other)) = mine.chain(theirs).next() {
+                self.push(scope, field, ErrorKind::PortsTaken { port, other });
             }
         }
     }

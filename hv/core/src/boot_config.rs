@@ -68,6 +68,7 @@ mod tests {
             passthrough: alloc::vec![],
             interrupts: alloc::vec![],
             console: Default::default(),
+            io_ports: alloc::vec![],
         }
     }
 

@@ -228,6 +228,9 @@ fn build(
     partition: &mut Partition,
     input: Option<InputRoute>,
 ) -> Result<(Shared, Vec<VcpuSlot>), String> {
+    if !config.io_ports.is_empty() {
+        return Err(String::from("io_ports: arm64 has no I/O port space (x86_64 only)"));
+    }
     let pa_bits = platform.firmware.pa_bits;
     let cpus: Vec<usize> = config.cpus.iter().map(|&c| c as usize).collect();
     for (i, &cpu) in cpus.iter().enumerate() {

@@ -27,6 +27,8 @@ pub mod pattern;
 pub mod time;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_trap;
 
 use core::fmt::{self, Write};
 

@@ -410,8 +410,11 @@ pub const SCENARIOS: &[Scenario] = &[
         config: "tests/configs/x86-msr.toml",
         expect_exit: Some(ExitCode::PartitionFailure),
         expect: &[
+            "[x86-msr] FS.base written and read back: 0x12345000",
+            "[x86-msr] EFER reads 0x500",
+            "[x86-msr] EFER after setting NXE: 0xd00",
             "[x86-msr] attacking",
-            "partition x86-msr: stopped by fault: WRMSR of MSR 0x174",
+            "partition x86-msr: stopped by fault: WRMSR of MSR 0xc0010117 (value 0x0)",
             "1 of 1 partitions did not pass",
         ],
         forbid: &["the attack was not stopped", "FATAL"],
@@ -426,7 +429,7 @@ pub const SCENARIOS: &[Scenario] = &[
         expect_exit: Some(ExitCode::PartitionFailure),
         expect: &[
             "[x86-port] attacking",
-            "partition x86-port: stopped by fault: port access",
+            "partition x86-port: stopped by fault: IN of 1 byte(s) at port 0x40",
             "1 of 1 partitions did not pass",
         ],
         forbid: &["the attack was not stopped", "FATAL"],
@@ -441,7 +444,7 @@ pub const SCENARIOS: &[Scenario] = &[
         expect_exit: Some(ExitCode::PartitionFailure),
         expect: &[
             "[x86-triple] attacking",
-            "partition x86-triple: stopped by fault: triple fault (SHUTDOWN intercept)",
+            "partition x86-triple: stopped by fault: triple fault (shutdown)",
             "1 of 1 partitions did not pass",
         ],
         forbid: &["the attack was not stopped", "FATAL"],
@@ -468,7 +471,7 @@ pub const SCENARIOS: &[Scenario] = &[
         config: "tests/configs/x86-triple-beside.toml",
         smp: 2,
         expect_exit: Some(ExitCode::PartitionFailure),
-        expect: &["partition x86-triple: stopped by fault: triple fault (SHUTDOWN intercept)"],
+        expect: &["partition x86-triple: stopped by fault: triple fault (shutdown)"],
         expect_anywhere: &["partition victim: passed", "1 of 2 partitions did not pass"],
         forbid: &["the attack was not stopped", "FATAL"],
         ..Scenario::DEFAULT
@@ -509,9 +512,9 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: &[
             "[attacker] console write from 0x30000000: Err(InvalidParameter)",
             "[attacker] reading 0x30000000",
-            "partition attacker: nested page fault: read at GPA 0x30000000",
+            "partition attacker: nested page fault: partition 'attacker' read at GPA 0x30000000 (RIP 0x",
             "[victim] pattern intact after the attack window",
-            "partition attacker: stopped by fault: nested page fault: read at GPA 0x30000000",
+            "partition attacker: stopped by fault: nested page fault: partition 'attacker' read at GPA 0x30000000",
             "partition victim: passed",
             "1 of 2 partitions did not pass",
         ],
@@ -523,6 +526,39 @@ pub const SCENARIOS: &[Scenario] = &[
             "[victim] pattern written",
         ],
         forbid: &["isolation is broken", "pattern damaged", "FATAL", "not started"],
+        ..Scenario::DEFAULT
+    },
+    // The `inject` policy on x86_64: the attacker's forbidden MSR, port,
+    // memory and MMIO accesses each come back to it as #GP(0), which it
+    // catches; its own ports (the RTC) and its emulated verdict register
+    // work; the victim on the other CPU keeps its pattern.
+    Scenario {
+        name: "x86-isolation-inject",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-isolation-inject.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::Success),
+        expect: &[
+            "[attacker] RTC through its own ports: status B",
+            "[attacker] verdict register reads 0xffffffff (byte 0xff) before any write",
+            "MMIO access at GPA 0xa000000",
+            "[attacker] ADD to the verdict register (not a plain move): #GP(0), as the policy says",
+            "WRMSR of MSR 0xc0010117 (value 0x0)",
+            "injecting #GP(0) (fault policy: inject)",
+            "[attacker] WRMSR VM_HSAVE_PA: #GP(0), as the policy says",
+            "[attacker] RDMSR IA32_APIC_BASE: #GP(0), as the policy says",
+            "[attacker] WRMSR EFER with SVME: #GP(0), as the policy says",
+            "OUT of 1 byte(s) at port 0x64",
+            "[attacker] OUT to the reset control register (0xcf9): #GP(0), as the policy says",
+            "nested page fault: partition 'attacker' read at GPA 0x30000000",
+            "[attacker] write outside its RAM: #GP(0), as the policy says",
+            "[attacker] console write from 0x30000000: Err(InvalidParameter)",
+            "[attacker] every attack was refused and the partition kept running",
+            "partition attacker: passed",
+            "all 2 partitions passed",
+        ],
+        expect_anywhere: &["[victim] pattern intact after the attack window", "partition victim: passed"],
+        forbid: &["isolation is broken", "pattern damaged", "FATAL", "not started", "stopped by fault"],
         ..Scenario::DEFAULT
     },
     // A hypervisor panic on x86_64 ends the run through isa-debug-exit with 99.

@@ -121,6 +121,7 @@ pub const X86_GUESTS: &[&str] = &[
     "x86-hello",
     "x86-isolation-attacker",
     "x86-isolation-victim",
+    "x86-inject-attacker",
     "x86-msr",
     "x86-port",
     "x86-triple",

@@ -169,9 +169,12 @@ pub struct IoioInfo {
 }
 
 impl IoioInfo {
-    /// Decodes EXITINFO1, or `None` when the size or address-size bits are
-    /// not one-hot.
+    /// Decodes EXITINFO1, or `None` when the size bits, or for INS/OUTS the
+    /// address-size bits, are not one-hot. Plain IN/OUT have no memory
+    /// operand; QEMU TCG leaves their address-size bits clear
+    /// (`address_bits` is then 0).
     pub const fn decode(exitinfo1: u64) -> Option<IoioInfo> {
+        let string = exitinfo1 & (1 << 2) != 0;
         let size = match (exitinfo1 >> 4) & 7 {
             0b001 => 1,
             0b010 => 2,
@@ -182,11 +185,12 @@ impl IoioInfo {
             0b001 => 16,
             0b010 => 32,
             0b100 => 64,
+            0 if !string => 0,
             _ => return None,
         };
         Some(IoioInfo {
             direction: if exitinfo1 & 1 != 0 { IoDirection::In } else { IoDirection::Out },
-            string: exitinfo1 & (1 << 2) != 0,
+            string,
             rep: exitinfo1 & (1 << 3) != 0,
             size,
             address_bits,
@@ -353,6 +357,11 @@ mod tests {
         // Two size bits, or none.
         assert_eq!(IoioInfo::decode(0x30 | 0x200), None);
         assert_eq!(IoioInfo::decode(0x200), None);
+        // IN AL, DX from port 0x40 as QEMU TCG reports it: no address size.
+        let plain = IoioInfo::decode(0x0040_0011).unwrap();
+        assert_eq!((plain.port, plain.size, plain.address_bits, plain.direction), (0x40, 1, 0, IoDirection::In));
+        // INS without an address size is malformed.
+        assert_eq!(IoioInfo::decode(0x0040_0015), None);
     }
 
     #[test]

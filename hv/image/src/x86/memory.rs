@@ -105,6 +105,20 @@ impl TableFrames for NptFrames {
 /// ever points into it.
 pub struct IdentityMemory;
 
+impl IdentityMemory {
+    /// One 8-byte load from 8-byte aligned `hpa` (a guest page-table entry),
+    /// or `None` if `hpa` is not aligned.
+    pub fn read_u64(&self, hpa: Hpa) -> Option<u64> {
+        if !hpa.raw().is_multiple_of(8) {
+            return None;
+        }
+        // SAFETY: callers pass addresses a partition's address space
+        // translated: partition RAM, which the identity map covers; the
+        // load is aligned and volatile (the guest may change it meanwhile).
+        Some(unsafe { (hpa.raw() as *const u64).read_volatile() })
+    }
+}
+
 impl HostMemory for IdentityMemory {
     fn read(&self, hpa: Hpa, buf: &mut [u8]) {
         let base = hpa.raw() as *const u8;

@@ -3,7 +3,7 @@
 //! map and the ACPI MADT; then the partitions of the configuration, built
 //! ([`partition`]) and run at the same time, each on its own CPU ([`smp`]:
 //! application processors started with INIT-SIPI-SIPI) under AMD SVM with
-//! nested paging ([`vcpu`]); then the summary, printed by the CPU that
+//! nested paging ([`svm`], exits handled in [`exits`]); then the summary, printed by the CPU that
 //! finishes last, whose exit code ends the run through `isa-debug-exit`.
 //!
 //! Not yet: more than one vCPU per partition, MMIO and port emulation, MSR pass-through, the VMX back end, and the
@@ -13,8 +13,9 @@
 mod console;
 mod memory;
 mod partition;
+mod exits;
 mod smp;
-mod vcpu;
+mod svm;
 
 use alloc::format;
 use alloc::string::String;
@@ -97,7 +98,7 @@ fn run_partitions(boot_info: &'static BootInfo, cpus: &[u32]) -> ! {
             finish(ExitCode::BootFailure);
         }
     };
-    let svm = vcpu::enable_svm();
+    let svm = svm::enable_svm();
     if let Err(reason) = &svm {
         log::error!("{reason}");
     }

@@ -10,7 +10,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
 use bulkhead_arch_x86_64::{Access as NptAccess, MapError, MemoryType, Npt, SecondLevelTable};
-use bulkhead_config::{Backing, ImageKind, MemoryAttribute, Permissions};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use bulkhead_config::{Backing, FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE};
+use bulkhead_core::devices::verdict::{VERDICT_MMIO_SIZE, VerdictRegister};
+use core::ops::RangeInclusive;
+use spin::Mutex;
 use bulkhead_core::address::{Gpa, Hpa};
 use bulkhead_core::address_space::{AddressSpace, CpuView, Region, RegionKind};
 use bulkhead_core::partition::Partition;
@@ -21,7 +26,7 @@ pub type NestedTable = SecondLevelTable<Npt, NptFrames>;
 const PAGE: u64 = 4096;
 const PAGE_2M: u64 = 2 << 20;
 
-/// Where a built partition's vCPU starts.
+/// Where a built partition's vCPU starts, and what it may touch.
 pub struct Start {
     /// Entry point (guest-virtual = guest-physical).
     pub rip: u64,
@@ -29,6 +34,12 @@ pub struct Start {
     pub rsp: u64,
     /// Guest CR3: the identity map's PML4.
     pub cr3: u64,
+    /// What a fault does to the partition.
+    pub on_fault: FaultPolicy,
+    /// I/O ports passed through (the configuration's `io_ports`).
+    pub io_ports: Vec<RangeInclusive<u16>>,
+    /// The last code written to the partition's verdict register.
+    pub verdict: Arc<Mutex<Option<u32>>>,
 }
 
 /// The NPT memory type for a configured attribute.
@@ -109,7 +120,18 @@ pub fn build(
     }
     let mut npt = NestedTable::new(NptFrames).ok_or("no memory for the nested page table's root")?;
     space.derive_cpu_view(&mut NptView(&mut npt)).map_err(|e| format!("nested page table: {e:?}"))?;
-    let partition = Partition::new(index, &config.name, space);
+    let mut partition = Partition::new(index, &config.name, space);
+    let verdict = Arc::new(Mutex::new(None));
+    partition
+        .bus
+        .insert(Gpa::new(VERDICT_REGISTER_BASE), VERDICT_MMIO_SIZE, Box::new(VerdictRegister(verdict.clone())))
+        .map_err(|e| format!("verdict register: {e:?}"))?;
+    let io_ports = config
+        .io_ports
+        .iter()
+        .enumerate()
+        .map(|(i, range)| range.ports().ok_or_else(|| format!("io_ports[{i}]: not a valid port range")))
+        .collect::<Result<Vec<_>, String>>()?;
 
     let load = config.image.load;
     let bytes = crate::loaded::module(boot_info, &config.image.file, "image")?;
@@ -127,7 +149,8 @@ pub fn build(
         npt.root_address(),
         npt.table_frame_count()
     );
-    Ok((partition, npt, Start { rip: config.image.entry.unwrap_or(load), rsp: tables, cr3 }))
+    let start = Start { rip: config.image.entry.unwrap_or(load), rsp: tables, cr3, on_fault: config.on_fault, io_ports, verdict };
+    Ok((partition, npt, start))
 }
 
 /// Page-table entry bits of the guest's identity map: P, R/W, A (and D, PS

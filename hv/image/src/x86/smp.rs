@@ -12,7 +12,7 @@
 
 use super::console::{finish, line};
 use super::partition::{NestedTable, Start};
-use super::vcpu;
+use super::svm;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -169,7 +169,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `start`.
     let id = unsafe { LocalApic::current() }.id();
     log::info!("CPU with APIC ID {id} is up (AP, long mode, own GDT and IDT)");
-    if let Err(reason) = vcpu::enable_svm() {
+    if let Err(reason) = svm::enable_svm() {
         let mut partition = slot.partition.lock();
         log::error!("partition {}: not started: {reason}", partition.name);
         partition.state = RunState::NotStarted(reason);
@@ -187,7 +187,7 @@ fn run_slot(machine: &'static Machine, index: usize) {
     if let Some((npt, start)) = &slot.run {
         let mut partition = slot.partition.lock();
         partition.state = RunState::Running;
-        vcpu::run(&mut partition, npt, start);
+        svm::run(&mut partition, npt, start);
     }
     done(machine);
 }

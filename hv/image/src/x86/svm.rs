@@ -1,0 +1,298 @@
+//! Running a partition's vCPU under AMD SVM: the per-CPU SVM pages, the
+//! VMCB, the VMRUN loop, and the translation of #VMEXIT codes into the
+//! back-end neutral [`Exit`]s that [`super::exits`] handles.
+//!
+//! QEMU TCG (DESIGN.md §6) has no next-RIP save and no decode assists:
+//! [`super::exits`] decodes instructions itself. Nothing relies on VMCB clean
+//! bits (the field stays 0: everything is reloaded) or on flush-by-ASID
+//! (the first VMRUN flushes the whole TLB, later ones none: the NPT never
+//! changes while the partition runs). An event the CPU was delivering when
+//! the exit happened (EXITINTINFO) is re-injected on the next VMRUN unless
+//! the handler injects one of its own (APM Vol. 2 §15.7.2).
+
+use super::console::line;
+use super::exits::{self, Exit, ExitState, GuestCpu, Next};
+use super::memory::alloc_frames;
+use super::partition::{NestedTable, Start};
+use alloc::format;
+use alloc::string::String;
+use bulkhead_arch_x86_64::cpu::svm::{self as cpu, GuestRegisters};
+use bulkhead_arch_x86_64::decode::{Bitness, Gpr};
+use bulkhead_arch_x86_64::guest_msr::{self, EFER_SVME, MsrRule};
+use bulkhead_arch_x86_64::guest_paging::PagingMode;
+use bulkhead_arch_x86_64::npt;
+use bulkhead_arch_x86_64::svm::bitmaps::{IoPermissionMap, MsrPermissionMap};
+use bulkhead_arch_x86_64::svm::exit::{IoDirection, IoioInfo, NestedPageFault, PendingEvent, SvmExit};
+use bulkhead_arch_x86_64::svm::guest::{SvmGuest, fill_64bit_guest};
+use bulkhead_arch_x86_64::svm::vmcb::Vmcb;
+use bulkhead_core::partition::{ConsoleSink, Partition, StopReason};
+
+/// The power-on PAT value, given to the guest as its gPAT.
+const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// The only ASID in use: one partition per CPU, and each CPU has its own TLB.
+const ASID: u32 = 1;
+/// CR0.NE: native x87 error reporting (what every 64-bit OS sets).
+const CR0_NE: u64 = 1 << 5;
+/// EVENTINJ: valid (bit 31), error code valid (bit 11), type exception (3).
+const EVENTINJ_VALID: u64 = 1 << 31;
+const EVENTINJ_ERROR_CODE: u64 = 1 << 11;
+const EVENTINJ_EXCEPTION: u64 = 3 << 8;
+/// Segment attribute bits (APM Table B-2): L and D/B.
+const ATTRIB_L: u16 = 1 << 9;
+const ATTRIB_DB: u16 = 1 << 10;
+
+/// Guest console lines on COM1, tagged with the partition's name.
+pub struct GuestConsole;
+
+impl ConsoleSink for GuestConsole {
+    fn guest_line(&mut self, partition: &str, text: &str) {
+        line(format_args!("[{partition}] {text}"));
+    }
+}
+
+/// Turns SVM on for this CPU and gives it its host-save page.
+///
+/// # Errors
+/// Why SVM cannot be used, as text for the boot log.
+pub fn enable_svm() -> Result<(), String> {
+    let host_save = alloc_frames(4096, 4096).ok_or("no memory for the VMRUN host-save page")?;
+    // SAFETY: the page was just allocated for this CPU and is never freed;
+    // HOST_PAT keeps entry 0 write-back, which is what the firmware's
+    // identity map of RAM uses.
+    unsafe { cpu::enable(host_save.raw(), npt::HOST_PAT) }.map_err(|e| format!("SVM unavailable: {e:?}"))?;
+    log::info!("SVM enabled: EFER.SVME set, host-save area at {host_save:?}, nested paging available");
+    Ok(())
+}
+
+/// Copies `bytes` into freshly allocated, zeroed, page-aligned frames.
+fn frames_holding(bytes: &[u8], what: &str) -> Result<u64, String> {
+    let hpa = alloc_frames(bytes.len() as u64, 4096).ok_or_else(|| format!("no memory for the {what}"))?;
+    // SAFETY: the frames were just allocated, identity-mapped and unused.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), hpa.raw() as *mut u8, bytes.len()) };
+    Ok(hpa.raw())
+}
+
+/// The I/O permission map: only the partition's own ports pass.
+fn io_permissions(start: &Start) -> IoPermissionMap {
+    let mut map = IoPermissionMap::intercept_all();
+    for ports in &start.io_ports {
+        map.allow(ports.clone());
+    }
+    map
+}
+
+/// The MSR permission map: the guest-state MSRs pass both ways, read-only
+/// ones for reads; everything else exits.
+fn msr_permissions() -> MsrPermissionMap {
+    let mut map = MsrPermissionMap::intercept_all();
+    for msr in guest_msr::GUEST_STATE_MSRS.into_iter().chain([guest_msr::TSC]) {
+        // Every listed MSR lies in a range the map covers.
+        let _ = map.allow_read(msr);
+        if guest_msr::rule(msr) == MsrRule::GuestState {
+            let _ = map.allow_write(msr);
+        }
+    }
+    map
+}
+
+/// The guest state of one VMRUN: the VMCB and the registers it lacks.
+struct SvmCpu<'a> {
+    vmcb: &'a mut Vmcb,
+    registers: &'a mut GuestRegisters,
+}
+
+impl GuestCpu for SvmCpu<'_> {
+    fn gpr(&self, gpr: Gpr) -> u64 {
+        let r = &self.registers;
+        match gpr.0 {
+            0 => self.vmcb.save.rax,
+            1 => r.rcx,
+            2 => r.rdx,
+            3 => r.rbx,
+            4 => self.vmcb.save.rsp,
+            5 => r.rbp,
+            6 => r.rsi,
+            7 => r.rdi,
+            8 => r.r8,
+            9 => r.r9,
+            10 => r.r10,
+            11 => r.r11,
+            12 => r.r12,
+            13 => r.r13,
+            14 => r.r14,
+            _ => r.r15,
+        }
+    }
+
+    fn set_gpr(&mut self, gpr: Gpr, value: u64) {
+        let r = &mut self.registers;
+        let slot = match gpr.0 {
+            0 => &mut self.vmcb.save.rax,
+            1 => &mut r.rcx,
+            2 => &mut r.rdx,
+            3 => &mut r.rbx,
+            4 => &mut self.vmcb.save.rsp,
+            5 => &mut r.rbp,
+            6 => &mut r.rsi,
+            7 => &mut r.rdi,
+            8 => &mut r.r8,
+            9 => &mut r.r9,
+            10 => &mut r.r10,
+            11 => &mut r.r11,
+            12 => &mut r.r12,
+            13 => &mut r.r13,
+            14 => &mut r.r14,
+            _ => &mut r.r15,
+        };
+        *slot = value;
+    }
+
+    fn rip(&self) -> u64 {
+        self.vmcb.save.rip
+    }
+
+    fn set_rip(&mut self, rip: u64) {
+        self.vmcb.save.rip = rip;
+    }
+
+    fn rflags(&self) -> u64 {
+        self.vmcb.save.rflags
+    }
+
+    fn cr3(&self) -> u64 {
+        self.vmcb.save.cr3
+    }
+
+    fn paging_mode(&self) -> PagingMode {
+        PagingMode::from_registers(self.vmcb.save.cr0, self.vmcb.save.cr4, self.vmcb.save.efer)
+    }
+
+    fn bitness(&self) -> Bitness {
+        let cs = self.vmcb.save.cs.attrib;
+        let lma = self.vmcb.save.efer & guest_msr::EFER_LMA != 0;
+        Bitness::of_guest(lma, cs & ATTRIB_L != 0, cs & ATTRIB_DB != 0)
+    }
+
+    fn efer(&self) -> u64 {
+        self.vmcb.save.efer
+    }
+
+    fn set_efer(&mut self, efer: u64) {
+        self.vmcb.save.efer = efer | EFER_SVME;
+    }
+
+    fn inject_exception(&mut self, vector: u8, error_code: Option<u32>) {
+        let mut event = u64::from(vector) | EVENTINJ_EXCEPTION | EVENTINJ_VALID;
+        if let Some(code) = error_code {
+            event |= EVENTINJ_ERROR_CODE | (u64::from(code) << 32);
+        }
+        self.vmcb.control.eventinj = event;
+    }
+}
+
+/// The neutral exit for the #VMEXIT recorded in `vmcb`.
+fn exit_of(vmcb: &Vmcb, registers: &GuestRegisters) -> Exit {
+    let control = &vmcb.control;
+    match SvmExit::from_code(control.exitcode) {
+        SvmExit::Vmmcall => Exit::Hypercall,
+        SvmExit::Cpuid => Exit::Cpuid,
+        SvmExit::Hlt => Exit::Hlt,
+        SvmExit::Msr if control.exitinfo1 == 1 => Exit::Wrmsr,
+        SvmExit::Msr => Exit::Rdmsr,
+        SvmExit::Ioio => match IoioInfo::decode(control.exitinfo1) {
+            Some(io) => Exit::Io { port: io.port, size: io.size, input: io.direction == IoDirection::In },
+            None => Exit::Unexpected(format!("port access with a malformed EXITINFO1 {:#x}", control.exitinfo1)),
+        },
+        SvmExit::NestedPageFault => {
+            let fault = NestedPageFault::decode(control.exitinfo1, control.exitinfo2);
+            Exit::NestedFault {
+                gpa: fault.gpa,
+                write: fault.write,
+                fetch: fault.fetch,
+                present: fault.present,
+                during_event_delivery: PendingEvent::from_exitintinfo(control.exitintinfo).is_some(),
+            }
+        }
+        SvmExit::Shutdown => Exit::TripleFault,
+        SvmExit::Intr | SvmExit::Nmi | SvmExit::Smi | SvmExit::Init => Exit::Interrupt,
+        SvmExit::Invalid => {
+            let save = &vmcb.save;
+            Exit::Unexpected(format!(
+                "VMRUN refused the VMCB (exit code -1, consistency check failed): CR0 {:#x} CR3 {:#x} CR4 {:#x} EFER {:#x} CS attrib {:#x}",
+                save.cr0, save.cr3, save.cr4, save.efer, save.cs.attrib
+            ))
+        }
+        other => Exit::Unexpected(format!(
+            "unexpected #VMEXIT {other:?} (code {:#x}, EXITINFO1 {:#x}, EXITINFO2 {:#x}, RCX {:#x})",
+            control.exitcode, control.exitinfo1, control.exitinfo2, registers.rcx
+        )),
+    }
+}
+
+/// Runs `partition`'s only vCPU on this CPU until the partition stops.
+pub fn run(partition: &mut Partition, npt: &NestedTable, start: &Start) {
+    if let Err(reason) = run_vcpu(partition, npt, start) {
+        log::error!("partition {}: {reason}", partition.name);
+        partition.stop(StopReason::Fault(reason), &mut GuestConsole);
+    }
+}
+
+fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start) -> Result<(), String> {
+    let iopm = frames_holding(&io_permissions(start).0, "I/O permission map")?;
+    let msrpm = frames_holding(&msr_permissions().0, "MSR permission map")?;
+    let vmcb_pa = alloc_frames(4096, 4096).ok_or("no memory for the VMCB")?.raw();
+    let vmcb_ptr = vmcb_pa as *mut Vmcb;
+    let guest = SvmGuest {
+        rip: start.rip,
+        rsp: start.rsp,
+        cr3: start.cr3,
+        cr0: CR0_NE,
+        cr4: 0,
+        efer: 0,
+        pat: DEFAULT_PAT,
+        asid: ASID,
+        npt_pml4: npt.root_address(),
+        iopm,
+        msrpm,
+    };
+    {
+        // SAFETY: the VMCB frame was just allocated (zeroed, aligned, identity-mapped).
+        let vmcb = unsafe { &mut *vmcb_ptr };
+        fill_64bit_guest(vmcb, &guest).map_err(|e| format!("VMCB set-up refused: {e:?}"))?;
+    }
+    log::info!(
+        "partition {}: entering the guest at RIP {:#x} (RSP {:#x}, CR3 {:#x}, nCR3 {:#x}, ASID {ASID}, {} I/O port range(s) passed through)",
+        partition.name,
+        start.rip,
+        start.rsp,
+        start.cr3,
+        guest.npt_pml4,
+        start.io_ports.len()
+    );
+    let mut registers = GuestRegisters::default();
+    let mut state = ExitState::new(start.on_fault, start.verdict.clone());
+    loop {
+        // SAFETY: SVM is enabled on this CPU; the VMCB was filled by
+        // `fill_64bit_guest` with an NPT mapping only the partition's RAM
+        // and permission maps that pass only the partition's own ports and
+        // the guest-state MSRs.
+        unsafe { cpu::vmrun(vmcb_pa, &mut registers) };
+        // SAFETY: the CPU is done with the VMCB until the next VMRUN.
+        let vmcb = unsafe { &mut *vmcb_ptr };
+        vmcb.control.tlb_control = 0;
+        vmcb.control.eventinj = 0;
+        let interrupted = PendingEvent::from_exitintinfo(vmcb.control.exitintinfo);
+        let exit = exit_of(vmcb, &registers);
+        let mut guest_cpu = SvmCpu { vmcb, registers: &mut registers };
+        if exits::handle(partition, &mut guest_cpu, &mut state, exit) == Next::Stop {
+            break;
+        }
+        if let Some(event) = interrupted
+            && guest_cpu.vmcb.control.eventinj == 0
+        {
+            guest_cpu.vmcb.control.eventinj = event.to_eventinj();
+        }
+    }
+    log::info!("partition {}: stopped after {} #VMEXITs", partition.name, state.exits);
+    Ok(())
+}
