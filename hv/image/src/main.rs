@@ -38,6 +38,7 @@ mod setup;
 mod space;
 // x86_64 (QEMU `q35`): its own entry path, see the module.
 mod guest_memory;
+mod host_backing;
 mod loaded;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -73,7 +74,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     }
 
     let (config, refused) = setup::load_config(boot_info);
-    let memory = match memory::init(boot_info, &platform, &setup::host_backed_ranges(&config)) {
+    let memory = match memory::init(boot_info, &platform, &host_backing::host_backed_ranges(&config)) {
         Ok(memory) => memory,
         Err(message) => {
             log::error!("memory set-up failed: {message}");

@@ -12,7 +12,7 @@ use bulkhead_arch_aarch64::el2::{self, GuestSetup};
 use bulkhead_arch_aarch64::exception::VcpuContext;
 use bulkhead_arch_aarch64::stage2::{GeometryError, Stage2Geometry, Stage2Table};
 use bulkhead_config::{
-    Backing, Config, Console, EMULATED_UART_BASE, FaultPolicy, VERDICT_REGISTER_BASE, VGIC_DISTRIBUTOR_BASE,
+    Config, Console, EMULATED_UART_BASE, FaultPolicy, VERDICT_REGISTER_BASE, VGIC_DISTRIBUTOR_BASE,
     VGIC_REDISTRIBUTOR_BASE,
 };
 use bulkhead_core::devices::verdict::{VERDICT_MMIO_SIZE, VerdictRegister};
@@ -30,7 +30,6 @@ use crate::guest_image;
 use crate::space::{self, Stage2View};
 use bulkhead_core::address::Gpa;
 use bulkhead_core::address_space::AddressSpace;
-use bulkhead_core::memmap;
 use bulkhead_core::partition::{Partition, RunState};
 
 
@@ -148,22 +147,6 @@ pub fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
         Some(checked) => checked,
         None => crate::platform::finish(ExitCode::BootFailure),
     }
-}
-
-/// Every host range the configuration assigns by address: the frame
-/// allocator must never hand these out.
-pub fn host_backed_ranges(config: &Config) -> Vec<(u64, u64)> {
-    let mut ranges: Vec<(u64, u64)> = config
-        .partitions
-        .iter()
-        .flat_map(|p| p.memory.iter())
-        .filter_map(|r| match r.backing {
-            Backing::Host(base) => base.checked_add(r.size).map(|end| (base, end)),
-            Backing::Allocate => None,
-        })
-        .collect();
-    memmap::merge(&mut ranges);
-    ranges
 }
 
 /// Builds every partition whose configuration is sound.

@@ -91,31 +91,8 @@ pub fn build(
     Ok(space)
 }
 
-/// Checks that a host-backed range is either RAM reserved for partitions
-/// (free memory the allocator was told to skip) or lies outside all RAM
-/// (device memory). Anything touching the hypervisor's, the firmware's or
-/// the guest images' memory is refused.
 fn check_host_range(memory: &Memory, base: u64, end: u64) -> Result<(), String> {
-    for (kind, what) in [
-        (MemoryKind::Hypervisor, "the hypervisor's own memory"),
-        (MemoryKind::GuestImage, "the loaded guest images"),
-        (MemoryKind::FirmwareRam, "firmware runtime memory"),
-        (MemoryKind::Reserved, "reserved memory"),
-    ] {
-        if let Some((b, e)) = memmap::ranges_of(&memory.map, kind).into_iter().find(|&(b, e)| base < e && b < end) {
-            return Err(format!("host range {base:#x}..{end:#x} overlaps {what} at {b:#x}..{e:#x}"));
-        }
-    }
-    if memory.hv_image.0 < end && base < memory.hv_image.1 {
-        return Err(format!("host range {base:#x}..{end:#x} overlaps the hypervisor image"));
-    }
-    let free = memmap::ranges_of(&memory.map, MemoryKind::Free);
-    let inside_free = free.iter().any(|&(b, e)| b <= base && end <= e);
-    let touches_free = free.iter().any(|&(b, e)| base < e && b < end);
-    if touches_free && !inside_free {
-        return Err(format!("host range {base:#x}..{end:#x} is partly RAM and partly not"));
-    }
-    Ok(())
+    crate::host_backing::check_host_range(&memory.map, memory.hv_image, base, end)
 }
 
 /// The stage-2 memory type for a configured attribute: exactly that one.

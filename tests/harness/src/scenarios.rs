@@ -557,8 +557,88 @@ pub const SCENARIOS: &[Scenario] = &[
             "partition attacker: passed",
             "all 2 partitions passed",
         ],
-        expect_anywhere: &["[victim] pattern intact after the attack window", "partition victim: passed"],
+        expect_anywhere: &[
+            "partition victim: memory[0] GPA 0x0 -> HPA 0x30000000",
+            "[victim] pattern intact after the attack window",
+            "partition victim: passed",
+        ],
         forbid: &["isolation is broken", "pattern damaged", "FATAL", "not started", "stopped by fault"],
+        ..Scenario::DEFAULT
+    },
+    // x86_64: a partition whose host-backed RAM would overlap the
+    // hypervisor's own memory is refused at boot; the other one runs.
+    Scenario {
+        name: "x86-boot-refuses-hypervisor-memory",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-greedy.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "partition greedy: not started: memory[0].backing: host range 0x3c000000..0x3e000000 overlaps the hypervisor",
+            "partition hello: entering the guest",
+            "---- summary ----",
+            "partition greedy: not started",
+            "partition hello: passed",
+            "1 of 2 partitions did not pass",
+        ],
+        forbid: &["partition greedy: entering the guest", "FATAL"],
+        ..Scenario::DEFAULT
+    },
+    // x86_64: the hypervisor validates the configuration again at boot; only
+    // the faulty partition is refused.
+    Scenario {
+        name: "x86-boot-validation",
+        arch: Arch::X86_64,
+        config: "tests/configs/boot-only/x86-cpu-taken.toml",
+        skip_build_validation: true,
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "tests/configs/boot-only/x86-cpu-taken.toml: partition 'second', field 'cpus[0]': CPU 1 is already given to partition 'first'",
+            "partition second: not started: tests/configs/boot-only/x86-cpu-taken.toml: partition 'second', field 'cpus[0]'",
+            "partition first: entering the guest",
+            "---- summary ----",
+            "partition first: passed",
+            "partition second: not started",
+            "1 of 2 partitions did not pass",
+        ],
+        forbid: &["partition second: entering the guest", "FATAL"],
+        ..Scenario::DEFAULT
+    },
+    // The loader on OVMF names a missing guest image and returns an error.
+    Scenario {
+        name: "x86-missing-image",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        omit_images: true,
+        expect_exit: None,
+        stop_on: Some("bulkhead-boot: error"),
+        expect: &["cannot read", "\\bulkhead\\images\\"],
+        forbid: &["entering the hypervisor"],
+        ..Scenario::DEFAULT
+    },
+    // A configuration blob that is not one, on OVMF.
+    Scenario {
+        name: "x86-malformed-config",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        overwrite: &[(CONFIG_PATH, b"this is not a configuration blob")],
+        expect_exit: None,
+        stop_on: Some("bulkhead-boot: error"),
+        expect: &["bulkhead-boot: error: \\bulkhead\\config.bin", "not a Bulkhead configuration blob"],
+        forbid: &["entering the hypervisor"],
+        ..Scenario::DEFAULT
+    },
+    // A hypervisor image that is not an ELF file is refused before the jump, on OVMF.
+    Scenario {
+        name: "x86-malformed-hv-image",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        overwrite: &[(HV_IMAGE_PATH, b"MZ not an ELF image at all")],
+        expect_exit: None,
+        stop_on: Some("bulkhead-boot: error"),
+        expect: &["bulkhead-boot: error: \\bulkhead\\hv.elf", "not an ELF file"],
+        forbid: &["entering the hypervisor"],
         ..Scenario::DEFAULT
     },
     // A hypervisor panic on x86_64 ends the run through isa-debug-exit with 99.

@@ -30,6 +30,9 @@ const LOW_LIMIT: u64 = 1 << 20;
 
 /// Free host memory, in 4 KiB frames.
 static FRAMES: Mutex<FrameAllocator<32>> = Mutex::new(FrameAllocator::new());
+/// The RAM frames may come from (before the host-backed ranges were taken
+/// out): host-backed guest RAM must lie inside it too.
+static USABLE: spin::Once<Vec<(u64, u64)>> = spin::Once::new();
 
 /// Parses the firmware memory map and fills the frame allocator with its
 /// conventional memory above 1 MiB, less `keep_out` (host ranges the
@@ -50,6 +53,7 @@ pub fn init(boot_info: &BootInfo, keep_out: &[(u64, u64)]) -> Result<Vec<MemoryD
     excluded.extend_from_slice(keep_out);
     memmap::merge(&mut excluded);
     let free = memmap::subtract(&conventional, &excluded);
+    USABLE.call_once(|| memmap::subtract(&conventional, &[(image.base, image.base + image.size)]));
     let mut frames = FRAMES.lock();
     let mut total = 0;
     for &(base, end) in &free {
@@ -65,6 +69,28 @@ pub fn init(boot_info: &BootInfo, keep_out: &[(u64, u64)]) -> Result<Vec<MemoryD
         free.len()
     );
     Ok(map)
+}
+
+/// Checks that `base..end`, named by a partition's `backing = { host = … }`,
+/// may be given to it: the checks both architectures share
+/// ([`crate::host_backing::check_host_range`]), and, where it is RAM, only
+/// RAM the frame allocator could have handed out (not the firmware's
+/// boot-services memory, which still holds the page tables we run on).
+///
+/// # Errors
+/// Why the range is refused.
+pub fn check_host_backing(map: &[MemoryDescriptor], hv_image: (u64, u64), base: u64, end: u64) -> Result<(), String> {
+    crate::host_backing::check_host_range(map, hv_image, base, end)?;
+    let ram = memmap::ranges_of(map, memmap::MemoryKind::Free);
+    if ram.iter().any(|&(b, e)| base < e && b < end) {
+        let usable = USABLE.get().map(Vec::as_slice).unwrap_or_default();
+        if !usable.iter().any(|&(b, e)| b <= base && end <= e) {
+            return Err(alloc::format!(
+                "host range {base:#x}..{end:#x} is not conventional memory above 1 MiB (firmware boot-services memory still holds the page tables the hypervisor runs on)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Allocates `size` bytes of zeroed, physically contiguous host memory,

@@ -91,8 +91,9 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
 /// summary and ends the run with its exit code.
 fn run_partitions(boot_info: &'static BootInfo, cpus: &[u32]) -> ! {
     let (config, refused) = load_config(boot_info);
-    let map = match memory::init(boot_info, &[]) {
-        Ok(map) => Some(map),
+    let host_backed = crate::host_backing::host_backed_ranges(&config);
+    let map = match memory::init(boot_info, &host_backed) {
+        Ok(map) => map,
         Err(message) => {
             log::error!("memory set-up failed: {message}");
             finish(ExitCode::BootFailure);
@@ -102,14 +103,14 @@ fn run_partitions(boot_info: &'static BootInfo, cpus: &[u32]) -> ! {
     if let Err(reason) = &svm {
         log::error!("{reason}");
     }
-    let trampoline = map.as_deref().and_then(memory::low_page);
+    let trampoline = memory::low_page(&map);
     let mut slots = Vec::new();
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
         let built = match (refusal, &svm) {
             (Some(reason), _) => Err(reason),
             (None, Err(reason)) => Err(reason.clone()),
             (None, Ok(())) => cpu_of(config, cpus).and_then(|apic_id| {
-                partition::build(index, config, boot_info).map(|built| (built, apic_id))
+                partition::build(index, config, boot_info, &map).map(|built| (built, apic_id))
             }),
         };
         slots.push(match built {

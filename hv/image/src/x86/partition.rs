@@ -18,6 +18,7 @@ use core::ops::RangeInclusive;
 use spin::Mutex;
 use bulkhead_core::address::{Gpa, Hpa};
 use bulkhead_core::address_space::{AddressSpace, CpuView, Region, RegionKind};
+use bulkhead_core::memmap::MemoryDescriptor;
 use bulkhead_core::partition::Partition;
 
 /// A partition's nested page table.
@@ -89,7 +90,9 @@ pub fn build(
     index: usize,
     config: &bulkhead_config::Partition,
     boot_info: &BootInfo,
+    host_map: &[MemoryDescriptor],
 ) -> Result<(Partition, NestedTable, Start), String> {
+    let hv_image = (boot_info.hv_image.base, boot_info.hv_image.base + boot_info.hv_image.size);
     if config.image.kind != ImageKind::Raw {
         return Err(String::from("image.kind: only raw images run on x86_64 so far"));
     }
@@ -101,8 +104,11 @@ pub fn build(
         let hpa = match region.backing {
             Backing::Allocate => memory::alloc_frames(region.size, region.size.min(PAGE_2M).next_power_of_two())
                 .ok_or_else(|| format!("memory[{i}]: cannot allocate {:#x} bytes", region.size))?,
-            Backing::Host(_) => {
-                return Err(format!("memory[{i}].backing: host-assigned RAM is not supported on x86_64 yet"));
+            Backing::Host(base) => {
+                let end = base.checked_add(region.size).ok_or_else(|| format!("memory[{i}].backing wraps"))?;
+                memory::check_host_backing(host_map, hv_image, base, end)
+                    .map_err(|e| format!("memory[{i}].backing: {e}"))?;
+                Hpa::new(base)
             }
         };
         space
@@ -116,7 +122,7 @@ pub fn build(
                 dma: region.dma,
             })
             .map_err(|e| format!("memory[{i}]: {e:?}"))?;
-        log::debug!("partition {}: memory[{i}] GPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
+        log::info!("partition {}: memory[{i}] GPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
     }
     let mut npt = NestedTable::new(NptFrames).ok_or("no memory for the nested page table's root")?;
     space.derive_cpu_view(&mut NptView(&mut npt)).map_err(|e| format!("nested page table: {e:?}"))?;
