@@ -77,7 +77,7 @@ pub fn start(slots: Vec<Slot>, trampoline: Option<u64>) -> ! {
     if started == 0 {
         summarize_and_finish(&machine.slots);
     }
-    // SAFETY: OVMF identity-maps the local APIC's page uncached.
+    // SAFETY: our own tables map the local APIC's page uncached.
     let apic = unsafe { LocalApic::current() };
     let boot_id = apic.id();
     let needs_ap = machine.slots.iter().any(|s| s.run.is_some() && s.apic_id != boot_id);
@@ -122,7 +122,8 @@ pub fn start(slots: Vec<Slot>, trampoline: Option<u64>) -> ! {
 fn install(trampoline: Option<u64>) -> Result<u8, String> {
     let page = trampoline.ok_or("no free page below 1 MiB in the memory map")?;
     // SAFETY: the page is conventional memory below 1 MiB, which the frame
-    // allocator never hands out; nothing else uses it.
+    // allocator never hands out, mapped read-write-execute by our tables;
+    // nothing else uses it.
     unsafe { ap::install_trampoline(page, ap_main) }.map_err(|e| format!("AP trampoline: {e:?}"))
 }
 
@@ -154,9 +155,11 @@ fn start_ap(apic: &LocalApic, slot: &Slot, index: usize, vector: u8) -> Result<(
 /// The Rust entry of an AP, called by the trampoline in long mode on its
 /// own stack with its slot's index.
 extern "C" fn ap_main(index: u64) -> ! {
-    // SAFETY: at CPL 0 with interrupts masked; the boot CPU filled the IDT.
+    // SAFETY: at CPL 0 with interrupts masked, on the trampoline's stack
+    // and the boot CPU's page tables; the heap works; the boot CPU filled
+    // the IDT, whose IST gates need this CPU's own TSS, loaded first.
     unsafe {
-        gdt::load();
+        gdt::load_cpu_tables();
         idt::reload();
     }
     let Some(machine) = MACHINE.get() else { halt_forever() };
@@ -168,7 +171,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     }
     // SAFETY: as in `start`.
     let id = unsafe { LocalApic::current() }.id();
-    log::info!("CPU with APIC ID {id} is up (AP, long mode, own GDT and IDT)");
+    log::info!("CPU with APIC ID {id} is up (AP, long mode, own page tables, GDT, TSS and IDT)");
     if let Err(reason) = vcpu::enable_svm() {
         let mut partition = slot.partition.lock();
         log::error!("partition {}: not started: {reason}", partition.name);

@@ -56,8 +56,8 @@ impl ConsoleSink for GuestConsole {
 pub fn enable_svm() -> Result<(), String> {
     let host_save = alloc_frames(4096, 4096).ok_or("no memory for the VMRUN host-save page")?;
     // SAFETY: the page was just allocated for this CPU and is never freed;
-    // HOST_PAT keeps entry 0 write-back, which is what the firmware's
-    // identity map of RAM uses.
+    // HOST_PAT keeps entries 0-3 as they were, which is what the
+    // hypervisor's own tables select (WB for RAM, UC for the APIC).
     unsafe { cpu::enable(host_save.raw(), npt::HOST_PAT) }.map_err(|e| format!("SVM unavailable: {e:?}"))?;
     log::info!("SVM enabled: EFER.SVME set, host-save area at {host_save:?}, nested paging available");
     Ok(())
