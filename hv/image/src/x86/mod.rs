@@ -155,7 +155,7 @@ fn run_partitions(
         let built = match (refusal, &svm) {
             (Some(reason), _) => Err(reason),
             (None, Err(reason)) => Err(reason.clone()),
-            (None, Ok(())) => cpu_of(config, cpus).and_then(|apic_id| {
+            (None, Ok(_)) => cpu_of(config, cpus).and_then(|apic_id| {
                 partition::build(index, config, boot_info).map(|built| (built, apic_id))
             }),
         };
@@ -167,7 +167,7 @@ fn run_partitions(
             Err(reason) => smp::Slot::refused(index, &config.name, reason),
         });
     }
-    smp::start(slots, trampoline)
+    smp::start(slots, trampoline, svm.ok())
 }
 
 /// The APIC ID of the one CPU `config` runs on: its CPU number indexes the

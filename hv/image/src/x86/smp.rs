@@ -70,8 +70,8 @@ static MACHINE: Once<Machine> = Once::new();
 
 /// Starts every ready partition on its CPU and runs the boot CPU's own;
 /// never returns. `trampoline` is a free page below 1 MiB, if the memory
-/// map had one.
-pub fn start(slots: Vec<Slot>, trampoline: Option<u64>) -> ! {
+/// map had one; `svm` is the boot CPU's SVM state, if SVM is on.
+pub fn start(slots: Vec<Slot>, trampoline: Option<u64>, svm: Option<vcpu::CpuSvm>) -> ! {
     let started = slots.iter().filter(|s| s.run.is_some()).count();
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
     if started == 0 {
@@ -113,8 +113,11 @@ pub fn start(slots: Vec<Slot>, trampoline: Option<u64>) -> ! {
             done(machine);
         }
     }
-    if let Some(index) = own {
-        run_slot(machine, index);
+    match (own, svm) {
+        (Some(index), Some(svm)) => run_slot(machine, index, svm),
+        // Slots are ready only when SVM is on.
+        (Some(_), None) => done(machine),
+        (None, _) => {}
     }
     halt_forever()
 }
@@ -172,25 +175,29 @@ extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `start`.
     let id = unsafe { LocalApic::current() }.id();
     log::info!("CPU with APIC ID {id} is up (AP, long mode, own page tables, GDT, TSS and IDT)");
-    if let Err(reason) = vcpu::enable_svm() {
-        let mut partition = slot.partition.lock();
-        log::error!("partition {}: not started: {reason}", partition.name);
-        partition.state = RunState::NotStarted(reason);
-        drop(partition);
-        done(machine);
-        halt_forever()
-    }
-    run_slot(machine, index);
+    let svm = match vcpu::enable_svm() {
+        Ok(svm) => svm,
+        Err(reason) => {
+            let mut partition = slot.partition.lock();
+            log::error!("partition {}: not started: {reason}", partition.name);
+            partition.state = RunState::NotStarted(reason);
+            drop(partition);
+            done(machine);
+            halt_forever()
+        }
+    };
+    run_slot(machine, index, svm);
     halt_forever()
 }
 
-/// Runs slot `index`'s partition on this CPU, then reports it done.
-fn run_slot(machine: &'static Machine, index: usize) {
+/// Runs slot `index`'s partition on this CPU, whose SVM state is `svm`,
+/// then reports it done.
+fn run_slot(machine: &'static Machine, index: usize, svm: vcpu::CpuSvm) {
     let slot = &machine.slots[index];
     if let Some((npt, start)) = &slot.run {
         let mut partition = slot.partition.lock();
         partition.state = RunState::Running;
-        vcpu::run(&mut partition, npt, start);
+        vcpu::run(&mut partition, npt, start, svm);
     }
     done(machine);
 }

@@ -49,18 +49,30 @@ impl ConsoleSink for GuestConsole {
     }
 }
 
-/// Turns SVM on for this CPU and gives it its host-save page.
+/// One CPU's SVM state: the page holding its own FS, GS, TR and LDTR
+/// (VMSAVE), reloaded after every guest.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSvm {
+    host_state: u64,
+}
+
+/// Turns SVM on for this CPU, gives it its host-save page and saves its
+/// own VMLOAD/VMSAVE state. Call after this CPU loaded its TSS.
 ///
 /// # Errors
 /// Why SVM cannot be used, as text for the boot log.
-pub fn enable_svm() -> Result<(), String> {
+pub fn enable_svm() -> Result<CpuSvm, String> {
     let host_save = alloc_frames(4096, 4096).ok_or("no memory for the VMRUN host-save page")?;
+    let host_state = alloc_frames(4096, 4096).ok_or("no memory for the host VMSAVE page")?.raw();
     // SAFETY: the page was just allocated for this CPU and is never freed;
     // HOST_PAT keeps entries 0-3 as they were, which is what the
     // hypervisor's own tables select (WB for RAM, UC for the APIC).
     unsafe { cpu::enable(host_save.raw(), npt::HOST_PAT) }.map_err(|e| format!("SVM unavailable: {e:?}"))?;
+    // SAFETY: SVM is on; the page was just allocated for this CPU, which
+    // has loaded its own GDT and TSS (caller's contract).
+    unsafe { cpu::vmsave(host_state) };
     log::info!("SVM enabled: EFER.SVME set, host-save area at {host_save:?}, nested paging available");
-    Ok(())
+    Ok(CpuSvm { host_state })
 }
 
 /// Copies `bytes` into freshly allocated, zeroed, page-aligned frames.
@@ -72,15 +84,21 @@ fn frames_holding(bytes: &[u8], what: &str) -> Result<u64, String> {
 }
 
 /// Runs `partition`'s only vCPU on this CPU until the partition stops.
-pub fn run(partition: &mut Partition, npt: &NestedTable, start: &Start) {
+pub fn run(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: CpuSvm) {
     let mut sink = GuestConsole;
-    if let Err(reason) = run_vcpu(partition, npt, start, &mut sink) {
+    if let Err(reason) = run_vcpu(partition, npt, start, svm, &mut sink) {
         log::error!("partition {}: {reason}", partition.name);
         partition.stop(StopReason::Fault(reason), &mut sink);
     }
 }
 
-fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, sink: &mut GuestConsole) -> Result<(), String> {
+fn run_vcpu(
+    partition: &mut Partition,
+    npt: &NestedTable,
+    start: &Start,
+    svm: CpuSvm,
+    sink: &mut GuestConsole,
+) -> Result<(), String> {
     // Every port and every MSR access exits.
     let iopm = frames_holding(&IoPermissionMap::intercept_all().0, "I/O permission map")?;
     let msrpm = frames_holding(&MsrPermissionMap::intercept_all().0, "MSR permission map")?;
@@ -118,8 +136,9 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, sink: &
     loop {
         // SAFETY: SVM is enabled on this CPU; the VMCB was filled by
         // `fill_64bit_guest` with an NPT mapping only the partition's RAM
-        // and permission maps that intercept every port and MSR.
-        unsafe { cpu::vmrun(vmcb_pa, &mut registers) };
+        // and permission maps that intercept every port and MSR; `svm`
+        // is this CPU's.
+        unsafe { cpu::vmrun(vmcb_pa, svm.host_state, &mut registers) };
         exits += 1;
         // SAFETY: the CPU is done with the VMCB until the next VMRUN.
         let vmcb = unsafe { &mut *vmcb_ptr };
