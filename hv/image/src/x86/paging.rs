@@ -25,7 +25,6 @@
 
 use alloc::format;
 use alloc::string::String;
-use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
 use bulkhead_arch_x86_64::cpu::mmu;
 use bulkhead_arch_x86_64::identity::{self, IdentityLayout, ImageSegments, Protection};
@@ -188,6 +187,6 @@ pub fn init(boot_info: &BootInfo, map: &[MemoryDescriptor], inputs: &Inputs<'_>)
 /// KiB of the image mapped read-write (its `.data` and `.bss`), which the
 /// layout merges with RAM of the same protection around it.
 fn image_data_kib(layout: &IdentityLayout, image: (u64, u64)) -> u64 {
-    let ranges: Vec<_> = layout.mappings().iter().filter(|m| m.protection == Protection::RAM).collect();
-    ranges.iter().map(|m| m.end.min(image.1).saturating_sub(m.base.max(image.0))).sum::<u64>() >> 10
+    let data = layout.mappings().iter().filter(|m| m.protection == Protection::RAM);
+    data.map(|m| m.end.min(image.1).saturating_sub(m.base.max(image.0))).sum::<u64>() >> 10
 }
