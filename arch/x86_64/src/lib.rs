@@ -14,7 +14,11 @@
 //!   NPT leaves index into ([`npt::HOST_PAT`]);
 //! - a format-generic four-level table builder, [`SecondLevelTable`], that
 //!   takes its frames from a [`FrameAllocator`] and uses 1 GiB and 2 MiB
-//!   leaves wherever alignment allows.
+//!   leaves wherever alignment allows;
+//! - the hypervisor's own page tables: their entry format
+//!   ([`paging::HostPaging`], a third format for the same builder) and
+//!   what they map ([`identity::IdentityLayout`]: RAM, the image by its ELF
+//!   segments, MMIO, holes).
 //!
 //! Nothing here touches hardware, so the whole crate runs as host unit tests;
 //! the VMX/SVM code that loads EPTP or nCR3 lives elsewhere.
@@ -55,7 +59,9 @@ pub mod ept;
 pub mod exception;
 pub mod guest_msr;
 pub mod guest_paging;
+pub mod identity;
 pub mod npt;
+pub mod paging;
 pub mod svm;
 pub mod table;
 pub mod vmx;

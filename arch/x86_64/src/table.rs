@@ -333,7 +333,7 @@ impl<F: EntryFormat, A: FrameAllocator> SecondLevelTable<F, A> {
 /// The pieces `[gpa, gpa + size)` is mapped in, each as (gpa, hpa, leaf
 /// size): the largest leaf up to `largest_page` that both addresses are
 /// aligned to and that the remaining size covers.
-fn chunks(largest_page: PageSize, gpa: u64, hpa: u64, size: u64) -> impl Iterator<Item = (u64, u64, PageSize)> {
+pub(crate) fn chunks(largest_page: PageSize, gpa: u64, hpa: u64, size: u64) -> impl Iterator<Item = (u64, u64, PageSize)> {
     let mut offset = 0;
     core::iter::from_fn(move || {
         if offset == size {

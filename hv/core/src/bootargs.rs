@@ -57,6 +57,13 @@ pub enum CrashTest {
     Panic,
     /// An unexpected exception at EL2 (a load from an unmapped address).
     Exception,
+    /// A load from page 0, which the hypervisor's own tables leave
+    /// unmapped (`crash=null`; x86_64).
+    NullPointer,
+    /// The stack pointer run off the bottom of the boot CPU's stack into
+    /// its unmapped guard page (`crash=stack-overflow`; x86_64): the fault
+    /// cannot be delivered on that stack, so it becomes a double fault.
+    StackOverflow,
 }
 
 /// Parsed boot arguments.
@@ -111,6 +118,14 @@ impl BootArgs {
                     args.crash = Some(CrashTest::Exception);
                     true
                 }
+                Some(("crash", "null")) => {
+                    args.crash = Some(CrashTest::NullPointer);
+                    true
+                }
+                Some(("crash", "stack-overflow")) => {
+                    args.crash = Some(CrashTest::StackOverflow);
+                    true
+                }
                 Some(("input", name)) if !name.is_empty() => {
                     args.input = Some(String::from(name));
                     true
@@ -153,6 +168,19 @@ mod tests {
         assert_eq!(args.crash, Some(CrashTest::Panic));
         assert_eq!(args.exit, Some(ExitMethod::Park));
         assert_eq!(args.unknown, ["frob=1", "log=loud"]);
+    }
+
+    #[test]
+    fn parses_every_crash_test() {
+        for (word, test) in [
+            ("crash=panic", CrashTest::Panic),
+            ("crash=exception", CrashTest::Exception),
+            ("crash=null", CrashTest::NullPointer),
+            ("crash=stack-overflow", CrashTest::StackOverflow),
+        ] {
+            assert_eq!(BootArgs::parse(word).crash, Some(test), "{word}");
+        }
+        assert_eq!(BootArgs::parse("crash=bogus").unknown, ["crash=bogus"]);
     }
 
     #[test]

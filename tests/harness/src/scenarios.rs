@@ -390,10 +390,16 @@ pub const SCENARIOS: &[Scenario] = &[
             "bulkhead-boot: exiting boot services and entering the hypervisor",
             "Bulkhead",
             "hypervisor starting (x86_64, long mode, own GDT and IDT)",
+            "own TSS with IST stacks for #DF, NMI and #MC",
             "memory map:",
             "ACPI RSDP at 0x",
             "ACPI MADT: local APIC at 0xfee00000",
             "2 CPU(s), APIC IDs [0, 1]",
+            // The hypervisor's own tables replace OVMF's before any partition
+            // is built; boot-services memory then joins the free frames.
+            "page tables: own identity map live, root 0x",
+            "4 KiB MMIO uncached, page 0 and the stack guard unmapped",
+            "boot-services code",
             "SVM enabled",
             "[x86-hello] Hello from an x86_64 Bulkhead partition",
             "all 1 partitions passed",
@@ -521,7 +527,7 @@ pub const SCENARIOS: &[Scenario] = &[
         // The two CPUs run at the same time: these come in either order.
         expect_anywhere: &[
             "SMP: boot CPU APIC ID 0",
-            "CPU with APIC ID 1 is up (AP, long mode, own GDT and IDT)",
+            "CPU with APIC ID 1 is up (AP, long mode, own page tables, GDT, TSS and IDT)",
             "partition victim: entering the guest",
             "[victim] pattern written",
         ],
@@ -669,6 +675,45 @@ pub const SCENARIOS: &[Scenario] = &[
             "r15 0x",
         ],
         forbid: &["hypervisor panic"],
+        ..Scenario::DEFAULT
+    },
+    // A load from page 0 faults: the hypervisor's own tables leave it (and
+    // every other hole) unmapped.
+    Scenario {
+        name: "x86-null",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        bootargs: Some("crash=null"),
+        expect_exit: Some(ExitCode::HypervisorFault),
+        expect: &[
+            "page tables: own identity map live",
+            "unexpected exception: vector 14 (#PF page fault)",
+            // Not present, read, supervisor.
+            "error code 0x0",
+            "CR2 0x0000000000000000",
+        ],
+        forbid: &["hypervisor panic"],
+        ..Scenario::DEFAULT
+    },
+    // The stack pointer runs into the unmapped guard page below the boot
+    // stack: the #PF cannot be pushed there, so the CPU raises #DF, which
+    // its IST stack still reports (without it: a triple fault and a silent
+    // reset).
+    Scenario {
+        name: "x86-double-fault",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        bootargs: Some("crash=stack-overflow"),
+        expect_exit: Some(ExitCode::HypervisorFault),
+        expect: &[
+            "own TSS with IST stacks for #DF, NMI and #MC",
+            "crash test requested by the boot arguments: StackOverflow",
+            "unexpected exception: vector 8 (#DF double fault)",
+            "error code 0x0",
+            "RIP 0x",
+            "rax 0x",
+        ],
+        forbid: &["hypervisor panic", "vector 14"],
         ..Scenario::DEFAULT
     },
 ];

@@ -7,9 +7,10 @@
 //! CR3 and EFER (LME, NXE), turns paging on (which activates long mode),
 //! far-jumps into a 64-bit segment and calls the entry point with the
 //! stack and argument given in its parameter block. The page tables are
-//! the boot CPU's (OVMF's identity map, which covers the trampoline page),
-//! so the 64-bit entry can be any hypervisor function. CR3 must lie below
-//! 4 GiB (it is loaded in 32-bit mode).
+//! the boot CPU's (the hypervisor's own identity map, which maps the
+//! trampoline page executable, since the 64-bit tail runs from it), so the
+//! 64-bit entry can be any hypervisor function. CR3 must lie below 4 GiB
+//! (it is loaded in 32-bit mode).
 //!
 //! Parameter block, at [`PARAMS_OFFSET`] in the trampoline page:
 //!
@@ -212,7 +213,8 @@ impl LocalApic {
     ///
     /// # Safety
     /// The APIC's MMIO page (xAPIC mode) must be identity-mapped as
-    /// uncached device memory, as OVMF maps it.
+    /// uncached device memory, as OVMF and the hypervisor's own tables map
+    /// it.
     pub unsafe fn current() -> LocalApic {
         // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU.
         let base = unsafe { super::svm::rdmsr(MSR_APIC_BASE) };
@@ -221,6 +223,12 @@ impl LocalApic {
         } else {
             LocalApic { mmio: Some(base & 0x000f_ffff_ffff_f000) }
         }
+    }
+
+    /// The physical address of the register page (xAPIC mode), or `None`
+    /// in x2APIC mode, which uses MSRs.
+    pub fn mmio_base(&self) -> Option<u64> {
+        self.mmio
     }
 
     /// Whether the APIC is in x2APIC mode.

@@ -1,57 +1,119 @@
-//! The hypervisor's own GDT: null, 64-bit code, data. The firmware's GDT
-//! lives in boot-services memory, which stops being ours to trust after
+//! The hypervisor's own GDTs and each CPU's TSS. The firmware's GDT lives
+//! in boot-services memory, which stops being ours to trust after
 //! `ExitBootServices`.
+//!
+//! `_start` loads [`BOOT_GDT`] (null, 64-bit code, data), which needs no
+//! memory allocation. Once the heap exists, each CPU loads its own GDT with
+//! the same two segments plus a descriptor of its own TSS
+//! ([`load_cpu_tables`]): the TSS holds the interrupt stack table (IST),
+//! fresh stacks that the IDT's gates for #DF, NMI and #MC switch to, so
+//! those are reported even when the stack pointer they interrupted is bad.
+//! Each CPU needs its own TSS (its own IST stacks, and LTR marks the
+//! descriptor busy), hence its own GDT.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use x86_64::VirtAddr;
+use x86_64::instructions::segmentation::{CS, DS, ES, FS, GS, SS, Segment};
+use x86_64::instructions::tables::load_tss;
+use x86_64::registers::segmentation::SegmentSelector;
+use x86_64::structures::gdt::{Descriptor, GlobalDescriptorTable};
+use x86_64::structures::tss::TaskStateSegment;
+use x86_64::PrivilegeLevel;
 
 /// Selector of the 64-bit code segment.
 pub const CODE_SELECTOR: u16 = 0x08;
 /// Selector of the data segment.
 pub const DATA_SELECTOR: u16 = 0x10;
+/// Selector of this CPU's TSS in its own GDT (two slots: 0x18 and 0x20).
+pub const TSS_SELECTOR: u16 = 0x18;
 
-/// Descriptors (Intel SDM vol. 3A §3.4.5). Access bits are preset, so the
-/// CPU never needs to write the table.
-static GDT: [u64; 3] = [
-    0,
-    // Code: present, DPL 0, code, executable/readable, accessed; L=1 (64-bit), G=1.
-    0x00af_9b00_0000_ffff,
-    // Data: present, DPL 0, data, writable, accessed; D/B=1, G=1.
-    0x00cf_9300_0000_ffff,
-];
-
-/// The operand of `lgdt`/`lidt`.
-#[repr(C, packed)]
-pub struct DescriptorTablePointer {
-    /// Size of the table minus one.
-    pub limit: u16,
-    /// Linear address of the table.
-    pub base: u64,
+/// IST slots (1-based, as the IDT gate names them) of the vectors that get
+/// a stack of their own.
+pub mod ist {
+    /// #DF: a fault while delivering a fault, typically on a bad stack.
+    pub const DOUBLE_FAULT: u8 = 1;
+    /// NMI: may arrive at any instruction, including one that has just
+    /// loaded RSP.
+    pub const NMI: u8 = 2;
+    /// #MC: may arrive at any instruction.
+    pub const MACHINE_CHECK: u8 = 3;
 }
 
-/// Loads [`GDT`] and reloads every segment register from it.
+/// Bytes of each IST stack: enough for the fatal-exception report.
+pub const IST_STACK_SIZE: usize = 16 << 10;
+
+/// The descriptors both GDTs share (Intel SDM vol. 3A §3.4.5); their
+/// accessed bits are preset, so the CPU never writes them.
+const fn with_segments<const N: usize>() -> GlobalDescriptorTable<N> {
+    let mut gdt = GlobalDescriptorTable::empty();
+    gdt.append(Descriptor::kernel_code_segment());
+    gdt.append(Descriptor::kernel_data_segment());
+    gdt
+}
+
+/// The GDT `_start` loads: no TSS yet.
+static BOOT_GDT: GlobalDescriptorTable<3> = with_segments();
+
+/// Reloads every segment register after a GDT load.
+///
+/// # Safety
+/// The loaded GDT must hold the code and data descriptors at
+/// [`CODE_SELECTOR`] and [`DATA_SELECTOR`].
+unsafe fn reload_segments() {
+    let code = SegmentSelector::new(CODE_SELECTOR >> 3, PrivilegeLevel::Ring0);
+    let data = SegmentSelector::new(DATA_SELECTOR >> 3, PrivilegeLevel::Ring0);
+    // SAFETY: both selectors name valid ring-0 descriptors (caller's
+    // contract); CS is reloaded with a far return to the next instruction.
+    unsafe {
+        CS::set_reg(code);
+        SS::set_reg(data);
+        DS::set_reg(data);
+        ES::set_reg(data);
+        FS::set_reg(data);
+        GS::set_reg(data);
+    }
+}
+
+/// Loads [`BOOT_GDT`] and reloads every segment register from it.
 ///
 /// # Safety
 /// Call at CPL 0 with interrupts disabled, in 64-bit mode.
 pub unsafe fn load() {
-    let pointer = DescriptorTablePointer { limit: (core::mem::size_of_val(&GDT) - 1) as u16, base: GDT.as_ptr() as u64 };
-    // SAFETY: the table is static and valid; CS is reloaded with a far
-    // return to the next instruction, data segments with the data selector.
+    BOOT_GDT.load();
+    // SAFETY: BOOT_GDT holds the two descriptors.
+    unsafe { reload_segments() };
+}
+
+/// Gives this CPU its own GDT and TSS, with fresh IST stacks for the
+/// vectors in [`ist`], and loads both (LTR). Everything is allocated on the
+/// heap and never freed: it is this CPU's for good.
+///
+/// The IDT's gates name these IST slots only after
+/// [`super::idt::use_ist_stacks`]; until then the stacks are unused.
+///
+/// # Safety
+/// Call once per CPU, at CPL 0 with interrupts disabled, in 64-bit mode,
+/// with a working heap.
+pub unsafe fn load_cpu_tables() {
+    let mut tss = TaskStateSegment::new();
+    for slot in [ist::DOUBLE_FAULT, ist::NMI, ist::MACHINE_CHECK] {
+        let stack: &'static mut [u8] = vec![0u8; IST_STACK_SIZE].leak();
+        let top = (stack.as_ptr() as u64 + IST_STACK_SIZE as u64) & !0xf;
+        tss.interrupt_stack_table[usize::from(slot - 1)] = VirtAddr::new(top);
+    }
+    let tss: &'static TaskStateSegment = Box::leak(Box::new(tss));
+    let mut gdt: GlobalDescriptorTable<5> = with_segments();
+    let selector = gdt.append(Descriptor::tss_segment(tss));
+    assert_eq!(selector.0, TSS_SELECTOR);
+    // The CPU sets the TSS descriptor's busy bit in this memory on LTR:
+    // heap memory, writable, and never read by Rust code again.
+    let gdt: &'static GlobalDescriptorTable<5> = Box::leak(Box::new(gdt));
+    gdt.load();
+    // SAFETY: the GDT holds the code and data descriptors at the usual
+    // selectors, and an available TSS at TSS_SELECTOR that lives forever.
     unsafe {
-        core::arch::asm!(
-            "lgdt [{pointer}]",
-            "push {code}",
-            "lea {tmp}, [rip + 2f]",
-            "push {tmp}",
-            "retfq",
-            "2:",
-            "mov {tmp:e}, {data}",
-            "mov ds, {tmp:e}",
-            "mov es, {tmp:e}",
-            "mov ss, {tmp:e}",
-            "mov fs, {tmp:e}",
-            "mov gs, {tmp:e}",
-            pointer = in(reg) &pointer,
-            code = const CODE_SELECTOR as u64,
-            data = const DATA_SELECTOR as u32,
-            tmp = out(reg) _,
-        );
+        reload_segments();
+        load_tss(selector);
     }
 }

@@ -6,10 +6,18 @@
 //! to complete an [`ExceptionFrame`] and calls
 //! `bulkhead_x86_exception(&ExceptionFrame)`, which the image defines and
 //! which must not return.
+//!
+//! #DF, NMI and #MC are delivered on interrupt stacks of their own (IST,
+//! see [`super::gdt::ist`]) once [`use_ist_stacks`] has run: a stack
+//! overflow that faults while pushing the page-fault frame becomes a #DF,
+//! which then still has a stack to report on.
 
-use super::gdt::{CODE_SELECTOR, DescriptorTablePointer};
+use super::gdt::{CODE_SELECTOR, ist};
 use crate::exception::ExceptionFrame;
 use core::cell::UnsafeCell;
+use x86_64::VirtAddr;
+use x86_64::instructions::tables::lidt;
+use x86_64::structures::DescriptorTablePointer;
 
 const STUB_SIZE: u64 = 16;
 
@@ -104,6 +112,9 @@ impl Gate {
     }
 }
 
+/// Vectors with a stack of their own, and its IST slot.
+const IST_VECTORS: [(usize, u8); 3] = [(2, ist::NMI), (8, ist::DOUBLE_FAULT), (18, ist::MACHINE_CHECK)];
+
 #[repr(C, align(16))]
 struct Idt(UnsafeCell<[Gate; 256]>);
 
@@ -113,7 +124,13 @@ unsafe impl Sync for Idt {}
 
 static IDT: Idt = Idt(UnsafeCell::new([Gate::ABSENT; 256]));
 
-/// Fills the IDT with the vector stubs and loads it.
+/// The `lidt` operand for [`IDT`].
+fn pointer() -> DescriptorTablePointer {
+    DescriptorTablePointer { limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16, base: VirtAddr::from_ptr(IDT.0.get()) }
+}
+
+/// Fills the IDT with the vector stubs and loads it. No gate uses an IST
+/// slot yet: the firmware's TSS may still be loaded.
 ///
 /// # Safety
 /// Call once, at CPL 0 with interrupts disabled, after [`super::gdt::load`].
@@ -124,21 +141,32 @@ pub unsafe fn load() {
     for (vector, gate) in gates.iter_mut().enumerate() {
         *gate = Gate::interrupt(stubs + STUB_SIZE * vector as u64);
     }
-    let pointer = DescriptorTablePointer { limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16, base: gates.as_ptr() as u64 };
     // SAFETY: the table is static and every gate points at a stub.
-    unsafe { core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+    unsafe { lidt(&pointer()) };
+}
+
+/// Points the gates of #DF, NMI and #MC at their IST slots.
+///
+/// # Safety
+/// Call on the boot CPU after [`load`] and after
+/// [`super::gdt::load_cpu_tables`], before any other CPU loads the IDT:
+/// from here on every CPU that uses the IDT must have loaded its own TSS.
+pub unsafe fn use_ist_stacks() {
+    // SAFETY: only the boot CPU runs (caller's contract), and a gate is
+    // a plain value the CPU reads only when it delivers that vector.
+    let gates = unsafe { &mut *IDT.0.get() };
+    for (vector, slot) in IST_VECTORS {
+        gates[vector].ist = slot;
+    }
 }
 
 /// Loads the IDT [`load`] filled on the boot CPU into this CPU.
 ///
 /// # Safety
 /// [`load`] must have run (on the boot CPU); call at CPL 0 with interrupts
-/// disabled.
+/// disabled, after this CPU loaded its own TSS
+/// ([`super::gdt::load_cpu_tables`]) if [`use_ist_stacks`] has run.
 pub unsafe fn reload() {
-    let pointer = DescriptorTablePointer {
-        limit: (core::mem::size_of::<[Gate; 256]>() - 1) as u16,
-        base: IDT.0.get() as u64,
-    };
     // SAFETY: the table is static and was filled by `load`.
-    unsafe { core::arch::asm!("lidt [{}]", in(reg) &pointer, options(readonly, nostack, preserves_flags)) };
+    unsafe { lidt(&pointer()) };
 }

@@ -1,5 +1,5 @@
 //! What the hypervisor image runs on the bare CPU: the entry point, its own
-//! GDT and IDT, port I/O, the 16550 console UART, QEMU's `isa-debug-exit`,
+//! GDT, TSS and IDT, switching to its own page tables (`mmu`), port I/O, the 16550 console UART, QEMU's `isa-debug-exit`,
 //! and the SVM instructions and MSRs (`svm`).
 //!
 //! Built only for the bare-metal target (`target_os = "none"`): host tests
@@ -9,6 +9,7 @@ pub mod ap;
 pub mod entry;
 pub mod gdt;
 pub mod idt;
+pub mod mmu;
 pub mod port;
 pub mod serial;
 pub mod svm;

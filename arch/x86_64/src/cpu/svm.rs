@@ -5,9 +5,12 @@
 //! RSP, RIP, RFLAGS, control and segment registers; AMD APM Vol. 2
 //! §15.5.1, §15.6). The other general-purpose registers pass through the
 //! CPU unchanged, so [`vmrun`] swaps them with a [`GuestRegisters`] block.
-//! FS, GS, TR, LDTR and the SYSCALL/SYSENTER MSRs are VMLOAD/VMSAVE state:
-//! this module does not switch them, so a guest runs with the host's values
-//! there until it loads its own (and the host does not rely on them).
+//! FS, GS, TR, LDTR, KernelGSBase and the SYSCALL/SYSENTER MSRs are
+//! VMLOAD/VMSAVE state (§15.5.2): [`vmrun`] loads the guest's from its VMCB
+//! and, after the exit, saves them there and reloads the host's from a page
+//! [`vmsave`] filled. The host needs its own TR back: its TSS holds the IST
+//! stacks of #DF, NMI and #MC, and a TR the guest loaded would make the CPU
+//! take those stack pointers from wherever the guest said.
 
 use core::arch::asm;
 
@@ -133,28 +136,45 @@ pub struct GuestRegisters {
     pub r15: u64,
 }
 
+/// Saves this CPU's VMLOAD/VMSAVE state (FS, GS, TR, LDTR and the MSRs
+/// listed in the module documentation) into the 4 KiB page at `pa`, for
+/// [`vmrun`] to restore after each guest.
+///
+/// # Safety
+/// SVM must be enabled ([`enable`]) on this CPU; `pa` must be a 4 KiB-aligned,
+/// identity-mapped page reserved for this CPU. Call after this CPU loaded
+/// the TR and segments it keeps.
+pub unsafe fn vmsave(pa: u64) {
+    // SAFETY: the caller vouches for SVM and the page; VMSAVE writes only it.
+    unsafe { asm!("vmsave rax", in("rax") pa, options(nostack, preserves_flags)) };
+}
+
 /// Runs the guest of the VMCB at host-physical `vmcb_pa` until its next
 /// #VMEXIT, with `registers` loaded into the CPU before and saved back
 /// after. Global interrupts are masked (CLGI) around the world switch and
 /// unmasked (STGI) after it, so an interrupt or NMI that caused the exit is
-/// taken on the host side only when the host allows it.
+/// taken on the host side only when the host allows it, and only once the
+/// host's own TR, FS and GS are back (VMLOAD of `host_state_pa`).
 ///
 /// # Safety
 /// SVM must be enabled ([`enable`]) on this CPU; `vmcb_pa` must be the
 /// identity-mapped, 4 KiB-aligned address of a VMCB that passes VMRUN's
 /// consistency checks or fails them cleanly (exit code -1), whose nested
 /// page table maps only memory the partition owns, and whose permission
-/// maps intercept everything the host must keep.
-pub unsafe fn vmrun(vmcb_pa: u64, registers: &mut GuestRegisters) {
+/// maps intercept everything the host must keep; `host_state_pa` must be
+/// this CPU's page filled by [`vmsave`].
+pub unsafe fn vmrun(vmcb_pa: u64, host_state_pa: u64, registers: &mut GuestRegisters) {
     let registers: *mut GuestRegisters = registers;
-    // SAFETY: the caller vouches for the VMCB. RBX and RBP cannot be named
-    // as operands, so they are saved on the stack; the block's address is
-    // kept there too while the guest's RCX occupies RCX. #VMEXIT restores
-    // RAX (the VMCB address), RSP and RIP from the host-save area.
+    // SAFETY: the caller vouches for the VMCB and the host-state page. RBX
+    // and RBP cannot be named as operands, so they are saved on the stack;
+    // the host-state page's and the block's addresses are kept there too
+    // while the guest's registers occupy RDX and RCX. #VMEXIT restores RAX
+    // (the VMCB address), RSP and RIP from the host-save area.
     unsafe {
         asm!(
             "push rbp",
             "push rbx",
+            "push rdx",
             "push rcx",
             "mov rbx, [rcx + 0]",
             "mov rdx, [rcx + 16]",
@@ -171,7 +191,9 @@ pub unsafe fn vmrun(vmcb_pa: u64, registers: &mut GuestRegisters) {
             "mov r15, [rcx + 104]",
             "mov rcx, [rcx + 8]",
             "clgi",
+            "vmload rax",
             "vmrun rax",
+            "vmsave rax",
             "push rcx",
             "mov rcx, [rsp + 8]",
             "mov [rcx + 0], rbx",
@@ -190,12 +212,15 @@ pub unsafe fn vmrun(vmcb_pa: u64, registers: &mut GuestRegisters) {
             "pop rax",
             "mov [rcx + 8], rax",
             "add rsp, 8",
+            "pop rax",
+            "vmload rax",
             "pop rbx",
             "pop rbp",
             "stgi",
             inout("rax") vmcb_pa => _,
             inout("rcx") registers => _,
-            out("rdx") _, out("rsi") _, out("rdi") _,
+            inout("rdx") host_state_pa => _,
+            out("rsi") _, out("rdi") _,
             out("r8") _, out("r9") _, out("r10") _, out("r11") _,
             out("r12") _, out("r13") _, out("r14") _, out("r15") _,
         );

@@ -279,3 +279,31 @@ fn npt_leaves_found_by_lookup_have_exact_bits() {
     let root = table.allocator().frame(table.root_address());
     assert_eq!(root[0], (FRAME_BASE + 0x1000) | 0x7);
 }
+
+#[test]
+fn host_identity_layout_builds_with_the_predicted_leaves() {
+    use crate::identity::{IdentityLayout, Protection};
+    use crate::paging::HostPaging;
+    let mut layout = IdentityLayout::new();
+    layout.set(0, GIB, Protection::RAM);
+    layout.set(0x8000, 0x9000, Protection::WRITABLE_CODE);
+    layout.set(0xfee0_0000, 0xfee0_0400, Protection::MMIO);
+    layout.unmap(0, 0x1000);
+    let mut table = table::<HostPaging>();
+    for m in layout.mappings() {
+        table.map(m.base, m.base, m.size(), m.protection.memory, m.protection.access).unwrap();
+    }
+    let counts = layout.leaf_counts(PageSize::Size1GiB);
+    assert_eq!((counts.size_4kib, counts.size_2mib, counts.size_1gib), (512, 511, 0));
+    // PML4, PDPT, the PD and PT of the first 2 MiB, the PD and PT of the APIC.
+    assert_eq!(table.table_frame_count(), 6);
+    assert!(table.lookup(0).is_none(), "page 0 stays unmapped");
+    assert!(table.lookup(GIB).is_none() && table.lookup(0xfed0_0000).is_none(), "holes stay unmapped");
+    let (pa, trampoline, size) = table.lookup(0x8123).unwrap();
+    assert_eq!((pa, size), (0x8123, PageSize::Size4KiB));
+    assert_eq!(trampoline & (1 << 63), 0, "the trampoline page is executable");
+    let (_, ram, size) = table.lookup(0x3000_0000).unwrap();
+    assert_eq!((size, ram & (1 << 63), ram & 0x18), (PageSize::Size2MiB, 1 << 63, 0), "RAM is NX and write-back");
+    let (_, apic, _) = table.lookup(0xfee0_0300).unwrap();
+    assert_eq!(apic & 0x18, 0x18, "the APIC page is uncached (PCD | PWT)");
+}

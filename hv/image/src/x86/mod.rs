@@ -1,17 +1,18 @@
 //! The x86_64 image (QEMU `q35`): boot to the hypervisor's Rust code, the
-//! COM1 console, our own GDT/IDT with a fatal-exception report, the memory
-//! map and the ACPI MADT; then the partitions of the configuration, built
+//! COM1 console, our own GDT/IDT with a fatal-exception report (and a TSS
+//! per CPU, whose IST stacks carry #DF, NMI and #MC), the memory map, the
+//! ACPI MADT and our own page tables ([`paging`]); then the partitions of the configuration, built
 //! ([`partition`]) and run at the same time, each on its own CPU ([`smp`]:
 //! application processors started with INIT-SIPI-SIPI) under AMD SVM with
 //! nested paging ([`svm`], exits handled in [`exits`]); then the summary, printed by the CPU that
 //! finishes last, whose exit code ends the run through `isa-debug-exit`.
 //!
-//! Not yet: more than one vCPU per partition, MMIO and port emulation, MSR pass-through, the VMX back end, and the
-//! hypervisor's own page tables (it runs on OVMF's identity map, see
-//! [`memory`]).
+//! Not yet: more than one vCPU per partition, MMIO and port emulation, MSR
+//! pass-through, the VMX back end.
 
 mod console;
 mod memory;
+mod paging;
 mod partition;
 mod exits;
 mod smp;
@@ -23,17 +24,20 @@ use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
 use bulkhead_config::Config;
 use bulkhead_abi::exit::ExitCode;
+use bulkhead_arch_x86_64::cpu::ap::LocalApic;
+use bulkhead_arch_x86_64::cpu::{gdt, idt};
 use bulkhead_arch_x86_64::exception::{ExceptionFrame, vector_name};
 use bulkhead_core::acpi::{self, PhysicalMemory};
 use bulkhead_core::bootargs::CrashTest;
-use bulkhead_core::memmap::{self, MemoryKind};
+use bulkhead_core::memmap::{self, MemoryDescriptor, MemoryKind};
 use buddy_system_allocator::LockedHeap;
 use console::{emergency_line, finish, finish_quietly};
 
 /// Bytes at the top of the pool used as the boot CPU's stack (`_start`
 /// puts the stack pointer at the pool's end).
 const STACK_SIZE: u64 = 256 << 10;
-/// Kept free between heap and stack.
+/// Kept free between heap and stack, and unmapped in our page tables: an
+/// overflowing stack faults there.
 const GUARD_SIZE: u64 = 4096;
 
 #[global_allocator]
@@ -57,6 +61,13 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     // SAFETY: the pool is hypervisor-owned memory reserved by the loader;
     // the heap stays below the guard gap and the stack.
     unsafe { HEAP.lock().init(pool.base as usize, (pool.size - STACK_SIZE - GUARD_SIZE) as usize) };
+    // SAFETY: at CPL 0 with interrupts masked, the heap works, and no other
+    // CPU runs yet; this CPU's TSS is loaded before the gates use it.
+    unsafe {
+        gdt::load_cpu_tables();
+        idt::use_ist_stacks();
+    }
+    let stack_bottom = pool.base + pool.size - STACK_SIZE;
 
     let args = crate::loaded::bootargs(boot_info).unwrap_or_default();
     console::init(args.log_level);
@@ -78,39 +89,76 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         boot_info.modules().len(),
         boot_info.config.size
     );
-    log_memory_map(boot_info);
-    let cpus = log_cpus(boot_info.acpi_rsdp);
+    log::info!(
+        "own TSS with IST stacks for #DF, NMI and #MC ({} KiB each, one set per CPU)",
+        gdt::IST_STACK_SIZE >> 10
+    );
+    let map = match crate::loaded::memory_map(boot_info) {
+        Ok(map) if !map.is_empty() => map,
+        Ok(_) => {
+            log::error!("no memory map from the loader");
+            finish(ExitCode::BootFailure);
+        }
+        Err(message) => {
+            log::error!("{message}");
+            finish(ExitCode::BootFailure);
+        }
+    };
+    log_memory_map(&map);
+    let (cpus, madt_apic) = log_cpus(boot_info.acpi_rsdp);
+    let mut low_pages = memory::low_pages(&map);
+    let trampoline = low_pages.next();
+    let Some(root) = low_pages.next() else {
+        log::error!("no free page below 1 MiB for the page-table root");
+        finish(ExitCode::BootFailure);
+    };
+    // SAFETY: OVMF identity-maps the local APIC's page uncached.
+    let msr_apic = unsafe { LocalApic::current() }.mmio_base();
+    let mut local_apics: Vec<u64> = madt_apic.into_iter().chain(msr_apic).map(|a| a & !0xfff).collect();
+    local_apics.dedup();
+    let inputs = paging::Inputs {
+        trampoline,
+        root,
+        local_apics: &local_apics,
+        holes: &[(stack_bottom - GUARD_SIZE, stack_bottom)],
+    };
+    let tables = match paging::init(boot_info, &map, &inputs) {
+        Ok(tables) => tables,
+        Err(message) => {
+            log::error!("{message}");
+            finish(ExitCode::BootFailure);
+        }
+    };
 
     if let Some(test) = args.crash {
-        crash(test);
+        crash(test, stack_bottom);
     }
-    run_partitions(boot_info, &cpus)
+    run_partitions(boot_info, &map, &cpus, trampoline, &tables)
 }
 
 /// Loads the configuration, builds and runs every partition, prints the
 /// summary and ends the run with its exit code.
-fn run_partitions(boot_info: &'static BootInfo, cpus: &[u32]) -> ! {
+fn run_partitions(
+    boot_info: &'static BootInfo,
+    map: &[MemoryDescriptor],
+    cpus: &[u32],
+    trampoline: Option<u64>,
+    tables: &paging::Live,
+) -> ! {
     let (config, refused) = load_config(boot_info);
     let host_backed = crate::host_backing::host_backed_ranges(&config);
-    let map = match memory::init(boot_info, &host_backed) {
-        Ok(map) => map,
-        Err(message) => {
-            log::error!("memory set-up failed: {message}");
-            finish(ExitCode::BootFailure);
-        }
-    };
+    memory::init(boot_info, map, &host_backed, tables);
     let svm = svm::enable_svm();
     if let Err(reason) = &svm {
         log::error!("{reason}");
     }
-    let trampoline = memory::low_page(&map);
     let mut slots = Vec::new();
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
         let built = match (refusal, &svm) {
             (Some(reason), _) => Err(reason),
             (None, Err(reason)) => Err(reason.clone()),
-            (None, Ok(())) => cpu_of(config, cpus).and_then(|apic_id| {
-                partition::build(index, config, boot_info, &map).map(|built| (built, apic_id))
+            (None, Ok(_)) => cpu_of(config, cpus).and_then(|apic_id| {
+                partition::build(index, config, boot_info, map).map(|built| (built, apic_id))
             }),
         };
         slots.push(match built {
@@ -121,7 +169,7 @@ fn run_partitions(boot_info: &'static BootInfo, cpus: &[u32]) -> ! {
             Err(reason) => smp::Slot::refused(index, &config.name, reason),
         });
     }
-    smp::start(slots, trampoline)
+    smp::start(slots, trampoline, svm.ok())
 }
 
 /// The APIC ID of the one CPU `config` runs on: its CPU number indexes the
@@ -146,19 +194,11 @@ fn load_config(boot_info: &BootInfo) -> (Config, Vec<Option<String>>) {
 }
 
 /// Summarises the firmware memory map the loader recorded.
-fn log_memory_map(boot_info: &BootInfo) {
-    if boot_info.memory_map.buffer.is_empty() {
-        log::warn!("no memory map from the loader");
-        return;
+fn log_memory_map(descriptors: &[MemoryDescriptor]) {
+    for d in descriptors {
+        log::debug!("memory map: {:#012x}..{:#012x} UEFI type {:#x}", d.base, d.end(), d.uefi_type);
     }
-    let descriptors = match crate::loaded::memory_map(boot_info) {
-        Ok(descriptors) => descriptors,
-        Err(err) => {
-            log::error!("{err}");
-            return;
-        }
-    };
-    let mib = |kind: MemoryKind| memmap::ranges_of(&descriptors, kind).iter().map(|(b, e)| e - b).sum::<u64>() >> 20;
+    let mib = |kind: MemoryKind| memmap::ranges_of(descriptors, kind).iter().map(|(b, e)| e - b).sum::<u64>() >> 20;
     log::info!(
         "memory map: {} descriptors; free RAM {} MiB, hypervisor {} MiB, guest images {} MiB, firmware RAM {} MiB",
         descriptors.len(),
@@ -169,7 +209,8 @@ fn log_memory_map(boot_info: &BootInfo) {
     );
 }
 
-/// ACPI tables, read in place (the firmware's page tables identity-map them).
+/// ACPI tables, read in place: they lie in ACPI reclaim/NVS memory, RAM
+/// that both the firmware's and our own page tables identity-map.
 struct IdentityMapped;
 
 impl PhysicalMemory for IdentityMapped {
@@ -184,8 +225,9 @@ impl PhysicalMemory for IdentityMapped {
     }
 }
 
-/// Lists the CPUs of the ACPI MADT; returns the usable ones' APIC IDs.
-fn log_cpus(rsdp: u64) -> Vec<u32> {
+/// Lists the CPUs of the ACPI MADT; returns the usable ones' APIC IDs and
+/// the local APIC address the MADT gives.
+fn log_cpus(rsdp: u64) -> (Vec<u32>, Option<u64>) {
     log::info!("ACPI RSDP at {rsdp:#x}");
     let madt = acpi::find_table(&IdentityMapped, rsdp, b"APIC").and_then(|table| acpi::parse_madt(&table));
     match madt {
@@ -197,17 +239,18 @@ fn log_cpus(rsdp: u64) -> Vec<u32> {
                 ids.len(),
                 ids
             );
-            ids
+            (ids, Some(u64::from(madt.local_apic_address)))
         }
         Err(err) => {
             log::error!("ACPI MADT: {err}");
-            Vec::new()
+            (Vec::new(), None)
         }
     }
 }
 
-/// Performs the crash test the boot arguments asked for.
-fn crash(test: CrashTest) -> ! {
+/// Performs the crash test the boot arguments asked for; `stack_bottom` is
+/// the lowest address of this CPU's stack, above the unmapped guard page.
+fn crash(test: CrashTest, stack_bottom: u64) -> ! {
     log::warn!("crash test requested by the boot arguments: {test:?}");
     match test {
         CrashTest::Panic => panic!("crash test: deliberate panic requested by boot arguments"),
@@ -216,6 +259,22 @@ fn crash(test: CrashTest) -> ! {
             // raises #GP, and the exception handler ends the run.
             let value = unsafe { core::ptr::read_volatile(NON_CANONICAL as *const u64) };
             panic!("crash test: load from non-canonical {NON_CANONICAL:#x} returned {value:#x}")
+        }
+        CrashTest::NullPointer => {
+            // SAFETY: not safe at all, deliberately: page 0 is unmapped, the
+            // load raises #PF, and the exception handler ends the run.
+            let value = unsafe { core::ptr::read_volatile(core::ptr::null::<u64>()) };
+            panic!("crash test: load from page 0 returned {value:#x}")
+        }
+        CrashTest::StackOverflow => {
+            // SAFETY: not safe at all, deliberately: what a runaway
+            // recursion does as it leaves the stack. The push lands in the
+            // unmapped guard page (#PF); delivering the #PF pushes onto the
+            // same page and faults again, which makes a #DF, delivered on
+            // its IST stack to the exception handler, which ends the run.
+            unsafe {
+                core::arch::asm!("mov rsp, {bottom}", "push 0", "ud2", bottom = in(reg) stack_bottom, options(noreturn))
+            }
         }
     }
 }

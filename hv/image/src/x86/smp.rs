@@ -70,14 +70,14 @@ static MACHINE: Once<Machine> = Once::new();
 
 /// Starts every ready partition on its CPU and runs the boot CPU's own;
 /// never returns. `trampoline` is a free page below 1 MiB, if the memory
-/// map had one.
-pub fn start(slots: Vec<Slot>, trampoline: Option<u64>) -> ! {
+/// map had one; `svm` is the boot CPU's SVM state, if SVM is on.
+pub fn start(slots: Vec<Slot>, trampoline: Option<u64>, svm: Option<svm::CpuSvm>) -> ! {
     let started = slots.iter().filter(|s| s.run.is_some()).count();
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
     if started == 0 {
         summarize_and_finish(&machine.slots);
     }
-    // SAFETY: OVMF identity-maps the local APIC's page uncached.
+    // SAFETY: our own tables map the local APIC's page uncached.
     let apic = unsafe { LocalApic::current() };
     let boot_id = apic.id();
     let needs_ap = machine.slots.iter().any(|s| s.run.is_some() && s.apic_id != boot_id);
@@ -113,8 +113,11 @@ pub fn start(slots: Vec<Slot>, trampoline: Option<u64>) -> ! {
             done(machine);
         }
     }
-    if let Some(index) = own {
-        run_slot(machine, index);
+    match (own, svm) {
+        (Some(index), Some(svm)) => run_slot(machine, index, svm),
+        // Slots are ready only when SVM is on.
+        (Some(_), None) => done(machine),
+        (None, _) => {}
     }
     halt_forever()
 }
@@ -122,7 +125,8 @@ pub fn start(slots: Vec<Slot>, trampoline: Option<u64>) -> ! {
 fn install(trampoline: Option<u64>) -> Result<u8, String> {
     let page = trampoline.ok_or("no free page below 1 MiB in the memory map")?;
     // SAFETY: the page is conventional memory below 1 MiB, which the frame
-    // allocator never hands out; nothing else uses it.
+    // allocator never hands out, mapped read-write-execute by our tables;
+    // nothing else uses it.
     unsafe { ap::install_trampoline(page, ap_main) }.map_err(|e| format!("AP trampoline: {e:?}"))
 }
 
@@ -154,9 +158,11 @@ fn start_ap(apic: &LocalApic, slot: &Slot, index: usize, vector: u8) -> Result<(
 /// The Rust entry of an AP, called by the trampoline in long mode on its
 /// own stack with its slot's index.
 extern "C" fn ap_main(index: u64) -> ! {
-    // SAFETY: at CPL 0 with interrupts masked; the boot CPU filled the IDT.
+    // SAFETY: at CPL 0 with interrupts masked, on the trampoline's stack
+    // and the boot CPU's page tables; the heap works; the boot CPU filled
+    // the IDT, whose IST gates need this CPU's own TSS, loaded first.
     unsafe {
-        gdt::load();
+        gdt::load_cpu_tables();
         idt::reload();
     }
     let Some(machine) = MACHINE.get() else { halt_forever() };
@@ -168,26 +174,30 @@ extern "C" fn ap_main(index: u64) -> ! {
     }
     // SAFETY: as in `start`.
     let id = unsafe { LocalApic::current() }.id();
-    log::info!("CPU with APIC ID {id} is up (AP, long mode, own GDT and IDT)");
-    if let Err(reason) = svm::enable_svm() {
-        let mut partition = slot.partition.lock();
-        log::error!("partition {}: not started: {reason}", partition.name);
-        partition.state = RunState::NotStarted(reason);
-        drop(partition);
-        done(machine);
-        halt_forever()
-    }
-    run_slot(machine, index);
+    log::info!("CPU with APIC ID {id} is up (AP, long mode, own page tables, GDT, TSS and IDT)");
+    let svm = match svm::enable_svm() {
+        Ok(svm) => svm,
+        Err(reason) => {
+            let mut partition = slot.partition.lock();
+            log::error!("partition {}: not started: {reason}", partition.name);
+            partition.state = RunState::NotStarted(reason);
+            drop(partition);
+            done(machine);
+            halt_forever()
+        }
+    };
+    run_slot(machine, index, svm);
     halt_forever()
 }
 
-/// Runs slot `index`'s partition on this CPU, then reports it done.
-fn run_slot(machine: &'static Machine, index: usize) {
+/// Runs slot `index`'s partition on this CPU, whose SVM state is `svm`,
+/// then reports it done.
+fn run_slot(machine: &'static Machine, index: usize, svm: svm::CpuSvm) {
     let slot = &machine.slots[index];
     if let Some((npt, start)) = &slot.run {
         let mut partition = slot.partition.lock();
         partition.state = RunState::Running;
-        svm::run(&mut partition, npt, start);
+        svm::run(&mut partition, npt, start, svm);
     }
     done(machine);
 }

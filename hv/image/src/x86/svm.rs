@@ -50,18 +50,30 @@ impl ConsoleSink for GuestConsole {
     }
 }
 
-/// Turns SVM on for this CPU and gives it its host-save page.
+/// One CPU's SVM state: the page holding its own FS, GS, TR and LDTR
+/// (VMSAVE), reloaded after every guest.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSvm {
+    host_state: u64,
+}
+
+/// Turns SVM on for this CPU, gives it its host-save page and saves its
+/// own VMLOAD/VMSAVE state. Call after this CPU loaded its TSS.
 ///
 /// # Errors
 /// Why SVM cannot be used, as text for the boot log.
-pub fn enable_svm() -> Result<(), String> {
+pub fn enable_svm() -> Result<CpuSvm, String> {
     let host_save = alloc_frames(4096, 4096).ok_or("no memory for the VMRUN host-save page")?;
+    let host_state = alloc_frames(4096, 4096).ok_or("no memory for the host VMSAVE page")?.raw();
     // SAFETY: the page was just allocated for this CPU and is never freed;
-    // HOST_PAT keeps entry 0 write-back, which is what the firmware's
-    // identity map of RAM uses.
+    // HOST_PAT keeps entries 0-3 as they were, which is what the
+    // hypervisor's own tables select (WB for RAM, UC for the APIC).
     unsafe { cpu::enable(host_save.raw(), npt::HOST_PAT) }.map_err(|e| format!("SVM unavailable: {e:?}"))?;
+    // SAFETY: SVM is on; the page was just allocated for this CPU, which
+    // has loaded its own GDT and TSS (caller's contract).
+    unsafe { cpu::vmsave(host_state) };
     log::info!("SVM enabled: EFER.SVME set, host-save area at {host_save:?}, nested paging available");
-    Ok(())
+    Ok(CpuSvm { host_state })
 }
 
 /// Copies `bytes` into freshly allocated, zeroed, page-aligned frames.
@@ -230,14 +242,14 @@ fn exit_of(vmcb: &Vmcb, registers: &GuestRegisters) -> Exit {
 }
 
 /// Runs `partition`'s only vCPU on this CPU until the partition stops.
-pub fn run(partition: &mut Partition, npt: &NestedTable, start: &Start) {
-    if let Err(reason) = run_vcpu(partition, npt, start) {
+pub fn run(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: CpuSvm) {
+    if let Err(reason) = run_vcpu(partition, npt, start, svm) {
         log::error!("partition {}: {reason}", partition.name);
         partition.stop(StopReason::Fault(reason), &mut GuestConsole);
     }
 }
 
-fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start) -> Result<(), String> {
+fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: CpuSvm) -> Result<(), String> {
     let iopm = frames_holding(&io_permissions(start).0, "I/O permission map")?;
     let msrpm = frames_holding(&msr_permissions().0, "MSR permission map")?;
     let vmcb_pa = alloc_frames(4096, 4096).ok_or("no memory for the VMCB")?.raw();
@@ -275,8 +287,8 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start) -> Resu
         // SAFETY: SVM is enabled on this CPU; the VMCB was filled by
         // `fill_64bit_guest` with an NPT mapping only the partition's RAM
         // and permission maps that pass only the partition's own ports and
-        // the guest-state MSRs.
-        unsafe { cpu::vmrun(vmcb_pa, &mut registers) };
+        // the guest-state MSRs; `svm` is this CPU's.
+        unsafe { cpu::vmrun(vmcb_pa, svm.host_state, &mut registers) };
         // SAFETY: the CPU is done with the VMCB until the next VMRUN.
         let vmcb = unsafe { &mut *vmcb_ptr };
         vmcb.control.tlb_control = 0;
