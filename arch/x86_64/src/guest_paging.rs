@@ -63,13 +63,32 @@ const PAGE_SIZE_BIT: u64 = 1 << 7;
 /// Bits 51:12 of an entry: the next table or the page.
 const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 
+/// The leaf a translation ended at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// The guest-physical address `va` translates to.
+    pub gpa: u64,
+    /// The raw leaf entry (0 with paging off).
+    pub entry: u64,
+    /// The page size it maps.
+    pub size: crate::PageSize,
+}
+
 /// Translates `va` through the guest's tables rooted at `cr3`.
 ///
 /// # Errors
 /// [`WalkError`] when the address has no translation.
 pub fn translate(memory: &dyn GuestPhysicalMemory, cr3: u64, mode: PagingMode, va: u64) -> Result<u64, WalkError> {
+    translate_leaf(memory, cr3, mode, va).map(|leaf| leaf.gpa)
+}
+
+/// [`translate`], also returning the leaf entry (for its memory-type bits).
+///
+/// # Errors
+/// [`WalkError`] when the address has no translation.
+pub fn translate_leaf(memory: &dyn GuestPhysicalMemory, cr3: u64, mode: PagingMode, va: u64) -> Result<Leaf, WalkError> {
     if !mode.paging {
-        return Ok(va & 0xffff_ffff);
+        return Ok(Leaf { gpa: va & 0xffff_ffff, entry: 0, size: crate::PageSize::Size4KiB });
     }
     if !mode.long_mode {
         return Err(WalkError::UnsupportedMode);
@@ -95,11 +114,15 @@ pub fn translate(memory: &dyn GuestPhysicalMemory, cr3: u64, mode: PagingMode, v
                 return Err(WalkError::Malformed { level });
             }
             let page_mask = (1u64 << shift) - 1;
-            return Ok((entry & ADDRESS_MASK & !page_mask) | (va & page_mask));
+            let size = if level == 3 { crate::PageSize::Size1GiB } else { crate::PageSize::Size2MiB };
+            return Ok(Leaf { gpa: (entry & ADDRESS_MASK & !page_mask) | (va & page_mask), entry, size });
+        }
+        if level == 1 {
+            return Ok(Leaf { gpa: (entry & ADDRESS_MASK) | (va & 0xfff), entry, size: crate::PageSize::Size4KiB });
         }
         table = entry & ADDRESS_MASK;
     }
-    Ok(table | (va & 0xfff))
+    Err(WalkError::Malformed { level: 0 })
 }
 
 #[cfg(test)]

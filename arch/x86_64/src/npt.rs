@@ -109,6 +109,36 @@ pub const HOST_PAT: u64 = u64::from_le_bytes([
     pat_type::UC,
 ]);
 
+/// The PAT index a present leaf of `size` selects: `PAT << 2 | PCD << 1 |
+/// PWT`, with PAT at bit 7 in a 4 KiB entry and bit 12 in a large one. The
+/// same layout serves NPT leaves and the guest's own long-mode entries.
+pub const fn leaf_pat_index(entry: u64, size: crate::PageSize) -> u8 {
+    let pat_bit = match size {
+        crate::PageSize::Size4KiB => 7,
+        _ => 12,
+    };
+    (((entry >> pat_bit) & 1) << 2 | ((entry >> 4) & 1) << 1 | ((entry >> 3) & 1)) as u8
+}
+
+/// The memory type (a [`pat_type`] value) entry `index` of the PAT value
+/// `pat` holds.
+pub const fn pat_entry(pat: u64, index: u8) -> u8 {
+    (pat >> (8 * (index as u32 & 7))) as u8 & 7
+}
+
+/// A [`pat_type`] value's name.
+pub const fn pat_type_name(memory_type: u8) -> &'static str {
+    match memory_type {
+        pat_type::UC => "UC",
+        pat_type::WC => "WC",
+        pat_type::WT => "WT",
+        pat_type::WP => "WP",
+        pat_type::WB => "WB",
+        pat_type::UC_MINUS => "UC-",
+        _ => "reserved",
+    }
+}
+
 /// The [`HOST_PAT`] index a leaf selects for `memory`.
 ///
 /// - `normal-wb`: WB (0). The guest PAT may still make its own RAM
@@ -366,5 +396,29 @@ mod tests {
         assert!(Npt::is_leaf(Level::Pt, small));
         assert_eq!(Npt::address(Level::Pt, small | ACCESSED | DIRTY), HPA);
         assert!(!Npt::is_present(HPA | 0x06));
+    }
+}
+
+#[cfg(test)]
+mod pat_tests {
+    use super::*;
+    use crate::{Access, PageSize};
+
+    #[test]
+    fn leaves_select_the_host_type_the_configuration_asks_for() {
+        for (memory, expected) in [
+            (MemoryType::NormalWriteBack, pat_type::WB),
+            (MemoryType::NormalNonCacheable, pat_type::WC),
+            (MemoryType::DeviceNGnRE, pat_type::UC),
+            (MemoryType::DeviceNGnRnE, pat_type::UC),
+        ] {
+            let attributes = NptAttributes::new(memory, Access::READ_WRITE).unwrap();
+            for size in [PageSize::Size4KiB, PageSize::Size2MiB] {
+                let entry = leaf_entry(size, 0x4000_0000, attributes);
+                assert_eq!(pat_entry(HOST_PAT, leaf_pat_index(entry, size)), expected, "{memory:?} {size:?}");
+            }
+        }
+        assert_eq!(pat_type_name(pat_entry(0x0007_0406_0007_0406, 0)), "WB");
+        assert_eq!(pat_type_name(pat_entry(0x0007_0406_0007_0406, 3)), "UC");
     }
 }

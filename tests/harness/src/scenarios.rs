@@ -647,6 +647,24 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["entering the hypervisor"],
         ..Scenario::DEFAULT
     },
+    // x86_64 memory attributes: the memory type the live NPT gives each
+    // region's page (read back through the table the CPU walks) is the one
+    // its configured attribute means; an unassigned page is refused.
+    Scenario {
+        name: "x86-attributes",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-attributes.toml",
+        expect: &[
+            "(NormalWb): guest PAT type WB, second-level type WB, expected WB: match",
+            "(NormalNc): guest PAT type WB, second-level type WC, expected WC: match",
+            "(DeviceNGnRE): guest PAT type WB, second-level type UC, expected UC: match",
+            "(DeviceNGnRnE): guest PAT type WB, second-level type UC, expected UC: match",
+            "[x86-attributes] unassigned 0x30000000: Err(InvalidParameter)",
+            "partition x86-attributes: passed",
+        ],
+        forbid: &["MISMATCH", "FATAL"],
+        ..Scenario::DEFAULT
+    },
     // A hypervisor panic on x86_64 ends the run through isa-debug-exit with 99.
     Scenario {
         name: "x86-panic",

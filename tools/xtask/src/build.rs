@@ -122,6 +122,7 @@ pub const X86_GUESTS: &[&str] = &[
     "x86-isolation-attacker",
     "x86-isolation-victim",
     "x86-inject-attacker",
+    "x86-attributes",
     "x86-msr",
     "x86-port",
     "x86-triple",

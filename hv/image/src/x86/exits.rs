@@ -24,7 +24,9 @@ use alloc::sync::Arc;
 use bulkhead_arch_x86_64::decode::{self, Bitness, DecodeError, Gpr, Intercepted, MAX_INSTRUCTION_LENGTH, StoreSource};
 use bulkhead_arch_x86_64::guest_msr::{self, EferWrite, MsrRule};
 use bulkhead_arch_x86_64::guest_paging::{self, GuestPhysicalMemory, PagingMode};
-use bulkhead_config::FaultPolicy;
+use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
+use bulkhead_arch_x86_64::npt::{leaf_pat_index, pat_entry, pat_type_name};
+use bulkhead_config::{FaultPolicy, MemoryAttribute};
 use bulkhead_core::address::Gpa;
 use bulkhead_core::hypercall::{self, Conduit, Outcome, SingleVcpu};
 use bulkhead_core::mmio::AccessSize;
@@ -68,6 +70,14 @@ pub trait GuestCpu {
     fn set_efer(&mut self, efer: u64);
     /// Delivers exception `vector` (with `error_code`) at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// The guest's PAT (the one its own page-table entries index).
+    fn guest_pat(&self) -> u64;
+    /// The memory type (a `pat_type` value) the live second-level table
+    /// gives `gpa`, read back from the table the CPU walks; `None` if
+    /// unmapped.
+    fn second_level_memory_type(&self, gpa: u64) -> Option<u8>;
+    /// The memory type this back end's encoder means for `attr`.
+    fn configured_memory_type(&self, attr: MemoryAttribute) -> u8;
 }
 
 /// Why the guest exited, in back-end neutral terms.
@@ -294,12 +304,52 @@ fn hypercall_exit(partition: &mut Partition, cpu: &mut dyn GuestCpu) -> Result<(
         Gpr(11),
     ]
     .map(|gpr| cpu.gpr(gpr));
+    if x[0] as u32 == CHECK_ATTRIBUTE {
+        let result = check_attribute(partition, cpu, x[1]);
+        cpu.set_gpr(Gpr::RAX, result);
+        return Ok(());
+    }
     match hypercall::dispatch(partition, &IdentityMemory, &mut GuestConsole, &mut SingleVcpu, Conduit::Hvc, &x) {
         Outcome::Return(value) => cpu.set_gpr(Gpr::RAX, value),
         Outcome::Stop | Outcome::VcpuOff => {}
         Outcome::Reset => return Err(Some(String::from("SYSTEM_RESET: partition reset is not implemented on x86_64 yet"))),
     }
     Ok(())
+}
+
+/// `CHECK_ATTRIBUTE`: translates the guest's VA through its own page table,
+/// reads back the memory type the live second-level table gives that page,
+/// and compares it with the type the configuration's attribute for the
+/// region means (DESIGN.md §4). Returns the second-level type on a match.
+fn check_attribute(partition: &Partition, cpu: &dyn GuestCpu, va: u64) -> u64 {
+    let leaf = match guest_paging::translate_leaf(&PartitionRam(partition), cpu.cr3(), cpu.paging_mode(), va) {
+        Ok(leaf) => leaf,
+        Err(e) => {
+            log::warn!("attribute check: partition '{}': VA {va:#x} does not translate ({e:?})", partition.name);
+            return HvError::InvalidParameter.to_register();
+        }
+    };
+    let Some(region) = partition.space.region_at(Gpa::new(leaf.gpa)) else {
+        log::warn!("attribute check: partition '{}': VA {va:#x} is GPA {:#x}, in no region", partition.name, leaf.gpa);
+        return HvError::InvalidParameter.to_register();
+    };
+    let guest_type = pat_entry(cpu.guest_pat(), leaf_pat_index(leaf.entry, leaf.size));
+    let Some(actual) = cpu.second_level_memory_type(leaf.gpa) else {
+        log::warn!("attribute check: partition '{}': GPA {:#x} is not in the second-level table", partition.name, leaf.gpa);
+        return HvError::InvalidParameter.to_register();
+    };
+    let expected = cpu.configured_memory_type(region.attr);
+    let verdict = if actual == expected { "match" } else { "MISMATCH" };
+    log::info!(
+        "attribute check: partition '{}' VA {va:#x} -> GPA {:#x} ({:?}): guest PAT type {}, second-level type {}, expected {}: {verdict}",
+        partition.name,
+        leaf.gpa,
+        region.attr,
+        pat_type_name(guest_type),
+        pat_type_name(actual),
+        pat_type_name(expected)
+    );
+    if actual == expected { u64::from(actual) } else { HvError::CheckFailed.to_register() }
 }
 
 fn cpuid_exit(partition: &Partition, cpu: &mut dyn GuestCpu) -> Result<(), Option<String>> {

@@ -44,7 +44,7 @@ pub struct Start {
 }
 
 /// The NPT memory type for a configured attribute.
-fn memory_type(attr: MemoryAttribute) -> MemoryType {
+pub fn memory_type(attr: MemoryAttribute) -> MemoryType {
     match attr {
         MemoryAttribute::NormalWb => MemoryType::NormalWriteBack,
         MemoryAttribute::NormalNc => MemoryType::NormalNonCacheable,

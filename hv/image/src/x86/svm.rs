@@ -25,6 +25,7 @@ use bulkhead_arch_x86_64::svm::bitmaps::{IoPermissionMap, MsrPermissionMap};
 use bulkhead_arch_x86_64::svm::exit::{IoDirection, IoioInfo, NestedPageFault, PendingEvent, SvmExit};
 use bulkhead_arch_x86_64::svm::guest::{SvmGuest, fill_64bit_guest};
 use bulkhead_arch_x86_64::svm::vmcb::Vmcb;
+use bulkhead_config::MemoryAttribute;
 use bulkhead_core::partition::{ConsoleSink, Partition, StopReason};
 
 /// The power-on PAT value, given to the guest as its gPAT.
@@ -111,6 +112,7 @@ fn msr_permissions() -> MsrPermissionMap {
 struct SvmCpu<'a> {
     vmcb: &'a mut Vmcb,
     registers: &'a mut GuestRegisters,
+    npt: &'a NestedTable,
 }
 
 impl GuestCpu for SvmCpu<'_> {
@@ -199,6 +201,19 @@ impl GuestCpu for SvmCpu<'_> {
             event |= EVENTINJ_ERROR_CODE | (u64::from(code) << 32);
         }
         self.vmcb.control.eventinj = event;
+    }
+
+    fn guest_pat(&self) -> u64 {
+        self.vmcb.save.g_pat
+    }
+
+    fn second_level_memory_type(&self, gpa: u64) -> Option<u8> {
+        let (_, entry, size) = self.npt.lookup(gpa)?;
+        Some(npt::pat_entry(npt::HOST_PAT, npt::leaf_pat_index(entry, size)))
+    }
+
+    fn configured_memory_type(&self, attr: MemoryAttribute) -> u8 {
+        npt::pat_entry(npt::HOST_PAT, npt::pat_index(super::partition::memory_type(attr)))
     }
 }
 
@@ -295,7 +310,7 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
         vmcb.control.eventinj = 0;
         let interrupted = PendingEvent::from_exitintinfo(vmcb.control.exitintinfo);
         let exit = exit_of(vmcb, &registers);
-        let mut guest_cpu = SvmCpu { vmcb, registers: &mut registers };
+        let mut guest_cpu = SvmCpu { vmcb, registers: &mut registers, npt };
         if exits::handle(partition, &mut guest_cpu, &mut state, exit) == Next::Stop {
             break;
         }
