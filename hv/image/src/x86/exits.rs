@@ -134,12 +134,13 @@ pub struct ExitState {
     pub exits: u64,
     injected: u32,
     interrupt_exits: u32,
+    code_walk: CodeWalkCache,
 }
 
 impl ExitState {
     /// A vCPU's state before its first entry.
     pub fn new(on_fault: FaultPolicy, verdict: Arc<Mutex<Option<u32>>>) -> ExitState {
-        ExitState { on_fault, verdict, exits: 0, injected: 0, interrupt_exits: 0 }
+        ExitState { on_fault, verdict, exits: 0, injected: 0, interrupt_exits: 0, code_walk: CodeWalkCache::default() }
     }
 }
 
@@ -159,11 +160,11 @@ pub fn handle(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut Exi
         state.interrupt_exits = 0;
     }
     let result = match exit {
-        Exit::Hypercall => hypercall_exit(partition, cpu),
-        Exit::Cpuid => cpuid_exit(partition, cpu),
+        Exit::Hypercall => hypercall_exit(partition, cpu, state),
+        Exit::Cpuid => cpuid_exit(partition, cpu, state),
         Exit::Rdmsr => rdmsr_exit(partition, cpu, state),
         Exit::Wrmsr => wrmsr_exit(partition, cpu, state),
-        Exit::Hlt => hlt_exit(partition, cpu),
+        Exit::Hlt => hlt_exit(partition, cpu, state),
         Exit::Io { port, size, input } => {
             let direction = if input { "IN" } else { "OUT" };
             let message = format!(
@@ -218,6 +219,85 @@ fn violation(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitStat
     }
 }
 
+/// The last code-page translation, so that an exit at the same place (a
+/// hypercall loop, a polled device register) does not walk the guest's
+/// tables again. It is only used while every entry of the walk still holds
+/// the value it had: the walk is a function of those entries alone, so the
+/// cache can never give a translation the guest's tables no longer give.
+#[derive(Clone, Copy, Default)]
+pub struct CodeWalkCache {
+    valid: bool,
+    cr3: u64,
+    mode_bits: (bool, bool, bool),
+    va_page: u64,
+    gpa_page: u64,
+    /// Host-physical address and value of each entry the walk read.
+    entries: [(u64, u64); 5],
+    count: usize,
+}
+
+impl CodeWalkCache {
+    fn lookup(&self, cr3: u64, mode: PagingMode, va_page: u64) -> Option<u64> {
+        let hit = self.valid
+            && self.cr3 == cr3
+            && self.mode_bits == (mode.paging, mode.long_mode, mode.five_level)
+            && self.va_page == va_page
+            && self.entries[..self.count]
+                .iter()
+                .all(|&(hpa, value)| IdentityMemory.read_u64(bulkhead_core::address::Hpa::new(hpa)) == Some(value));
+        hit.then_some(self.gpa_page)
+    }
+}
+
+/// Guest RAM that records the host address and value of every table entry
+/// a walk reads, for [`CodeWalkCache`].
+struct RecordingRam<'a> {
+    ram: PartitionRam<'a>,
+    entries: core::cell::RefCell<([(u64, u64); 5], usize)>,
+}
+
+impl GuestPhysicalMemory for RecordingRam<'_> {
+    fn read_u64(&self, gpa: u64) -> Option<u64> {
+        let hpa = self.ram.0.translate(Gpa::new(gpa), 8, Access::Read)?;
+        let value = IdentityMemory.read_u64(hpa)?;
+        let mut entries = self.entries.borrow_mut();
+        let (list, count) = &mut *entries;
+        if let Some(slot) = list.get_mut(*count) {
+            *slot = (hpa.raw(), value);
+            *count += 1;
+        }
+        Some(value)
+    }
+}
+
+/// Translates the code address `va` through the guest's tables, using and
+/// refilling `cache` for its page.
+fn translate_code(
+    partition: &Partition,
+    cache: &mut CodeWalkCache,
+    cr3: u64,
+    mode: PagingMode,
+    va: u64,
+) -> Result<u64, guest_paging::WalkError> {
+    let va_page = va & !(PAGE - 1);
+    if let Some(gpa_page) = cache.lookup(cr3, mode, va_page) {
+        return Ok(gpa_page | (va & (PAGE - 1)));
+    }
+    let recording = RecordingRam { ram: PartitionRam(partition), entries: core::cell::RefCell::new(([(0, 0); 5], 0)) };
+    let gpa = guest_paging::translate(&recording, cr3, mode, va)?;
+    let (entries, count) = recording.entries.into_inner();
+    *cache = CodeWalkCache {
+        valid: true,
+        cr3,
+        mode_bits: (mode.paging, mode.long_mode, mode.five_level),
+        va_page,
+        gpa_page: gpa & !(PAGE - 1),
+        entries,
+        count,
+    };
+    Ok(gpa)
+}
+
 /// Reads guest-physical memory through the partition's address space.
 struct PartitionRam<'a>(&'a Partition);
 
@@ -243,7 +323,12 @@ impl GuestPhysicalMemory for PartitionRam<'_> {
 /// The first `want` (at most 15) instruction bytes at the guest's RIP;
 /// fewer where the next page does not translate (the decoder then reports
 /// a cut-short instruction).
-fn fetch(partition: &Partition, cpu: &dyn GuestCpu, want: usize) -> Result<([u8; MAX_INSTRUCTION_LENGTH], usize), String> {
+fn fetch(
+    partition: &Partition,
+    cpu: &dyn GuestCpu,
+    cache: &mut CodeWalkCache,
+    want: usize,
+) -> Result<([u8; MAX_INSTRUCTION_LENGTH], usize), String> {
     let ram = PartitionRam(partition);
     let (cr3, mode, rip) = (cpu.cr3(), cpu.paging_mode(), cpu.rip());
     let mut bytes = [0u8; MAX_INSTRUCTION_LENGTH];
@@ -251,7 +336,7 @@ fn fetch(partition: &Partition, cpu: &dyn GuestCpu, want: usize) -> Result<([u8;
     let mut done = 0;
     while done < want {
         let va = rip.wrapping_add(done as u64);
-        let gpa = match guest_paging::translate(&ram, cr3, mode, va) {
+        let gpa = match translate_code(partition, cache, cr3, mode, va) {
             Ok(gpa) => gpa,
             Err(e) if done == 0 => return Err(format!("the instruction at RIP {rip:#x} cannot be read: {e:?}")),
             Err(_) => break,
@@ -273,26 +358,36 @@ fn fetch(partition: &Partition, cpu: &dyn GuestCpu, want: usize) -> Result<([u8;
 const PLAIN_FETCH: usize = 3;
 
 /// The length of the intercepted instruction at RIP, decoded.
-fn intercepted_length(partition: &Partition, cpu: &dyn GuestCpu, expected: Intercepted) -> Result<u64, String> {
-    let (bytes, len) = fetch(partition, cpu, PLAIN_FETCH)?;
+fn intercepted_length(
+    partition: &Partition,
+    cpu: &dyn GuestCpu,
+    cache: &mut CodeWalkCache,
+    expected: Intercepted,
+) -> Result<u64, String> {
+    let (bytes, len) = fetch(partition, cpu, cache, PLAIN_FETCH)?;
     if let Some(plain) = decode::plain_length(&bytes[..len], expected) {
         return Ok(u64::from(plain));
     }
-    let (bytes, len) = fetch(partition, cpu, MAX_INSTRUCTION_LENGTH)?;
+    let (bytes, len) = fetch(partition, cpu, cache, MAX_INSTRUCTION_LENGTH)?;
     decode::intercepted_length(&bytes[..len], cpu.bitness(), expected)
         .map(u64::from)
         .map_err(|e| format!("{expected:?} exit, but the instruction at RIP {:#x} decodes as {e:?}", cpu.rip()))
 }
 
 /// Moves RIP past the intercepted instruction.
-fn skip(partition: &Partition, cpu: &mut dyn GuestCpu, expected: Intercepted) -> Result<(), Option<String>> {
-    let length = intercepted_length(partition, cpu, expected).map_err(Some)?;
+fn skip(
+    partition: &Partition,
+    cpu: &mut dyn GuestCpu,
+    state: &mut ExitState,
+    expected: Intercepted,
+) -> Result<(), Option<String>> {
+    let length = intercepted_length(partition, cpu, &mut state.code_walk, expected).map_err(Some)?;
     cpu.set_rip(cpu.rip().wrapping_add(length));
     Ok(())
 }
 
-fn hypercall_exit(partition: &mut Partition, cpu: &mut dyn GuestCpu) -> Result<(), Option<String>> {
-    skip(partition, cpu, Intercepted::Hypercall)?;
+fn hypercall_exit(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState) -> Result<(), Option<String>> {
+    skip(partition, cpu, state, Intercepted::Hypercall)?;
     let x = [
         Gpr::RAX,
         Gpr::RDI,
@@ -352,8 +447,8 @@ fn check_attribute(partition: &Partition, cpu: &dyn GuestCpu, va: u64) -> u64 {
     if actual == expected { u64::from(actual) } else { HvError::CheckFailed.to_register() }
 }
 
-fn cpuid_exit(partition: &Partition, cpu: &mut dyn GuestCpu) -> Result<(), Option<String>> {
-    skip(partition, cpu, Intercepted::Cpuid)?;
+fn cpuid_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState) -> Result<(), Option<String>> {
+    skip(partition, cpu, state, Intercepted::Cpuid)?;
     let (leaf, subleaf) = (cpu.gpr(Gpr::RAX) as u32, cpu.gpr(Gpr::RCX) as u32);
     let values = guest_cpuid(leaf, subleaf);
     for (gpr, value) in [Gpr::RAX, Gpr::RBX, Gpr::RCX, Gpr::RDX].into_iter().zip(values) {
@@ -393,7 +488,7 @@ fn rdmsr_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitSta
             return Err(violation(partition, cpu, state, message));
         }
     };
-    skip(partition, cpu, Intercepted::Rdmsr)?;
+    skip(partition, cpu, state, Intercepted::Rdmsr)?;
     cpu.set_gpr(Gpr::RAX, value & 0xffff_ffff);
     cpu.set_gpr(Gpr::RDX, value >> 32);
     Ok(())
@@ -408,7 +503,7 @@ fn wrmsr_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitSta
     match guest_msr::rule(msr) {
         MsrRule::Emulated => match guest_msr::efer_write(guest_msr::efer_read(cpu.efer()), value) {
             EferWrite::Accept(efer) => {
-                skip(partition, cpu, Intercepted::Wrmsr)?;
+                skip(partition, cpu, state, Intercepted::Wrmsr)?;
                 cpu.set_efer(efer);
                 Ok(())
             }
@@ -424,9 +519,9 @@ fn wrmsr_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitSta
     }
 }
 
-fn hlt_exit(partition: &Partition, cpu: &mut dyn GuestCpu) -> Result<(), Option<String>> {
+fn hlt_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState) -> Result<(), Option<String>> {
     let rip = cpu.rip();
-    skip(partition, cpu, Intercepted::Hlt)?;
+    skip(partition, cpu, state, Intercepted::Hlt)?;
     // No virtual interrupts yet: nothing can ever wake a halted vCPU.
     Err(Some(if cpu.rflags() & RFLAGS_IF == 0 {
         format!("HLT with interrupts masked at RIP {rip:#x}: the vCPU can never resume")
@@ -485,11 +580,11 @@ enum Mmio {
 }
 
 /// Emulates a load or store to an emulated device of the partition.
-fn emulate_mmio(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &ExitState, gpa: u64, write: bool) -> Mmio {
+fn emulate_mmio(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState, gpa: u64, write: bool) -> Mmio {
     if !partition.bus.claims(Gpa::new(gpa), AccessSize::Byte) {
         return Mmio::Unclaimed;
     }
-    let (bytes, len) = match fetch(partition, cpu, MAX_INSTRUCTION_LENGTH) {
+    let (bytes, len) = match fetch(partition, cpu, &mut state.code_walk, MAX_INSTRUCTION_LENGTH) {
         Ok(fetched) => fetched,
         Err(why) => return Mmio::Refused(why),
     };
