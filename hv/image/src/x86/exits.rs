@@ -24,6 +24,7 @@ use alloc::sync::Arc;
 use bulkhead_arch_x86_64::decode::{self, Bitness, DecodeError, Gpr, Intercepted, MAX_INSTRUCTION_LENGTH, StoreSource};
 use bulkhead_arch_x86_64::guest_msr::{self, EferWrite, MsrRule};
 use bulkhead_arch_x86_64::guest_paging::{self, GuestPhysicalMemory, PagingMode};
+pub use bulkhead_arch_x86_64::exit::Exit;
 use bulkhead_config::FaultPolicy;
 use bulkhead_core::address::Gpa;
 use bulkhead_core::hypercall::{self, Conduit, Outcome, SingleVcpu};
@@ -68,50 +69,6 @@ pub trait GuestCpu {
     fn set_efer(&mut self, efer: u64);
     /// Delivers exception `vector` (with `error_code`) at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
-}
-
-/// Why the guest exited, in back-end neutral terms.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// VMMCALL or VMCALL.
-    Hypercall,
-    /// CPUID.
-    Cpuid,
-    /// HLT.
-    Hlt,
-    /// RDMSR (MSR number in RCX).
-    Rdmsr,
-    /// WRMSR (MSR number in RCX, value in EDX:EAX).
-    Wrmsr,
-    /// IN, OUT, INS or OUTS to a port the partition does not own.
-    Io {
-        /// The port.
-        port: u16,
-        /// Bytes per access.
-        size: u8,
-        /// IN or INS.
-        input: bool,
-    },
-    /// A guest-physical access the second-level table refused.
-    NestedFault {
-        /// The guest-physical address.
-        gpa: u64,
-        /// A store.
-        write: bool,
-        /// An instruction fetch.
-        fetch: bool,
-        /// The page is mapped but the access is not allowed.
-        present: bool,
-        /// It happened while the CPU delivered an event (e.g. the guest's
-        /// IDT lies outside its memory): re-injecting would fault again.
-        during_event_delivery: bool,
-    },
-    /// Shutdown: a triple fault.
-    TripleFault,
-    /// A physical interrupt, NMI, SMI or INIT for the host.
-    Interrupt,
-    /// Anything else; the text describes it for the stop report.
-    Unexpected(String),
 }
 
 /// Per-vCPU state the handler keeps between exits.

@@ -18,9 +18,10 @@ use alloc::format;
 use alloc::string::String;
 use bulkhead_arch_x86_64::cpu::svm::{self as cpu, GuestRegisters};
 use bulkhead_arch_x86_64::decode::{Bitness, Gpr};
-use bulkhead_arch_x86_64::guest_msr::{self, EFER_SVME, MsrRule};
+use bulkhead_arch_x86_64::guest_msr::{self, EFER_SVME};
 use bulkhead_arch_x86_64::guest_paging::PagingMode;
 use bulkhead_arch_x86_64::npt;
+use bulkhead_arch_x86_64::passthrough;
 use bulkhead_arch_x86_64::svm::bitmaps::{IoPermissionMap, MsrPermissionMap};
 use bulkhead_arch_x86_64::svm::exit::{IoDirection, IoioInfo, NestedPageFault, PendingEvent, SvmExit};
 use bulkhead_arch_x86_64::svm::guest::{SvmGuest, fill_64bit_guest};
@@ -75,9 +76,7 @@ fn frames_holding(bytes: &[u8], what: &str) -> Result<u64, String> {
 /// The I/O permission map: only the partition's own ports pass.
 fn io_permissions(start: &Start) -> IoPermissionMap {
     let mut map = IoPermissionMap::intercept_all();
-    for ports in &start.io_ports {
-        map.allow(ports.clone());
-    }
+    passthrough::allow_io_ports(&mut map, &start.io_ports);
     map
 }
 
@@ -85,13 +84,8 @@ fn io_permissions(start: &Start) -> IoPermissionMap {
 /// ones for reads; everything else exits.
 fn msr_permissions() -> MsrPermissionMap {
     let mut map = MsrPermissionMap::intercept_all();
-    for msr in guest_msr::GUEST_STATE_MSRS.into_iter().chain([guest_msr::TSC]) {
-        // Every listed MSR lies in a range the map covers.
-        let _ = map.allow_read(msr);
-        if guest_msr::rule(msr) == MsrRule::GuestState {
-            let _ = map.allow_write(msr);
-        }
-    }
+    // Every listed MSR lies in a range the map covers (host-tested).
+    let _ = passthrough::allow_guest_msrs(&mut map);
     map
 }
 
