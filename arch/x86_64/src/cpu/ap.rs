@@ -192,6 +192,10 @@ const APIC_BASE_X2APIC: u64 = 1 << 10;
 const MSR_X2APIC_ICR: u32 = 0x830;
 /// x2APIC ID MSR.
 const MSR_X2APIC_ID: u32 = 0x802;
+/// x2APIC EOI register MSR, and the xAPIC EOI register's MMIO offset
+/// (Intel SDM Vol. 3A §11.8.5, Table 11-1 / §11.12.1.2).
+const MSR_X2APIC_EOI: u32 = 0x80b;
+const XAPIC_EOI_OFFSET: u64 = 0xb0;
 /// ICR delivery modes with level assert (bit 14), physical destination.
 const ICR_INIT: u32 = 0x0000_4500;
 const ICR_STARTUP: u32 = 0x0000_4600;
@@ -235,6 +239,20 @@ impl LocalApic {
             Some(base) => unsafe { ((base + 0x20) as *const u32).read_volatile() >> 24 },
             // SAFETY: the x2APIC ID MSR exists in x2APIC mode.
             None => unsafe { super::svm::rdmsr(MSR_X2APIC_ID) as u32 },
+        }
+    }
+
+    /// Ends the highest-priority in-service interrupt (writes 0 to the EOI
+    /// register). Needed after an interrupt was acknowledged without a
+    /// handler, e.g. by a VMX exit with "acknowledge interrupt on exit".
+    pub fn eoi(&self) {
+        match self.mmio {
+            // SAFETY: a write of 0 to this APIC's EOI register only retires
+            // the in-service interrupt.
+            Some(base) => unsafe { ((base + XAPIC_EOI_OFFSET) as *mut u32).write_volatile(0) },
+            // SAFETY: the EOI MSR exists in x2APIC mode; writing 0 is the
+            // only valid value.
+            None => unsafe { super::svm::wrmsr(MSR_X2APIC_EOI, 0) },
         }
     }
 

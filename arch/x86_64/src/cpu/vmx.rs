@@ -99,6 +99,19 @@ pub enum VmxUnavailable {
     Vmxon(VmxError),
 }
 
+impl core::fmt::Display for VmxUnavailable {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            VmxUnavailable::NotSupported => f.write_str("CPUID.1:ECX.VMX is clear"),
+            VmxUnavailable::DisabledByFirmware => {
+                f.write_str("IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)")
+            }
+            VmxUnavailable::Region(error) => write!(f, "the VMXON region cannot be used: {error:?}"),
+            VmxUnavailable::Vmxon(error) => write!(f, "VMXON failed: {error}"),
+        }
+    }
+}
+
 /// Turns VMX on for this CPU (SDM §24.7): sets and locks
 /// IA32_FEATURE_CONTROL if firmware left it unlocked, applies the CR0/CR4
 /// fixed bits (CR4.VMXE included), writes the revision identifier into the

@@ -12,9 +12,11 @@
 //! synchronous external abort, and #GP is what an OS reports with the
 //! faulting RIP.
 //!
-//! Instruction lengths come from decoding the bytes at the guest's RIP
-//! (its own page tables walked, then its address space), since QEMU TCG
-//! has no next-RIP (DESIGN.md §6).
+//! Instruction lengths of intercepted instructions come from the CPU where
+//! the back end reports them (VMX), otherwise from decoding the bytes at
+//! the guest's RIP (its own page tables walked, then its address space),
+//! since QEMU TCG's SVM has no next-RIP (DESIGN.md §6). MMIO emulation
+//! always decodes.
 
 use super::svm::GuestConsole;
 use super::memory::IdentityMemory;
@@ -69,6 +71,12 @@ pub trait GuestCpu {
     fn set_efer(&mut self, efer: u64);
     /// Delivers exception `vector` (with `error_code`) at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// The length of the intercepted instruction, if the CPU reported it
+    /// for this exit (VMX's VM-exit instruction-length field). `None` means
+    /// decode it: SVM under QEMU TCG has no next-RIP (DESIGN.md §6).
+    fn instruction_length(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Per-vCPU state the handler keeps between exits.
@@ -219,8 +227,13 @@ fn fetch(partition: &Partition, cpu: &dyn GuestCpu, want: usize) -> Result<([u8;
 /// encoding without prefixes, the common case.
 const PLAIN_FETCH: usize = 3;
 
-/// The length of the intercepted instruction at RIP, decoded.
+/// The length of the intercepted instruction at RIP: the CPU's word where
+/// the back end has one (cheaper than fetching and decoding, and right even
+/// if the guest changed the bytes since), decoded otherwise.
 fn intercepted_length(partition: &Partition, cpu: &dyn GuestCpu, expected: Intercepted) -> Result<u64, String> {
+    if let Some(length) = cpu.instruction_length() {
+        return Ok(length);
+    }
     let (bytes, len) = fetch(partition, cpu, PLAIN_FETCH)?;
     if let Some(plain) = decode::plain_length(&bytes[..len], expected) {
         return Ok(u64::from(plain));

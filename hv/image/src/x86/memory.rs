@@ -11,6 +11,7 @@
 //! below 1 MiB (legacy area and a possibly unmapped page 0). Own
 //! hypervisor page tables are future work.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
@@ -80,7 +81,15 @@ pub fn alloc_frames(size: u64, align: u64) -> Option<Hpa> {
     Some(Hpa::new(base))
 }
 
-/// Table frames for the NPT builder, from [`alloc_frames`].
+/// Copies `bytes` into freshly allocated, zeroed, page-aligned frames.
+pub fn frames_holding(bytes: &[u8], what: &str) -> Result<u64, String> {
+    let hpa = alloc_frames(bytes.len() as u64, 4096).ok_or_else(|| format!("no memory for the {what}"))?;
+    // SAFETY: the frames were just allocated, identity-mapped and unused.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), hpa.raw() as *mut u8, bytes.len()) };
+    Ok(hpa.raw())
+}
+
+/// Table frames for the NPT and EPT builders, from [`alloc_frames`].
 pub struct NptFrames;
 
 impl TableFrames for NptFrames {

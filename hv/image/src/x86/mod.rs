@@ -3,19 +3,23 @@
 //! map and the ACPI MADT; then the partitions of the configuration, built
 //! ([`partition`]) and run at the same time, each on its own CPU ([`smp`]:
 //! application processors started with INIT-SIPI-SIPI) under AMD SVM with
-//! nested paging ([`svm`], exits handled in [`exits`]); then the summary, printed by the CPU that
+//! nested paging ([`svm`]) or Intel VMX with EPT ([`vmx`], never executed:
+//! QEMU TCG has no VMX), whichever [`backend`] CPUID selects, exits handled
+//! in [`exits`]; then the summary, printed by the CPU that
 //! finishes last, whose exit code ends the run through `isa-debug-exit`.
 //!
-//! Not yet: more than one vCPU per partition, MMIO and port emulation, MSR pass-through, the VMX back end, and the
+//! Not yet: more than one vCPU per partition, MMIO and port emulation, MSR pass-through, and the
 //! hypervisor's own page tables (it runs on OVMF's identity map, see
 //! [`memory`]).
 
+mod backend;
 mod console;
 mod memory;
 mod partition;
 mod exits;
 mod smp;
 mod svm;
+mod vmx;
 
 use alloc::format;
 use alloc::string::String;
@@ -98,24 +102,25 @@ fn run_partitions(boot_info: &'static BootInfo, cpus: &[u32]) -> ! {
             finish(ExitCode::BootFailure);
         }
     };
-    let svm = svm::enable_svm();
-    if let Err(reason) = &svm {
+    let backend = backend::choose().and_then(|chosen| backend::enable_this_cpu(chosen).map(|()| chosen));
+    if let Err(reason) = &backend {
         log::error!("{reason}");
     }
     let trampoline = map.as_deref().and_then(memory::low_page);
     let mut slots = Vec::new();
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
-        let built = match (refusal, &svm) {
+        let built = match (refusal, &backend) {
             (Some(reason), _) => Err(reason),
             (None, Err(reason)) => Err(reason.clone()),
-            (None, Ok(())) => cpu_of(config, cpus).and_then(|apic_id| {
-                partition::build(index, config, boot_info).map(|built| (built, apic_id))
+            (None, Ok(chosen)) => cpu_of(config, cpus).and_then(|apic_id| {
+                let format = backend::table_format(*chosen)?;
+                partition::build(index, config, boot_info, format).map(|built| (built, apic_id))
             }),
         };
         slots.push(match built {
-            Ok(((mut partition, npt, start), apic_id)) => {
+            Ok(((mut partition, table, start), apic_id)) => {
                 partition.console_enabled = config.console != bulkhead_config::Console::None;
-                smp::Slot::ready(partition, npt, start, apic_id)
+                smp::Slot::ready(partition, table, start, apic_id)
             }
             Err(reason) => smp::Slot::refused(index, &config.name, reason),
         });

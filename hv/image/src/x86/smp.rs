@@ -11,8 +11,8 @@
 //! with a log line, and never hangs the run.
 
 use super::console::{finish, line};
-use super::partition::{NestedTable, Start};
-use super::svm;
+use super::backend;
+use super::partition::{CpuTable, Start};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -38,8 +38,8 @@ const AP_ABANDONED: u8 = 2;
 pub struct Slot {
     /// The partition (locked by its CPU while it runs).
     pub partition: Mutex<Partition>,
-    /// Its NPT and entry state; `None` if it is not started.
-    pub run: Option<(NestedTable, Start)>,
+    /// Its second-level table and entry state; `None` if it is not started.
+    pub run: Option<(CpuTable, Start)>,
     /// APIC ID of the CPU it runs on.
     pub apic_id: u32,
     arrival: AtomicU8,
@@ -47,8 +47,8 @@ pub struct Slot {
 
 impl Slot {
     /// A partition ready to run on the CPU `apic_id`.
-    pub fn ready(partition: Partition, npt: NestedTable, start: Start, apic_id: u32) -> Slot {
-        Slot { partition: Mutex::new(partition), run: Some((npt, start)), apic_id, arrival: AtomicU8::new(AP_WAITING) }
+    pub fn ready(partition: Partition, table: CpuTable, start: Start, apic_id: u32) -> Slot {
+        Slot { partition: Mutex::new(partition), run: Some((table, start)), apic_id, arrival: AtomicU8::new(AP_WAITING) }
     }
 
     /// A partition that is not started, for `reason`.
@@ -169,7 +169,7 @@ extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `start`.
     let id = unsafe { LocalApic::current() }.id();
     log::info!("CPU with APIC ID {id} is up (AP, long mode, own GDT and IDT)");
-    if let Err(reason) = svm::enable_svm() {
+    if let Err(reason) = backend::choose().and_then(backend::enable_this_cpu) {
         let mut partition = slot.partition.lock();
         log::error!("partition {}: not started: {reason}", partition.name);
         partition.state = RunState::NotStarted(reason);
@@ -184,10 +184,10 @@ extern "C" fn ap_main(index: u64) -> ! {
 /// Runs slot `index`'s partition on this CPU, then reports it done.
 fn run_slot(machine: &'static Machine, index: usize) {
     let slot = &machine.slots[index];
-    if let Some((npt, start)) = &slot.run {
+    if let Some((table, start)) = &slot.run {
         let mut partition = slot.partition.lock();
         partition.state = RunState::Running;
-        svm::run(&mut partition, npt, start);
+        backend::run(&mut partition, table, start);
     }
     done(machine);
 }

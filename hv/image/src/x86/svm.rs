@@ -12,7 +12,7 @@
 
 use super::console::line;
 use super::exits::{self, Exit, ExitState, GuestCpu, Next};
-use super::memory::alloc_frames;
+use super::memory::{alloc_frames, frames_holding};
 use super::partition::{NestedTable, Start};
 use alloc::format;
 use alloc::string::String;
@@ -63,14 +63,6 @@ pub fn enable_svm() -> Result<(), String> {
     unsafe { cpu::enable(host_save.raw(), npt::HOST_PAT) }.map_err(|e| format!("SVM unavailable: {e:?}"))?;
     log::info!("SVM enabled: EFER.SVME set, host-save area at {host_save:?}, nested paging available");
     Ok(())
-}
-
-/// Copies `bytes` into freshly allocated, zeroed, page-aligned frames.
-fn frames_holding(bytes: &[u8], what: &str) -> Result<u64, String> {
-    let hpa = alloc_frames(bytes.len() as u64, 4096).ok_or_else(|| format!("no memory for the {what}"))?;
-    // SAFETY: the frames were just allocated, identity-mapped and unused.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), hpa.raw() as *mut u8, bytes.len()) };
-    Ok(hpa.raw())
 }
 
 /// The I/O permission map: only the partition's own ports pass.
