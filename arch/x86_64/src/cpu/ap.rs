@@ -91,8 +91,10 @@ unsafe extern "C" {
 const TRAMPOLINE_GDT: [u64; 4] = [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00af_9b00_0000_ffff];
 const CODE32: u16 = 0x08;
 const CODE64: u16 = 0x18;
-/// CR4.PCIDE may not be set outside long mode; CR4.CET needs CR0.WP first.
-const CR4_DROP: u64 = (1 << 17) | (1 << 23);
+/// CR4.PCIDE may not be set outside long mode; CR4.CET needs CR0.WP first;
+/// CR4.VMXE (set on the boot CPU by VMX enabling) is each CPU's own to set,
+/// after its IA32_FEATURE_CONTROL checks (`cpu::vmx::enable`).
+const CR4_DROP: u64 = (1 << 13) | (1 << 17) | (1 << 23);
 /// EFER bits the AP takes over from the boot CPU: SCE, LME, NXE.
 const EFER_KEEP: u64 = (1 << 0) | (1 << 8) | (1 << 11);
 
