@@ -357,11 +357,12 @@ fn read_exit_info() -> Result<ExitInfo, String> {
 
 /// Runs `partition`'s only vCPU on this CPU until the partition stops.
 pub fn run(partition: &mut Partition, ept: &ExtendedTable, start: &Start) {
-    if let Err(reason) = run_vcpu(partition, ept, start)
-        && !partition.is_stopped()
-    {
+    if let Err(reason) = run_vcpu(partition, ept, start) {
         log::error!("partition {}: {reason}", partition.name);
-        partition.stop(StopReason::Fault(reason), &mut GuestConsole);
+        // The exit handler may have stopped it already, with its own reason.
+        if !partition.is_stopped() {
+            partition.stop(StopReason::Fault(reason), &mut GuestConsole);
+        }
     }
 }
 
