@@ -51,17 +51,20 @@
 
 extern crate alloc;
 
+pub mod backend;
 #[cfg(all(target_arch = "x86_64", target_os = "none"))]
 #[allow(unsafe_code)]
 pub mod cpu;
 pub mod decode;
 pub mod ept;
 pub mod exception;
+pub mod exit;
 pub mod guest_msr;
 pub mod guest_paging;
 pub mod identity;
 pub mod npt;
 pub mod paging;
+pub mod passthrough;
 pub mod svm;
 pub mod table;
 pub mod vmx;

@@ -92,8 +92,10 @@ unsafe extern "C" {
 const TRAMPOLINE_GDT: [u64; 4] = [0, 0x00cf_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00af_9b00_0000_ffff];
 const CODE32: u16 = 0x08;
 const CODE64: u16 = 0x18;
-/// CR4.PCIDE may not be set outside long mode; CR4.CET needs CR0.WP first.
-const CR4_DROP: u64 = (1 << 17) | (1 << 23);
+/// CR4.PCIDE may not be set outside long mode; CR4.CET needs CR0.WP first;
+/// CR4.VMXE (set on the boot CPU by VMX enabling) is each CPU's own to set,
+/// after its IA32_FEATURE_CONTROL checks (`cpu::vmx::enable`).
+const CR4_DROP: u64 = (1 << 13) | (1 << 17) | (1 << 23);
 /// EFER bits the AP takes over from the boot CPU: SCE, LME, NXE.
 const EFER_KEEP: u64 = (1 << 0) | (1 << 8) | (1 << 11);
 
@@ -193,6 +195,10 @@ const APIC_BASE_X2APIC: u64 = 1 << 10;
 const MSR_X2APIC_ICR: u32 = 0x830;
 /// x2APIC ID MSR.
 const MSR_X2APIC_ID: u32 = 0x802;
+/// x2APIC EOI register MSR, and the xAPIC EOI register's MMIO offset
+/// (Intel SDM Vol. 3A §11.8.5, Table 11-1 / §11.12.1.2).
+const MSR_X2APIC_EOI: u32 = 0x80b;
+const XAPIC_EOI_OFFSET: u64 = 0xb0;
 /// ICR delivery modes with level assert (bit 14), physical destination.
 const ICR_INIT: u32 = 0x0000_4500;
 const ICR_STARTUP: u32 = 0x0000_4600;
@@ -243,6 +249,20 @@ impl LocalApic {
             Some(base) => unsafe { ((base + 0x20) as *const u32).read_volatile() >> 24 },
             // SAFETY: the x2APIC ID MSR exists in x2APIC mode.
             None => unsafe { super::svm::rdmsr(MSR_X2APIC_ID) as u32 },
+        }
+    }
+
+    /// Ends the highest-priority in-service interrupt (writes 0 to the EOI
+    /// register). Needed after an interrupt was acknowledged without a
+    /// handler, e.g. by a VMX exit with "acknowledge interrupt on exit".
+    pub fn eoi(&self) {
+        match self.mmio {
+            // SAFETY: a write of 0 to this APIC's EOI register only retires
+            // the in-service interrupt.
+            Some(base) => unsafe { ((base + XAPIC_EOI_OFFSET) as *mut u32).write_volatile(0) },
+            // SAFETY: the EOI MSR exists in x2APIC mode; writing 0 is the
+            // only valid value.
+            None => unsafe { super::svm::wrmsr(MSR_X2APIC_EOI, 0) },
         }
     }
 

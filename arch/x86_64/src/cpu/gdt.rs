@@ -117,3 +117,17 @@ pub unsafe fn load_cpu_tables() {
         load_tss(selector);
     }
 }
+
+/// The base address of the TSS this CPU loaded (the descriptor at
+/// [`TSS_SELECTOR`] in its current GDT): what a VM exit must reload into TR.
+pub fn current_tss_base() -> u64 {
+    let gdtr = x86_64::instructions::tables::sgdt();
+    let descriptor = gdtr.base.as_u64() + u64::from(TSS_SELECTOR);
+    // SAFETY: GDTR points at this CPU's GDT, which `load_cpu_tables` built
+    // with a 16-byte TSS descriptor at TSS_SELECTOR and leaked; both words
+    // are inside it, and reading them has no side effect.
+    let (low, high) = unsafe { ((descriptor as *const u64).read(), ((descriptor + 8) as *const u64).read()) };
+    // Base bits 23:0 are in 39:16 of the low word, 31:24 in 63:56, and
+    // 63:32 in the high word (SDM Vol. 3A §8.2.3, Figure 8-4).
+    ((low >> 16) & 0xff_ffff) | (((low >> 56) & 0xff) << 24) | ((high & 0xffff_ffff) << 32)
+}

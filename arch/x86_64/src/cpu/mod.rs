@@ -1,6 +1,6 @@
 //! What the hypervisor image runs on the bare CPU: the entry point, its own
 //! GDT, TSS and IDT, switching to its own page tables (`mmu`), port I/O, the 16550 console UART, QEMU's `isa-debug-exit`,
-//! and the SVM instructions and MSRs (`svm`).
+//! the SVM instructions and MSRs (`svm`) and the VMX instructions (`vmx`).
 //!
 //! Built only for the bare-metal target (`target_os = "none"`): host tests
 //! of this crate run on an x86_64 host too, where none of this may execute.
@@ -13,6 +13,7 @@ pub mod mmu;
 pub mod port;
 pub mod serial;
 pub mod svm;
+pub mod vmx;
 
 /// Reads CR2, the linear address of the last page fault.
 pub fn cr2() -> u64 {

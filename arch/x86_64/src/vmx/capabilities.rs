@@ -30,6 +30,16 @@ pub struct VmxCapabilities {
     pub cr4: FixedBits,
 }
 
+impl VmxCapabilities {
+    /// Whether the CPU lets every control of `controls` be 1 (the allowed-1
+    /// settings, bits 63:32 of IA32_VMX_PROCBASED_CTLS2; 0 when that MSR
+    /// does not exist).
+    pub const fn allows_secondary(&self, controls: SecondaryControls) -> bool {
+        let may_be_one = (self.secondary >> 32) as u32;
+        controls.bits() & !may_be_one == 0
+    }
+}
+
 /// The five control values for one VMCS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmxControls {

@@ -181,3 +181,15 @@ fn refuses_bad_plans() {
         Err(GuestSetupError::MissingControl { control: ControlKind::Entry, name: "LOAD_IA32_EFER" })
     );
 }
+
+#[test]
+fn secondary_allowed_one_settings() {
+    let capabilities = capabilities();
+    assert!(capabilities.allows_secondary(SecondaryControls::ENABLE_EPT | SecondaryControls::UNRESTRICTED_GUEST));
+    let no_ug = VmxCapabilities { secondary: capability(0, 0x0053_7f7f), ..capabilities };
+    assert!(no_ug.allows_secondary(SecondaryControls::ENABLE_EPT));
+    assert!(!no_ug.allows_secondary(SecondaryControls::UNRESTRICTED_GUEST));
+    // No secondary MSR: nothing allowed.
+    let none = VmxCapabilities { secondary: 0, ..capabilities };
+    assert!(!none.allows_secondary(SecondaryControls::ENABLE_EPT));
+}

@@ -5,7 +5,7 @@
 //! QEMU TCG does not emulate VMX (DESIGN.md §6), so this path is written to
 //! the Intel SDM and checked by host unit tests of its encodings only. No
 //! instruction is executed here: the VMXON/VMLAUNCH/VMREAD/VMWRITE wrappers
-//! take the values these modules compute.
+//! (`cpu::vmx`) take the values these modules compute.
 //!
 //! - [`controls`]: the capability MSRs and the VM-execution, VM-exit and
 //!   VM-entry control values derived from them (SDM Vol. 3D Appendix A);
@@ -16,7 +16,19 @@
 //!   64-bit guest;
 //! - [`exit`]: basic exit reasons (Appendix C) and exit-qualification
 //!   decoding;
-//! - [`bitmaps`]: the I/O and MSR bitmaps.
+//! - [`bitmaps`]: the I/O and MSR bitmaps;
+//! - [`enable`]: IA32_FEATURE_CONTROL, the CR0/CR4 values VMXON needs, the
+//!   VMXON region / VMCS checks and the EPT/VPID capability MSR;
+//! - [`status`]: VMX instruction failures (CF/ZF) and VM-instruction error
+//!   numbers;
+//! - [`event`]: exception injection, IDT-vectoring re-injection and the
+//!   interruptibility state after an emulated instruction;
+//! - [`translate`]: exit-information fields to the neutral
+//!   [`crate::exit::Exit`].
+//!
+//! The instructions themselves (VMXON, VMCLEAR, VMPTRLD, VMREAD, VMWRITE,
+//! INVEPT, VMLAUNCH/VMRESUME) are in `cpu::vmx`, built only for the
+//! bare-metal target.
 //!
 //! Section numbers are those of the SDM since its 2023 renumbering (VMCS in
 //! chapter 25, VM entries 27, VM exits 28, EPT 29, VMM programming 32);
@@ -97,6 +109,10 @@ pub(crate) use bit_flags;
 pub mod bitmaps;
 pub mod capabilities;
 pub mod controls;
+pub mod enable;
+pub mod event;
 pub mod exit;
 pub mod guest;
+pub mod status;
+pub mod translate;
 pub mod vmcs;

@@ -12,9 +12,11 @@
 //! synchronous external abort, and #GP is what an OS reports with the
 //! faulting RIP.
 //!
-//! Instruction lengths come from decoding the bytes at the guest's RIP
-//! (its own page tables walked, then its address space), since QEMU TCG
-//! has no next-RIP (DESIGN.md §6).
+//! Instruction lengths of intercepted instructions come from the CPU where
+//! the back end reports them (VMX), otherwise from decoding the bytes at
+//! the guest's RIP (its own page tables walked, then its address space),
+//! since QEMU TCG's SVM has no next-RIP (DESIGN.md §6). MMIO emulation
+//! always decodes.
 
 use super::svm::GuestConsole;
 use super::memory::IdentityMemory;
@@ -26,6 +28,7 @@ use bulkhead_arch_x86_64::guest_msr::{self, EferWrite, MsrRule};
 use bulkhead_arch_x86_64::guest_paging::{self, GuestPhysicalMemory, PagingMode};
 use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
 use bulkhead_arch_x86_64::npt::{leaf_pat_index, pat_entry, pat_type_name};
+pub use bulkhead_arch_x86_64::exit::Exit;
 use bulkhead_config::{FaultPolicy, MemoryAttribute};
 use bulkhead_core::address::Gpa;
 use bulkhead_core::hypercall::{self, Conduit, Outcome, SingleVcpu};
@@ -78,50 +81,12 @@ pub trait GuestCpu {
     fn second_level_memory_type(&self, gpa: u64) -> Option<u8>;
     /// The memory type this back end's encoder means for `attr`.
     fn configured_memory_type(&self, attr: MemoryAttribute) -> u8;
-}
-
-/// Why the guest exited, in back-end neutral terms.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Exit {
-    /// VMMCALL or VMCALL.
-    Hypercall,
-    /// CPUID.
-    Cpuid,
-    /// HLT.
-    Hlt,
-    /// RDMSR (MSR number in RCX).
-    Rdmsr,
-    /// WRMSR (MSR number in RCX, value in EDX:EAX).
-    Wrmsr,
-    /// IN, OUT, INS or OUTS to a port the partition does not own.
-    Io {
-        /// The port.
-        port: u16,
-        /// Bytes per access.
-        size: u8,
-        /// IN or INS.
-        input: bool,
-    },
-    /// A guest-physical access the second-level table refused.
-    NestedFault {
-        /// The guest-physical address.
-        gpa: u64,
-        /// A store.
-        write: bool,
-        /// An instruction fetch.
-        fetch: bool,
-        /// The page is mapped but the access is not allowed.
-        present: bool,
-        /// It happened while the CPU delivered an event (e.g. the guest's
-        /// IDT lies outside its memory): re-injecting would fault again.
-        during_event_delivery: bool,
-    },
-    /// Shutdown: a triple fault.
-    TripleFault,
-    /// A physical interrupt, NMI, SMI or INIT for the host.
-    Interrupt,
-    /// Anything else; the text describes it for the stop report.
-    Unexpected(String),
+    /// The length of the intercepted instruction, if the CPU reported it
+    /// for this exit (VMX's VM-exit instruction-length field). `None` means
+    /// decode it: SVM under QEMU TCG has no next-RIP (DESIGN.md §6).
+    fn instruction_length(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Per-vCPU state the handler keeps between exits.
@@ -357,13 +322,18 @@ fn fetch(
 /// encoding without prefixes, the common case.
 const PLAIN_FETCH: usize = 3;
 
-/// The length of the intercepted instruction at RIP, decoded.
+/// The length of the intercepted instruction at RIP: the CPU's word where
+/// the back end has one (cheaper than fetching and decoding, and right even
+/// if the guest changed the bytes since), decoded otherwise.
 fn intercepted_length(
     partition: &Partition,
     cpu: &dyn GuestCpu,
     cache: &mut CodeWalkCache,
     expected: Intercepted,
 ) -> Result<u64, String> {
+    if let Some(length) = cpu.instruction_length() {
+        return Ok(length);
+    }
     let (bytes, len) = fetch(partition, cpu, cache, PLAIN_FETCH)?;
     if let Some(plain) = decode::plain_length(&bytes[..len], expected) {
         return Ok(u64::from(plain));

@@ -16,6 +16,7 @@
 //! 0, the AP trampoline and the page-table root live there). The other
 //! table frames of the hypervisor's own tables come from its pool.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
@@ -139,7 +140,15 @@ pub fn alloc_frames(size: u64, align: u64) -> Option<Hpa> {
     Some(Hpa::new(base))
 }
 
-/// Table frames for the NPT builder, from [`alloc_frames`].
+/// Copies `bytes` into freshly allocated, zeroed, page-aligned frames.
+pub fn frames_holding(bytes: &[u8], what: &str) -> Result<u64, String> {
+    let hpa = alloc_frames(bytes.len() as u64, 4096).ok_or_else(|| format!("no memory for the {what}"))?;
+    // SAFETY: the frames were just allocated, identity-mapped and unused.
+    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), hpa.raw() as *mut u8, bytes.len()) };
+    Ok(hpa.raw())
+}
+
+/// Table frames for the NPT and EPT builders, from [`alloc_frames`].
 pub struct NptFrames;
 
 impl TableFrames for NptFrames {

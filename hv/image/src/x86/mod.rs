@@ -4,12 +4,15 @@
 //! ACPI MADT and our own page tables ([`paging`]); then the partitions of the configuration, built
 //! ([`partition`]) and run at the same time, each on its own CPU ([`smp`]:
 //! application processors started with INIT-SIPI-SIPI) under AMD SVM with
-//! nested paging ([`svm`], exits handled in [`exits`]); then the summary, printed by the CPU that
+//! nested paging ([`svm`]) or Intel VMX with EPT ([`vmx`], never executed:
+//! QEMU TCG has no VMX), whichever [`backend`] CPUID selects, exits handled
+//! in [`exits`]; then the summary, printed by the CPU that
 //! finishes last, whose exit code ends the run through `isa-debug-exit`.
 //!
-//! Not yet: more than one vCPU per partition, MMIO and port emulation, MSR
-//! pass-through, the VMX back end.
+//! Not yet: more than one vCPU per partition, virtual interrupts, device
+//! emulation beyond the verdict register.
 
+mod backend;
 mod console;
 mod memory;
 mod paging;
@@ -17,6 +20,7 @@ mod partition;
 mod exits;
 mod smp;
 mod svm;
+mod vmx;
 
 use alloc::format;
 use alloc::string::String;
@@ -148,28 +152,29 @@ fn run_partitions(
     let (config, refused) = load_config(boot_info);
     let host_backed = crate::host_backing::host_backed_ranges(&config);
     memory::init(boot_info, map, &host_backed, tables);
-    let svm = svm::enable_svm();
-    if let Err(reason) = &svm {
+    let backend = backend::choose().and_then(|chosen| backend::enable_this_cpu(chosen).map(|cpu| (chosen, cpu)));
+    if let Err(reason) = &backend {
         log::error!("{reason}");
     }
     let mut slots = Vec::new();
     for ((index, config), refusal) in config.partitions.iter().enumerate().zip(refused) {
-        let built = match (refusal, &svm) {
+        let built = match (refusal, &backend) {
             (Some(reason), _) => Err(reason),
             (None, Err(reason)) => Err(reason.clone()),
-            (None, Ok(_)) => cpu_of(config, cpus).and_then(|apic_id| {
-                partition::build(index, config, boot_info, map).map(|built| (built, apic_id))
+            (None, Ok((chosen, _))) => cpu_of(config, cpus).and_then(|apic_id| {
+                let format = backend::table_format(*chosen)?;
+                partition::build(index, config, boot_info, map, format).map(|built| (built, apic_id))
             }),
         };
         slots.push(match built {
-            Ok(((mut partition, npt, start), apic_id)) => {
+            Ok(((mut partition, table, start), apic_id)) => {
                 partition.console_enabled = config.console != bulkhead_config::Console::None;
-                smp::Slot::ready(partition, npt, start, apic_id)
+                smp::Slot::ready(partition, table, start, apic_id)
             }
             Err(reason) => smp::Slot::refused(index, &config.name, reason),
         });
     }
-    smp::start(slots, trampoline, svm.ok())
+    smp::start(slots, trampoline, backend.ok().map(|(_, cpu)| cpu))
 }
 
 /// The APIC ID of the one CPU `config` runs on: its CPU number indexes the

@@ -1,5 +1,6 @@
 //! Building an x86_64 partition from its configuration: its address space
-//! (RAM only, for now), its nested page table, its image, and the
+//! (RAM only, for now), its second-level table (an AMD nested page table or
+//! an Intel EPT, whichever back end runs it), its image, and the
 //! identity-mapping guest page table that lets it start in long mode.
 
 use super::memory::{self, NptFrames};
@@ -9,7 +10,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
-use bulkhead_arch_x86_64::{Access as NptAccess, MapError, MemoryType, Npt, SecondLevelTable};
+use bulkhead_arch_x86_64::{Access as NptAccess, EntryFormat, Ept, MapError, MemoryType, Npt, SecondLevelTable, TableOptions};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use bulkhead_config::{Backing, FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE};
@@ -21,8 +22,11 @@ use bulkhead_core::address_space::{AddressSpace, CpuView, Region, RegionKind};
 use bulkhead_core::memmap::MemoryDescriptor;
 use bulkhead_core::partition::Partition;
 
-/// A partition's nested page table.
+/// A partition's nested page table (SVM).
 pub type NestedTable = SecondLevelTable<Npt, NptFrames>;
+/// A partition's extended page table (VMX); its frames come from the same
+/// allocator as the NPT's.
+pub type ExtendedTable = SecondLevelTable<Ept, NptFrames>;
 
 const PAGE: u64 = 4096;
 const PAGE_2M: u64 = 2 << 20;
@@ -53,10 +57,52 @@ pub fn memory_type(attr: MemoryAttribute) -> MemoryType {
     }
 }
 
-/// The x86 CPU view: an [`AddressSpace`] mapped into a nested page table.
-pub struct NptView<'a>(pub &'a mut NestedTable);
+// ---- Second-level table: NPT or EPT ----
 
-impl CpuView for NptView<'_> {
+/// Which second-level format to build, with its limits.
+#[derive(Clone, Copy, Debug)]
+pub enum TableFormat {
+    /// An AMD nested page table (every page size, 52 address bits).
+    Npt,
+    /// An Intel EPT, limited to what the CPU's IA32_VMX_EPT_VPID_CAP allows.
+    Ept(TableOptions),
+}
+
+/// A partition's CPU view as its back end consumes it.
+pub enum CpuTable {
+    /// For the SVM back end.
+    Npt(NestedTable),
+    /// For the VMX back end.
+    Ept(ExtendedTable),
+}
+
+impl CpuTable {
+    /// The root (PML4) frame, for the log.
+    pub fn root_address(&self) -> u64 {
+        match self {
+            CpuTable::Npt(table) => table.root_address(),
+            CpuTable::Ept(table) => table.root_address(),
+        }
+    }
+
+    /// Frames the table uses, for the log.
+    pub fn table_frame_count(&self) -> usize {
+        match self {
+            CpuTable::Npt(table) => table.table_frame_count(),
+            CpuTable::Ept(table) => table.table_frame_count(),
+        }
+    }
+}
+
+/// The x86 CPU view: an [`AddressSpace`] mapped into a second-level table
+/// of format `F`.
+pub struct SlatView<'a, F: EntryFormat>(pub &'a mut SecondLevelTable<F, NptFrames>);
+/// The CPU view for SVM.
+pub type NptView<'a> = SlatView<'a, Npt>;
+/// The CPU view for VMX.
+pub type EptView<'a> = SlatView<'a, Ept>;
+
+impl<F: EntryFormat> CpuView for SlatView<'_, F> {
     type Error = MapError;
 
     fn map(
@@ -81,8 +127,29 @@ impl CpuView for NptView<'_> {
     }
 }
 
+/// The CPU view of `space` in `format`.
+fn derive_table(space: &AddressSpace, format: TableFormat) -> Result<CpuTable, String> {
+    let refused = |e| format!("second-level table: {e:?}");
+    match format {
+        TableFormat::Npt => {
+            let mut npt = NestedTable::new(NptFrames).ok_or("no memory for the nested page table's root")?;
+            let mut view: NptView<'_> = SlatView(&mut npt);
+            space.derive_cpu_view(&mut view).map_err(refused)?;
+            Ok(CpuTable::Npt(npt))
+        }
+        TableFormat::Ept(options) => {
+            let mut ept = ExtendedTable::with_options(NptFrames, options).ok_or("no memory for the EPT's root")?;
+            let mut view: EptView<'_> = SlatView(&mut ept);
+            space.derive_cpu_view(&mut view).map_err(refused)?;
+            Ok(CpuTable::Ept(ept))
+        }
+    }
+}
+
+// ---- The partition ----
+
 /// Builds partition `index` from `config`: RAM (allocated or checked),
-/// the NPT, the image and the guest page table.
+/// the second-level table in `format`, the image and the guest page table.
 ///
 /// # Errors
 /// A message naming what is refused; the partition is then not started.
@@ -91,7 +158,8 @@ pub fn build(
     config: &bulkhead_config::Partition,
     boot_info: &BootInfo,
     host_map: &[MemoryDescriptor],
-) -> Result<(Partition, NestedTable, Start), String> {
+    format: TableFormat,
+) -> Result<(Partition, CpuTable, Start), String> {
     let hv_image = (boot_info.hv_image.base, boot_info.hv_image.base + boot_info.hv_image.size);
     if config.image.kind != ImageKind::Raw {
         return Err(String::from("image.kind: only raw images run on x86_64 so far"));
@@ -124,8 +192,7 @@ pub fn build(
             .map_err(|e| format!("memory[{i}]: {e:?}"))?;
         log::info!("partition {}: memory[{i}] GPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
     }
-    let mut npt = NestedTable::new(NptFrames).ok_or("no memory for the nested page table's root")?;
-    space.derive_cpu_view(&mut NptView(&mut npt)).map_err(|e| format!("nested page table: {e:?}"))?;
+    let table = derive_table(&space, format)?;
     let mut partition = Partition::new(index, &config.name, space);
     let verdict = Arc::new(Mutex::new(None));
     partition
@@ -148,15 +215,19 @@ pub fn build(
     }
     copy_in(&partition, load, bytes, "image")?;
     log::info!(
-        "partition {}: image {} ({} bytes) at {load:#x}, guest page tables at {tables:#x}, NPT root {:#x} ({} table frames)",
+        "partition {}: image {} ({} bytes) at {load:#x}, guest page tables at {tables:#x}, {} root {:#x} ({} table frames)",
         config.name,
         config.image.file,
         bytes.len(),
-        npt.root_address(),
-        npt.table_frame_count()
+        match table {
+            CpuTable::Npt(_) => "NPT",
+            CpuTable::Ept(_) => "EPT",
+        },
+        table.root_address(),
+        table.table_frame_count()
     );
     let start = Start { rip: config.image.entry.unwrap_or(load), rsp: tables, cr3, on_fault: config.on_fault, io_ports, verdict };
-    Ok((partition, npt, start))
+    Ok((partition, table, start))
 }
 
 /// Page-table entry bits of the guest's identity map: P, R/W, A (and D, PS

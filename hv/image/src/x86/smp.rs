@@ -11,8 +11,8 @@
 //! with a log line, and never hangs the run.
 
 use super::console::{finish, line};
-use super::partition::{NestedTable, Start};
-use super::svm;
+use super::backend;
+use super::partition::{CpuTable, Start};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -38,8 +38,8 @@ const AP_ABANDONED: u8 = 2;
 pub struct Slot {
     /// The partition (locked by its CPU while it runs).
     pub partition: Mutex<Partition>,
-    /// Its NPT and entry state; `None` if it is not started.
-    pub run: Option<(NestedTable, Start)>,
+    /// Its second-level table and entry state; `None` if it is not started.
+    pub run: Option<(CpuTable, Start)>,
     /// APIC ID of the CPU it runs on.
     pub apic_id: u32,
     arrival: AtomicU8,
@@ -47,8 +47,8 @@ pub struct Slot {
 
 impl Slot {
     /// A partition ready to run on the CPU `apic_id`.
-    pub fn ready(partition: Partition, npt: NestedTable, start: Start, apic_id: u32) -> Slot {
-        Slot { partition: Mutex::new(partition), run: Some((npt, start)), apic_id, arrival: AtomicU8::new(AP_WAITING) }
+    pub fn ready(partition: Partition, table: CpuTable, start: Start, apic_id: u32) -> Slot {
+        Slot { partition: Mutex::new(partition), run: Some((table, start)), apic_id, arrival: AtomicU8::new(AP_WAITING) }
     }
 
     /// A partition that is not started, for `reason`.
@@ -70,8 +70,8 @@ static MACHINE: Once<Machine> = Once::new();
 
 /// Starts every ready partition on its CPU and runs the boot CPU's own;
 /// never returns. `trampoline` is a free page below 1 MiB, if the memory
-/// map had one; `svm` is the boot CPU's SVM state, if SVM is on.
-pub fn start(slots: Vec<Slot>, trampoline: Option<u64>, svm: Option<svm::CpuSvm>) -> ! {
+/// map had one; `cpu` is the boot CPU's back-end state, if one is on.
+pub fn start(slots: Vec<Slot>, trampoline: Option<u64>, cpu: Option<backend::CpuBackend>) -> ! {
     let started = slots.iter().filter(|s| s.run.is_some()).count();
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
     if started == 0 {
@@ -113,9 +113,9 @@ pub fn start(slots: Vec<Slot>, trampoline: Option<u64>, svm: Option<svm::CpuSvm>
             done(machine);
         }
     }
-    match (own, svm) {
-        (Some(index), Some(svm)) => run_slot(machine, index, svm),
-        // Slots are ready only when SVM is on.
+    match (own, cpu) {
+        (Some(index), Some(cpu)) => run_slot(machine, index, cpu),
+        // Slots are ready only when a back end is on.
         (Some(_), None) => done(machine),
         (None, _) => {}
     }
@@ -175,8 +175,8 @@ extern "C" fn ap_main(index: u64) -> ! {
     // SAFETY: as in `start`.
     let id = unsafe { LocalApic::current() }.id();
     log::info!("CPU with APIC ID {id} is up (AP, long mode, own page tables, GDT, TSS and IDT)");
-    let svm = match svm::enable_svm() {
-        Ok(svm) => svm,
+    let cpu = match backend::choose().and_then(backend::enable_this_cpu) {
+        Ok(cpu) => cpu,
         Err(reason) => {
             let mut partition = slot.partition.lock();
             log::error!("partition {}: not started: {reason}", partition.name);
@@ -186,18 +186,18 @@ extern "C" fn ap_main(index: u64) -> ! {
             halt_forever()
         }
     };
-    run_slot(machine, index, svm);
+    run_slot(machine, index, cpu);
     halt_forever()
 }
 
-/// Runs slot `index`'s partition on this CPU, whose SVM state is `svm`,
-/// then reports it done.
-fn run_slot(machine: &'static Machine, index: usize, svm: svm::CpuSvm) {
+/// Runs slot `index`'s partition on this CPU, whose back-end state is
+/// `cpu`, then reports it done.
+fn run_slot(machine: &'static Machine, index: usize, cpu: backend::CpuBackend) {
     let slot = &machine.slots[index];
-    if let Some((npt, start)) = &slot.run {
+    if let Some((table, start)) = &slot.run {
         let mut partition = slot.partition.lock();
         partition.state = RunState::Running;
-        svm::run(&mut partition, npt, start, svm);
+        backend::run(&mut partition, table, start, cpu);
     }
     done(machine);
 }

@@ -12,15 +12,16 @@
 
 use super::console::line;
 use super::exits::{self, Exit, ExitState, GuestCpu, Next};
-use super::memory::alloc_frames;
+use super::memory::{alloc_frames, frames_holding};
 use super::partition::{NestedTable, Start};
 use alloc::format;
 use alloc::string::String;
 use bulkhead_arch_x86_64::cpu::svm::{self as cpu, GuestRegisters};
 use bulkhead_arch_x86_64::decode::{Bitness, Gpr};
-use bulkhead_arch_x86_64::guest_msr::{self, EFER_SVME, MsrRule};
+use bulkhead_arch_x86_64::guest_msr::{self, EFER_SVME};
 use bulkhead_arch_x86_64::guest_paging::PagingMode;
 use bulkhead_arch_x86_64::npt;
+use bulkhead_arch_x86_64::passthrough;
 use bulkhead_arch_x86_64::svm::bitmaps::{IoPermissionMap, MsrPermissionMap};
 use bulkhead_arch_x86_64::svm::exit::{IoDirection, IoioInfo, NestedPageFault, PendingEvent, SvmExit};
 use bulkhead_arch_x86_64::svm::guest::{SvmGuest, fill_64bit_guest};
@@ -77,20 +78,10 @@ pub fn enable_svm() -> Result<CpuSvm, String> {
     Ok(CpuSvm { host_state })
 }
 
-/// Copies `bytes` into freshly allocated, zeroed, page-aligned frames.
-fn frames_holding(bytes: &[u8], what: &str) -> Result<u64, String> {
-    let hpa = alloc_frames(bytes.len() as u64, 4096).ok_or_else(|| format!("no memory for the {what}"))?;
-    // SAFETY: the frames were just allocated, identity-mapped and unused.
-    unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), hpa.raw() as *mut u8, bytes.len()) };
-    Ok(hpa.raw())
-}
-
 /// The I/O permission map: only the partition's own ports pass.
 fn io_permissions(start: &Start) -> IoPermissionMap {
     let mut map = IoPermissionMap::intercept_all();
-    for ports in &start.io_ports {
-        map.allow(ports.clone());
-    }
+    passthrough::allow_io_ports(&mut map, &start.io_ports);
     map
 }
 
@@ -98,13 +89,8 @@ fn io_permissions(start: &Start) -> IoPermissionMap {
 /// ones for reads; everything else exits.
 fn msr_permissions() -> MsrPermissionMap {
     let mut map = MsrPermissionMap::intercept_all();
-    for msr in guest_msr::GUEST_STATE_MSRS.into_iter().chain([guest_msr::TSC]) {
-        // Every listed MSR lies in a range the map covers.
-        let _ = map.allow_read(msr);
-        if guest_msr::rule(msr) == MsrRule::GuestState {
-            let _ = map.allow_write(msr);
-        }
-    }
+    // Every listed MSR lies in a range the map covers (host-tested).
+    let _ = passthrough::allow_guest_msrs(&mut map);
     map
 }
 
