@@ -31,8 +31,11 @@ use bulkhead_core::partition::{ConsoleSink, Partition, StopReason};
 
 /// The power-on PAT value, given to the guest as its gPAT.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
-/// The only ASID in use: one partition per CPU, and each CPU has its own TLB.
-const ASID: u32 = 1;
+/// ASID 0 is the host's; partition `i` gets ASID `i + 1`, so that no two
+/// partitions ever share TLB tags, even once CPUs are shared.
+fn asid_of(partition: &Partition) -> u32 {
+    partition.index as u32 + 1
+}
 /// CR0.NE: native x87 error reporting (what every 64-bit OS sets).
 const CR0_NE: u64 = 1 << 5;
 /// EVENTINJ: valid (bit 31), error code valid (bit 11), type exception (3).
@@ -263,7 +266,7 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
         cr4: 0,
         efer: 0,
         pat: DEFAULT_PAT,
-        asid: ASID,
+        asid: asid_of(partition),
         npt_pml4: npt.root_address(),
         iopm,
         msrpm,
@@ -274,12 +277,13 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
         fill_64bit_guest(vmcb, &guest).map_err(|e| format!("VMCB set-up refused: {e:?}"))?;
     }
     log::info!(
-        "partition {}: entering the guest at RIP {:#x} (RSP {:#x}, CR3 {:#x}, nCR3 {:#x}, ASID {ASID}, {} I/O port range(s) passed through)",
+        "partition {}: entering the guest at RIP {:#x} (RSP {:#x}, CR3 {:#x}, nCR3 {:#x}, ASID {}, {} I/O port range(s) passed through)",
         partition.name,
         start.rip,
         start.rsp,
         start.cr3,
         guest.npt_pml4,
+        guest.asid,
         start.io_ports.len()
     );
     let mut registers = GuestRegisters::default();
