@@ -163,6 +163,15 @@ pub enum ErrorKind {
     },
     /// `passthrough` names a device the platform does not have.
     UnknownDevice(String),
+    /// A PCI address that is not `BB:DD.F` on segment 0.
+    BadBdf(String),
+    /// The PCI function is already given to a partition.
+    PciTaken {
+        /// The function.
+        bdf: String,
+        /// The partition that has it.
+        other: String,
+    },
     /// An I/O port range that is empty or runs past port 0xffff.
     BadPortRange {
         /// First port.
@@ -319,6 +328,10 @@ impl fmt::Display for ErrorKind {
             ),
             ErrorKind::PlatformOverlap { other } => write!(f, "range overlaps {other}"),
             ErrorKind::UnknownDevice(name) => write!(f, "the platform has no device '{name}'"),
+            ErrorKind::BadBdf(text) => {
+                write!(f, "'{text}' is not a PCI function address BB:DD.F (hexadecimal, segment 0)")
+            }
+            ErrorKind::PciTaken { bdf, other } => write!(f, "PCI function {bdf} is already given to partition '{other}'"),
             ErrorKind::BadPortRange { base, size } => {
                 write!(f, "I/O ports {base:#x} (+{size}) are empty or run past port 0xffff")
             }

@@ -137,6 +137,68 @@ pub struct Partition {
     /// `on_fault`.
     #[serde(default)]
     pub io_ports: Vec<PortRange>,
+    /// PCI functions assigned to the partition: their BARs are mapped into
+    /// it, it sees them in a virtual configuration space at
+    /// [`VIRTUAL_PCI_ECAM_BASE`], and their DMA goes through an IOMMU
+    /// domain holding only the partition's `dma = true` regions.
+    #[serde(default)]
+    pub pci: Vec<PciFunction>,
+}
+
+/// A PCI function given to a partition.
+///
+/// ```toml
+/// [[partition.pci]]
+/// bdf = "00:02.0"      # bus:device.function, PCI segment 0
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PciFunction {
+    /// `BB:DD.F` (hexadecimal bus and device, function 0-7), optionally
+    /// with a `0000:` segment prefix.
+    pub bdf: String,
+}
+
+impl PciFunction {
+    /// The function's address, if `bdf` is well formed.
+    pub fn address(&self) -> Option<Bdf> {
+        Bdf::parse(&self.bdf)
+    }
+}
+
+/// A PCI function's address on segment 0: bus, device, function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Bdf {
+    /// Bus, 0-255.
+    pub bus: u8,
+    /// Device, 0-31.
+    pub device: u8,
+    /// Function, 0-7.
+    pub function: u8,
+}
+
+impl Bdf {
+    /// Parses `BB:DD.F` or `0000:BB:DD.F` (hexadecimal; only segment 0).
+    pub fn parse(text: &str) -> Option<Bdf> {
+        let text = text.strip_prefix("0000:").unwrap_or(text);
+        let (bus, rest) = text.split_once(':')?;
+        let (device, function) = rest.split_once('.')?;
+        let hex = |s: &str, max: u8| {
+            (!s.is_empty() && s.len() <= 2).then(|| u8::from_str_radix(s, 16).ok()).flatten().filter(|&v| v <= max)
+        };
+        Some(Bdf { bus: hex(bus, 0xff)?, device: hex(device, 31)?, function: hex(function, 7)? })
+    }
+
+    /// The 16-bit requester ID: bus in 15:8, device in 7:3, function in 2:0.
+    pub fn requester_id(&self) -> u16 {
+        (u16::from(self.bus) << 8) | (u16::from(self.device) << 3) | u16::from(self.function)
+    }
+}
+
+impl core::fmt::Display for Bdf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:02x}:{:02x}.{}", self.bus, self.device, self.function)
+    }
 }
 
 impl Partition {
@@ -241,6 +303,11 @@ pub const EMULATED_UART_BASE: u64 = 0x0900_0000;
 pub const VGIC_DISTRIBUTOR_BASE: u64 = 0x0800_0000;
 /// See [`VGIC_DISTRIBUTOR_BASE`].
 pub const VGIC_REDISTRIBUTOR_BASE: u64 = 0x080a_0000;
+/// Guest-physical address of the virtual PCI configuration space (ECAM,
+/// bus 0 only: 1 MiB) of a partition with `pci` functions.
+pub const VIRTUAL_PCI_ECAM_BASE: u64 = 0x3f00_0000;
+/// Size of that window.
+pub const VIRTUAL_PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// Guest-physical address of every partition's verdict register (a 4 KiB
 /// window), where a guest without hypercalls reports its test result.
 pub const VERDICT_REGISTER_BASE: u64 = 0x0a00_0000;

@@ -42,6 +42,7 @@ fn partition(name: &str, cpu: u32) -> Partition {
         interrupts: Vec::new(),
         console: Console::Hypercall,
         io_ports: Vec::new(),
+        pci: Vec::new(),
     }
 }
 
@@ -785,6 +786,31 @@ fn io_ports_are_checked_for_range_reservation_and_owner() {
             at(0, "io_ports[1]", ErrorKind::HypervisorPorts { base: 0x64, what: HYPERVISOR_PORTS[3].2 }),
             at(1, "io_ports[1]", ErrorKind::PortsTaken { port: 0x70, other: "a".into() }),
             at(1, "io_ports[2]", ErrorKind::BadPortRange { base: 0x80, size: 0 }),
+        ]
+    );
+}
+
+#[test]
+fn pci_functions_parse_and_belong_to_one_partition() {
+    assert_eq!(Bdf::parse("00:02.0"), Some(Bdf { bus: 0, device: 2, function: 0 }));
+    assert_eq!(Bdf::parse("0000:1f:1f.7"), Some(Bdf { bus: 0x1f, device: 0x1f, function: 7 }));
+    for bad in ["", "00:02", "00:20.0", "00:02.8", "0001:00:02.0", "100:00.0", "0:2.x", "00:02.0.1"] {
+        assert_eq!(Bdf::parse(bad), None, "{bad}");
+    }
+    assert_eq!(Bdf::parse("01:02.3").unwrap().requester_id(), 0x0113);
+    assert_eq!(Bdf::parse("01:02.3").unwrap().to_string(), "01:02.3");
+
+    let function = |bdf: &str| PciFunction { bdf: bdf.into() };
+    let mut a = partition("a", 0);
+    a.pci = vec![function("00:02.0"), function("0000:00:02.0")];
+    let mut b = partition("b", 1);
+    b.pci = vec![function("00:02.0"), function("zz"), function("00:03.0")];
+    assert_eq!(
+        found(&config(vec![a, b])),
+        vec![
+            at(0, "pci[1].bdf", ErrorKind::PciTaken { bdf: "00:02.0".into(), other: "a".into() }),
+            at(1, "pci[0].bdf", ErrorKind::PciTaken { bdf: "00:02.0".into(), other: "a".into() }),
+            at(1, "pci[1].bdf", ErrorKind::BadBdf("zz".into())),
         ]
     );
 }

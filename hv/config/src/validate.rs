@@ -16,6 +16,7 @@
 //! | `memory[i].backing` (host) | inside `platform.ram` (when set), not reserved, not a device, not another partition's unless both `shared` with the same range and attribute |
 //! | `passthrough[i]` | known device, in one partition only, not reserved, guest range free, attribute allowed by [`crate::MemoryAttribute::may_map`] |
 //! | `interrupts[i]` | SPI, not a line of a device the partition does not have, in one partition only |
+//! | `pci[i].bdf` | `BB:DD.F` on segment 0, each function in one partition only |
 //! | `io_ports[i]` | non-empty, below 0x10000, none of [`crate::HYPERVISOR_PORTS`], each port in one partition only |
 //!
 //! Global errors come first, then each partition's in file order. A
@@ -269,6 +270,7 @@ impl<'a> Checker<'a> {
         self.passthrough(scope, p, earlier, regions_ok);
         self.interrupts(scope, p, earlier);
         self.io_ports(scope, p, earlier);
+        self.pci(scope, p, earlier);
     }
 
     fn cpus(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
@@ -458,6 +460,25 @@ impl<'a> Checker<'a> {
         }
     }
 
+    fn pci(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
+        for (i, function) in p.pci.iter().enumerate() {
+            let field = format!("pci[{i}].bdf");
+            let Some(bdf) = function.address() else {
+                self.push(scope, field, ErrorKind::BadBdf(function.bdf.clone()));
+                continue;
+            };
+            let holds = |q: &Partition| q.pci.iter().any(|f| f.address() == Some(bdf));
+            let other = if p.pci[..i].iter().any(|f| f.address() == Some(bdf)) {
+                Some(p.name.clone())
+            } else {
+                earlier.iter().find(|q| holds(q)).map(|q| q.name.clone())
+            };
+            if let Some(other) = other {
+                self.push(scope, field, ErrorKind::PciTaken { bdf: format!("{bdf}"), other });
+            }
+        }
+    }
+
     fn io_ports(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
         // The first port two ranges share, if any.
         let overlap_of = |a: &crate::PortRange, b: &crate::PortRange| {
@@ -602,6 +623,9 @@ pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
         ("the virtual GIC redistributors", crate::model::VGIC_REDISTRIBUTOR_BASE, 0x2_0000 * vcpus),
         ("the verdict register", crate::model::VERDICT_REGISTER_BASE, 0x1000),
     ];
+    if !p.pci.is_empty() {
+        windows.push(("the virtual PCI configuration space", crate::model::VIRTUAL_PCI_ECAM_BASE, crate::model::VIRTUAL_PCI_ECAM_SIZE));
+    }
     if p.console == crate::model::Console::Pl011 {
         windows.push(("the emulated UART", crate::model::EMULATED_UART_BASE, 0x1000));
     }

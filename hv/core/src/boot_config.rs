@@ -69,6 +69,7 @@ mod tests {
             interrupts: alloc::vec![],
             console: Default::default(),
             io_ports: alloc::vec![],
+            pci: alloc::vec![],
         }
     }
 

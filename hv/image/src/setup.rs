@@ -214,6 +214,9 @@ fn build(
     if !config.io_ports.is_empty() {
         return Err(String::from("io_ports: arm64 has no I/O port space (x86_64 only)"));
     }
+    if !config.pci.is_empty() {
+        return Err(String::from("pci: PCI function assignment is not implemented yet"));
+    }
     let pa_bits = platform.firmware.pa_bits;
     let cpus: Vec<usize> = config.cpus.iter().map(|&c| c as usize).collect();
     for (i, &cpu) in cpus.iter().enumerate() {

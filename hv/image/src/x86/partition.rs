@@ -164,6 +164,9 @@ pub fn build(
     if config.image.kind != ImageKind::Raw {
         return Err(String::from("image.kind: only raw images run on x86_64 so far"));
     }
+    if !config.pci.is_empty() {
+        return Err(String::from("pci: PCI function assignment is not implemented yet"));
+    }
     if !config.passthrough.is_empty() {
         return Err(String::from("passthrough: device assignment is not implemented on x86_64 yet"));
     }
