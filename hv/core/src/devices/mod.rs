@@ -1,4 +1,5 @@
 //! Device models the hypervisor emulates for partitions, one per file.
 
+pub mod pci_config;
 pub mod pl011;
 pub mod verdict;
