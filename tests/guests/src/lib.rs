@@ -20,6 +20,7 @@
 pub mod fault;
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
+pub mod edu;
 pub mod hv;
 #[cfg(target_arch = "aarch64")]
 pub mod mmu;

@@ -4,7 +4,7 @@
 use crate::println;
 
 /// The pattern's word `i`.
-fn word(i: u64) -> u64 {
+pub fn word(i: u64) -> u64 {
     0xb01d_face_0000_0000 ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
 }
 

@@ -123,6 +123,7 @@ pub const X86_GUESTS: &[&str] = &[
     "x86-isolation-victim",
     "x86-inject-attacker",
     "x86-attributes",
+    "edu-dma",
     "x86-msr",
     "x86-port",
     "x86-triple",

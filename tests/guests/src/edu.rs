@@ -1,0 +1,183 @@
+//! A driver for QEMU's `edu` PCI device (a DMA engine with a 4 KiB buffer)
+//! as a partition sees it: found in the partition's virtual PCI
+//! configuration space, its BAR mapped by the hypervisor, its DMA confined
+//! by the IOMMU to the partition's `dma = true` memory. Builds for both
+//! architectures.
+//!
+//! Register map (QEMU `docs/specs/edu.rst`): 0x00 identification
+//! (0xRRrr00ed), 0x04 liveness (reads back the inverse of what was
+//! written), 0x80 DMA source, 0x88 DMA destination, 0x90 DMA count, 0x98
+//! DMA command (bit 0 start/busy, bit 1 direction: 1 = from the device's
+//! buffer to RAM, bit 2 raise an interrupt when done); the buffer is at
+//! device address 0x40000.
+
+use crate::time;
+
+/// Guest-physical base of the virtual PCI configuration space
+/// (`bulkhead_config::VIRTUAL_PCI_ECAM_BASE`).
+pub const VIRTUAL_ECAM: u64 = 0x3f00_0000;
+/// Bytes of one function's configuration space.
+const FUNCTION_SIZE: u64 = 4096;
+/// The edu's vendor and device IDs.
+pub const EDU_ID: u32 = 0x11e8_1234;
+/// The DMA buffer inside the device's address space.
+pub const BUFFER: u64 = 0x4_0000;
+/// Bytes in the DMA buffer.
+pub const BUFFER_SIZE: u64 = 4096;
+
+const REG_IDENT: u64 = 0x00;
+const REG_LIVENESS: u64 = 0x04;
+const REG_DMA_SOURCE: u64 = 0x80;
+const REG_DMA_DESTINATION: u64 = 0x88;
+const REG_DMA_COUNT: u64 = 0x90;
+const REG_DMA_COMMAND: u64 = 0x98;
+const DMA_START: u64 = 1 << 0;
+const DMA_TO_RAM: u64 = 1 << 1;
+const COMMAND_MEMORY: u32 = 1 << 1;
+const COMMAND_BUS_MASTER: u32 = 1 << 2;
+/// Counter ticks to wait for one transfer (the model takes ~100 ms of
+/// virtual time): 2 s at 1 GHz, plenty on every counter we run on.
+const DMA_TIMEOUT_TICKS: u64 = 2_000_000_000;
+
+/// A 32-bit load the hypervisor can emulate: one plain `mov`/`ldr`.
+pub fn read32(address: u64) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let value: u32;
+        // SAFETY: `address` is device or configuration space the caller
+        // owns; an explicit MOV keeps the compiler from folding the load
+        // into another instruction the hypervisor would not emulate.
+        unsafe { core::arch::asm!("mov {0:e}, [{1}]", out(reg) value, in(reg) address, options(nostack, readonly)) };
+        value
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above; a volatile load is one LDR on arm64.
+    unsafe {
+        core::ptr::read_volatile(address as *const u32)
+    }
+}
+
+/// A 32-bit store the hypervisor can emulate.
+pub fn write32(address: u64, value: u32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `read32`.
+    unsafe {
+        core::arch::asm!("mov [{0}], {1:e}", in(reg) address, in(reg) value, options(nostack))
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as in `read32`.
+    unsafe {
+        core::ptr::write_volatile(address as *mut u32, value)
+    };
+}
+
+/// A 64-bit device register write (edu's DMA registers are 64-bit).
+fn write64(address: u64, value: u64) {
+    // SAFETY: the BAR is mapped into this partition as device memory.
+    unsafe { core::ptr::write_volatile(address as *mut u64, value) };
+}
+
+fn read64(address: u64) -> u64 {
+    // SAFETY: as in `write64`.
+    unsafe { core::ptr::read_volatile(address as *const u64) }
+}
+
+/// Why the device could not be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EduError {
+    /// No edu at the given virtual device number (what was there instead).
+    NotFound(u32),
+    /// BAR0 reads as zero: the hypervisor did not map it.
+    NoBar,
+    /// The liveness register did not invert.
+    Dead,
+    /// A transfer did not finish in time.
+    Timeout,
+}
+
+/// An edu the partition owns.
+pub struct Edu {
+    bar: u64,
+}
+
+impl Edu {
+    /// Finds the edu as device `device` of the virtual bus, enables memory
+    /// decoding and bus mastering, and checks that it answers.
+    ///
+    /// # Errors
+    /// [`EduError`] when it is not there or not alive.
+    pub fn find(device: u64) -> Result<Edu, EduError> {
+        let config = VIRTUAL_ECAM + device * 8 * FUNCTION_SIZE;
+        let id = read32(config);
+        if id != EDU_ID {
+            return Err(EduError::NotFound(id));
+        }
+        let bar = u64::from(read32(config + 0x10) & !0xf);
+        if bar == 0 {
+            return Err(EduError::NoBar);
+        }
+        let command = read32(config + 0x04) & 0xffff;
+        write32(config + 0x04, command | COMMAND_MEMORY | COMMAND_BUS_MASTER);
+        let edu = Edu { bar };
+        write32(bar + REG_LIVENESS, 0x1234_5678);
+        if read32(bar + REG_LIVENESS) != !0x1234_5678 {
+            return Err(EduError::Dead);
+        }
+        Ok(edu)
+    }
+
+    /// The BAR's guest address.
+    pub fn bar(&self) -> u64 {
+        self.bar
+    }
+
+    /// The identification register (major.minor version in its top bytes).
+    pub fn ident(&self) -> u32 {
+        read32(self.bar + REG_IDENT)
+    }
+
+    /// Writes `bytes` into the device's buffer at `offset` through the BAR
+    /// (CPU stores, no DMA).
+    pub fn fill_buffer(&self, offset: u64, bytes: &[u8]) {
+        for (i, chunk) in bytes.chunks(4).enumerate() {
+            let mut word = [0u8; 4];
+            word[..chunk.len()].copy_from_slice(chunk);
+            write32(self.bar + BUFFER + offset + 4 * i as u64, u32::from_le_bytes(word));
+        }
+    }
+
+    /// One word of the device's buffer, read through the BAR.
+    pub fn buffer_word(&self, offset: u64) -> u32 {
+        read32(self.bar + BUFFER + offset)
+    }
+
+    fn transfer(&self, source: u64, destination: u64, count: u64, to_ram: bool) -> Result<(), EduError> {
+        write64(self.bar + REG_DMA_SOURCE, source);
+        write64(self.bar + REG_DMA_DESTINATION, destination);
+        write64(self.bar + REG_DMA_COUNT, count);
+        write64(self.bar + REG_DMA_COMMAND, DMA_START | if to_ram { DMA_TO_RAM } else { 0 });
+        let start = time::counter();
+        while read64(self.bar + REG_DMA_COMMAND) & DMA_START != 0 {
+            if time::counter().wrapping_sub(start) > DMA_TIMEOUT_TICKS {
+                return Err(EduError::Timeout);
+            }
+        }
+        Ok(())
+    }
+
+    /// DMA from the device's buffer (at `offset`) to bus address `to`.
+    ///
+    /// # Errors
+    /// [`EduError::Timeout`].
+    pub fn dma_to_ram(&self, offset: u64, to: u64, count: u64) -> Result<(), EduError> {
+        self.transfer(BUFFER + offset, to, count, true)
+    }
+
+    /// DMA from bus address `from` into the device's buffer (at `offset`).
+    ///
+    /// # Errors
+    /// [`EduError::Timeout`].
+    pub fn dma_from_ram(&self, from: u64, offset: u64, count: u64) -> Result<(), EduError> {
+        self.transfer(from, BUFFER + offset, count, false)
+    }
+}
