@@ -194,7 +194,7 @@ fn parse_scopes(bytes: &[u8], base: usize) -> Result<Vec<DeviceScope>, AcpiError
         // The path is whole (device, function) pairs after the fixed part.
         let Some(scope) = bytes
             .get(offset..offset + length)
-            .filter(|_| length >= SCOPE_FIXED && (length - SCOPE_FIXED) % 2 == 0)
+            .filter(|_| length >= SCOPE_FIXED && (length - SCOPE_FIXED).is_multiple_of(2))
         else {
             return Err(AcpiError::BadDmarEntry(base + offset));
         };
@@ -297,7 +297,7 @@ impl EcamWindow {
 /// its allocations are not whole 16-byte entries.
 pub fn parse_mcfg(table: &[u8]) -> Result<Vec<EcamWindow>, AcpiError> {
     let entries = table.get(MCFG_ENTRIES..).ok_or(AcpiError::BadLength(0))?;
-    if entries.len() % MCFG_ENTRY_SIZE != 0 {
+    if !entries.len().is_multiple_of(MCFG_ENTRY_SIZE) {
         return Err(AcpiError::BadLength(0));
     }
     Ok(entries
