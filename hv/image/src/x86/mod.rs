@@ -14,6 +14,8 @@
 
 mod backend;
 mod console;
+mod iommu;
+mod pci;
 mod memory;
 mod paging;
 mod partition;
@@ -136,6 +138,11 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
 
     if let Some(test) = args.crash {
         crash(test, stack_bottom);
+    }
+    // Every device's DMA is blocked before any partition exists.
+    iommu::init(&IdentityMapped, boot_info.acpi_rsdp, &tables);
+    if args.dma_selftest {
+        iommu::dma_selftest(&IdentityMapped, boot_info.acpi_rsdp, &tables);
     }
     run_partitions(boot_info, &map, &cpus, trampoline, &tables)
 }
