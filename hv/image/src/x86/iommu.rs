@@ -127,7 +127,14 @@ fn start_unit(index: usize, drhd: &Drhd, live: &Live) -> Result<Vtd, String> {
         drhd.segment,
         if drhd.include_pci_all { "INCLUDE_PCI_ALL, " } else { "" },
     );
-    let width = caps.table_width().ok_or_else(|| format!("{:?}", vtd::VtdError::NoFourLevelTables(caps.sagaw())))?;
+    if caps.table_width().is_none() {
+        // Blocking needs no second-level table, so the unit is still turned
+        // on; only assigning devices behind it will be refused.
+        log::warn!(
+            "VT-d unit {index}: {:?}: devices behind it can be blocked but not assigned",
+            vtd::VtdError::NoFourLevelTables(caps.sagaw())
+        );
+    }
     if unit.translation_enabled() {
         log::warn!("VT-d unit {index}: firmware left translation on (GSTS {:#x}); replacing its tables", unit.global_status());
     }
@@ -148,7 +155,6 @@ fn start_unit(index: usize, drhd: &Drhd, live: &Live) -> Result<Vtd, String> {
     flush(context.0.as_ptr(), PAGE);
     flush(root.0.as_ptr(), PAGE);
     let root_pa = &raw const *root as u64;
-    let _ = width; // Every context entry is not present: no table depth used yet.
     unit.set_root_table(root_pa).map_err(|e| format!("root table: {e:?}"))?;
     unit.invalidate_all().map_err(|e| format!("register-based invalidation: {e:?}"))?;
 
