@@ -10,3 +10,4 @@
 
 pub mod gicv3;
 pub mod pl011;
+pub mod vtd;

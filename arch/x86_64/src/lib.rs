@@ -9,6 +9,8 @@
 //!
 //! - the portable inputs of a mapping: [`MemoryType`] (the configuration's
 //!   memory attribute, DESIGN.md §4), [`Access`] and [`PageSize`];
+//! - the VT-d second-level format ([`vtd`]), a partition's DMA view, built
+//!   by the same table builder;
 //! - the two entry encoders, each implementing the small [`EntryFormat`]
 //!   trait, plus the EPTP value ([`ept::eptp`]) and the host PAT layout that
 //!   NPT leaves index into ([`npt::HOST_PAT`]);
@@ -68,10 +70,12 @@ pub mod passthrough;
 pub mod svm;
 pub mod table;
 pub mod vmx;
+pub mod vtd;
 
 pub use ept::Ept;
 pub use npt::Npt;
 pub use table::{FrameAllocator, MapError, SecondLevelTable, TableOptions};
+pub use vtd::VtdSecondLevel;
 
 /// Bytes in the smallest page and in one table frame.
 pub const PAGE_SIZE_4KIB: u64 = 1 << 12;

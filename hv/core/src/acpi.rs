@@ -1,10 +1,13 @@
 //! The few ACPI tables the hypervisor reads itself: RSDP → XSDT (or RSDT)
-//! → MADT ("APIC"), for the CPUs' local APIC IDs.
+//! → MADT ("APIC"), for the CPUs' local APIC IDs; DMAR (the Intel VT-d
+//! remapping units, [`parse_dmar`]); MCFG (where PCI Express configuration
+//! space lies, [`parse_mcfg`]).
 //!
 //! Layouts follow the ACPI specification 6.5: RSDP §5.2.5.3, system
 //! description table header §5.2.6, XSDT §5.2.8, MADT §5.2.12 with its
 //! Processor Local APIC (type 0, §5.2.12.2) and Processor Local x2APIC
-//! (type 9, §5.2.12.12) entries. Every read goes through [`PhysicalMemory`]
+//! (type 9, §5.2.12.12) entries. DMAR follows the Intel VT-d specification
+//! (rev. 4.1) chapter 8; MCFG the PCI Firmware specification 3.3 §4.1.2. Every read goes through [`PhysicalMemory`]
 //! and is bounds-checked: tables come from firmware, and a malformed one
 //! gives an [`AcpiError`], never a panic or a read past its end.
 
@@ -43,6 +46,9 @@ pub enum AcpiError {
     NotFound([u8; 4]),
     /// An MADT entry at this offset overruns the table or is shorter than two bytes.
     BadEntry(usize),
+    /// A DMAR remapping structure or device scope at this offset overruns
+    /// its container or is shorter than its fixed fields.
+    BadDmarEntry(usize),
 }
 
 impl fmt::Display for AcpiError {
@@ -57,6 +63,7 @@ impl fmt::Display for AcpiError {
                 write!(f, "no ACPI table '{}'", core::str::from_utf8(sig).unwrap_or("????"))
             }
             AcpiError::BadEntry(offset) => write!(f, "malformed MADT entry at offset {offset}"),
+            AcpiError::BadDmarEntry(offset) => write!(f, "malformed DMAR structure at offset {offset}"),
         }
     }
 }
@@ -110,6 +117,10 @@ fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
 
 fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
     Some(u64::from_le_bytes(bytes.get(offset..offset + 8)?.try_into().ok()?))
+}
+
+fn u16_at(bytes: &[u8], offset: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(bytes.get(offset..offset + 2)?.try_into().ok()?))
 }
 
 /// The root table named by the RSDP: `(address, entry size)` — the XSDT
@@ -230,6 +241,9 @@ pub fn parse_madt(table: &[u8]) -> Result<Madt, AcpiError> {
     }
     Ok(madt)
 }
+
+mod dmar;
+pub use dmar::*;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@
 //! | `crash=panic\|exception` | test hook: the hypervisor deliberately panics or takes an unexpected exception once booted |
 //! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
 //! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
+//! | `selftest=dma` | x86_64: before partitions start, the hypervisor points an unassigned `edu` device's DMA at its own memory and checks that the IOMMU blocked and recorded it |
 //!
 //! Unknown words are reported, not ignored silently.
 
@@ -79,13 +80,15 @@ pub struct BootArgs {
     pub input: Option<String>,
     /// A person is at the console.
     pub interactive: bool,
+    /// Run the DMA isolation self-test (`selftest=dma`).
+    pub dma_selftest: bool,
     /// Words that were not understood, for the boot log.
     pub unknown: Vec<String>,
 }
 
 impl Default for BootArgs {
     fn default() -> Self {
-        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, unknown: Vec::new() }
+        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, unknown: Vec::new() }
     }
 }
 
@@ -134,6 +137,10 @@ impl BootArgs {
                     args.interactive = true;
                     true
                 }
+                Some(("selftest", "dma")) => {
+                    args.dma_selftest = true;
+                    true
+                }
                 _ => false,
             };
             if !understood {
@@ -161,7 +168,8 @@ mod tests {
 
     #[test]
     fn parses_known_words_and_keeps_unknown_ones() {
-        let args = BootArgs::parse(" log=debug crash=panic\nexit=park  frob=1 log=loud input=linux interactive=1");
+        let args = BootArgs::parse(" log=debug crash=panic\nexit=park  frob=1 log=loud input=linux interactive=1 selftest=dma");
+        assert!(args.dma_selftest);
         assert_eq!(args.input.as_deref(), Some("linux"));
         assert!(args.interactive);
         assert_eq!(args.log_level, LogLevel::Debug);

@@ -150,6 +150,7 @@ impl QemuCommand {
     /// through OVMF, exactly as DESIGN.md §6 gives it: OVMF code as
     /// read-only pflash, `vars` (a per-run copy of [`OVMF_VARS`], see
     /// [`copy_ovmf_vars`]) as writable pflash, the ESP as a FAT drive,
+    /// VT-d (`intel-iommu`) and the `edu` DMA engine behind it,
     /// `isa-debug-exit` at port 0xf4 for the exit code, serial on stdio.
     /// `-smp` is added only for more than one CPU.
     pub fn x86_64_q35(esp_dir: &Path, vars: &Path, smp: u32) -> QemuCommand {
@@ -169,6 +170,13 @@ impl QemuCommand {
                 .map(OsString::from),
         );
         args.extend([code, "-drive".into(), vars_drive, "-drive".into(), esp]);
+        // VT-d (QEMU wants it before any other PCI device on the command
+        // line; without `intremap=on` TCG needs no split irqchip), then the
+        // edu DMA engine behind it, assigned to no partition unless the
+        // configuration says so.
+        args.extend(
+            ["-device", "intel-iommu", "-device", "edu,dma_mask=0xffffffffffffffff"].into_iter().map(OsString::from),
+        );
         args.extend(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"].into_iter().map(OsString::from));
         QemuCommand {
             program: Arch::X86_64.qemu_binary().into(),
@@ -292,7 +300,8 @@ mod tests {
             "qemu-system-x86_64 -M q35 -cpu max -m 1G -nographic -no-reboot -nodefaults -serial mon:stdio \
              -drive if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
              -drive if=pflash,format=raw,file=/tmp/esp-x.OVMF_VARS_4M.fd \
-             -drive format=raw,file=fat:rw:/tmp/esp-x -device isa-debug-exit,iobase=0xf4,iosize=0x04"
+             -drive format=raw,file=fat:rw:/tmp/esp-x -device intel-iommu -device edu,dma_mask=0xffffffffffffffff \
+             -device isa-debug-exit,iobase=0xf4,iosize=0x04"
         );
         let two = QemuCommand::x86_64_q35(Path::new("/e"), Path::new("/v"), 2).to_string();
         assert!(two.contains("-cpu max -smp 2 -m 1G"), "{two}");

@@ -399,6 +399,14 @@ pub const SCENARIOS: &[Scenario] = &[
             // is built; boot-services memory then joins the free frames.
             "page tables: own identity map live, root 0x",
             "4 KiB MMIO uncached, page 0 and the stack guard unmapped",
+            // QEMU's intel-iommu (DESIGN.md §6), every device blocked.
+            "ACPI DMAR: host address width",
+            "VT-d unit 0 at 0xfed90000: version 1.0, CAP 0x00d2008c222f0606 ECAP 0x0000000000f00f4a: \
+             SAGAW 0x6 (3-level yes, 4-level yes), MGAW 48, 65536 domains (16-bit), large pages 2M yes 1G yes, \
+             QI yes, SC no, coherent no",
+            // TES, RTPS and QIES.
+            "VT-d unit 0: translation on (GSTS 0xc4000000), root table 0x",
+            "every device blocked (no context entry present)",
             "boot-services code",
             "SVM enabled",
             "[x86-hello] Hello from an x86_64 Bulkhead partition",
@@ -407,6 +415,33 @@ pub const SCENARIOS: &[Scenario] = &[
         ],
         expect_anywhere: &["[attacker] every attack was refused and the partition kept running"],
         forbid: &["FATAL", "panic", "not started"],
+        ..Scenario::DEFAULT
+    },
+    // An edu DMA engine assigned to no partition is told to copy its buffer
+    // into a page of hypervisor memory: VT-d blocks it (no context entry),
+    // the page keeps its pattern, and the fault is decoded and logged.
+    Scenario {
+        name: "x86-dma-unassigned",
+        arch: Arch::X86_64,
+        config: X86_CONFIG,
+        bootargs: Some("selftest=dma"),
+        expect_exit: Some(ExitCode::Success),
+        expect: &[
+            "VT-d unit 0: translation on",
+            "ACPI MCFG: ECAM at 0x",
+            "PCI 00:00.0: 8086:29c0",
+            ": 1234:11e8 class 00ff00, BAR0 memory32 0x",
+            "DMA self-test: edu 00:",
+            "assigned to no partition, told to copy 4096 bytes from its buffer to hypervisor page 0x",
+            "the edu reports its transfer done after",
+            "VT-d fault (after the DMA self-test): unit 0 at 0xfed90000: device 00:",
+            "write at 0x",
+            "reason 0x2 (context entry not present)",
+            "unchanged; VT-d blocked and recorded it: device 00:",
+            "DMA self-test: passed",
+            "all 2 partitions passed",
+        ],
+        forbid: &["FAILED", "FATAL", "panic", "NOT remapped"],
         ..Scenario::DEFAULT
     },
     // A hostile x86_64 guest (msr): stopped by policy with a report; the

@@ -62,3 +62,24 @@ pub unsafe fn activate(pml4: u64) {
 pub fn current_root() -> u64 {
     Cr3::read().0.start_address().as_u64()
 }
+
+/// Writes the cache lines covering `[address, address + len)` back to
+/// memory and invalidates them (CLFLUSH, then MFENCE so the flushes are
+/// complete before any later store, such as the MMIO write that tells a
+/// non-coherent IOMMU to read the data). The stride is the CLFLUSH line
+/// size from CPUID leaf 1 EBX bits 15:8 (in 8-byte units).
+pub fn flush_cache_range(address: *const u8, len: usize) {
+    let line = ((cpuid(1, 0)[1] >> 8) & 0xff) as usize * 8;
+    // A CPU that reports no size still flushes at least 8-byte lines.
+    let line = line.max(8);
+    let start = address as usize & !(line - 1);
+    let end = (address as usize).saturating_add(len);
+    for at in (start..end).step_by(line) {
+        // SAFETY: CLFLUSH changes no data, only where it lives; the caller
+        // passes memory it may access, which is mapped (else #PF, as for
+        // any access).
+        unsafe { core::arch::asm!("clflush [{}]", in(reg) at, options(nostack, preserves_flags)) };
+    }
+    // SAFETY: a fence has no memory-safety effect.
+    unsafe { core::arch::asm!("mfence", options(nostack, preserves_flags)) };
+}

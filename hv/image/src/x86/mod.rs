@@ -1,7 +1,8 @@
 //! The x86_64 image (QEMU `q35`): boot to the hypervisor's Rust code, the
 //! COM1 console, our own GDT/IDT with a fatal-exception report (and a TSS
 //! per CPU, whose IST stacks carry #DF, NMI and #MC), the memory map, the
-//! ACPI MADT and our own page tables ([`paging`]); then the partitions of the configuration, built
+//! ACPI MADT and our own page tables ([`paging`]); VT-d on with every device blocked
+//! ([`iommu`], and its `selftest=dma`; PCI bus 0 in [`pci`]); then the partitions of the configuration, built
 //! ([`partition`]) and run at the same time, each on its own CPU ([`smp`]:
 //! application processors started with INIT-SIPI-SIPI) under AMD SVM with
 //! nested paging ([`svm`]) or Intel VMX with EPT ([`vmx`], never executed:
@@ -14,6 +15,8 @@
 
 mod backend;
 mod console;
+mod iommu;
+mod pci;
 mod memory;
 mod paging;
 mod partition;
@@ -136,6 +139,11 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
 
     if let Some(test) = args.crash {
         crash(test, stack_bottom);
+    }
+    // Every device's DMA is blocked before any partition exists.
+    iommu::init(&IdentityMapped, boot_info.acpi_rsdp, &tables);
+    if args.dma_selftest {
+        iommu::dma_selftest(&IdentityMapped, boot_info.acpi_rsdp, &tables);
     }
     run_partitions(boot_info, &map, &cpus, trampoline, &tables)
 }

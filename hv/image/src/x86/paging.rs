@@ -190,3 +190,20 @@ fn image_data_kib(layout: &IdentityLayout, image: (u64, u64)) -> u64 {
     let data = layout.mappings().iter().filter(|m| m.protection == Protection::RAM);
     data.map(|m| m.end.min(image.1).saturating_sub(m.base.max(image.0))).sum::<u64>() >> 10
 }
+
+/// Maps `[base, base + size)` (page-aligned) uncached, read-write,
+/// no-execute into the live table, for MMIO the hypervisor drives after
+/// boot (IOMMU register pages, PCI configuration space, a device BAR).
+/// Only empty slots are filled, so no TLB maintenance is needed; a range
+/// that is already mapped (e.g. as RAM) is refused.
+///
+/// # Errors
+/// Why the range could not be mapped, as text for the boot log.
+pub fn map_mmio(base: u64, size: u64, _live: &Live) -> Result<(), String> {
+    let table = TABLE.get().ok_or("page tables are not built")?;
+    let p = Protection::MMIO;
+    table
+        .lock()
+        .map(base, base, size, p.memory, p.access)
+        .map_err(|e| format!("page tables: MMIO {base:#x}..{:#x}: {e:?}", base.saturating_add(size)))
+}

@@ -212,6 +212,9 @@ fn done(machine: &'static Machine) {
 
 /// Prints the summary and ends the run with its exit code.
 pub fn summarize_and_finish(slots: &[Slot]) -> ! {
+    // Interrupts are masked, so IOMMU faults are polled here, once every
+    // partition has stopped.
+    super::iommu::report_faults("partitions stopped");
     let guards: Vec<_> = slots.iter().map(|s| s.partition.lock()).collect();
     let (lines, code) = summary::summarize(guards.iter().map(|g| &**g));
     line(format_args!("[bulkhead] ---- summary ----"));
