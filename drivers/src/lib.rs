@@ -8,5 +8,9 @@
 #![no_std]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
 pub mod gicv3;
+pub mod pci;
 pub mod pl011;
+pub mod smmuv3;
