@@ -10,6 +10,7 @@
 
 extern crate alloc;
 
+pub mod edu;
 pub mod gicv3;
 pub mod pci;
 pub mod pl011;

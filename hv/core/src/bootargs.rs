@@ -7,6 +7,7 @@
 //! | `crash=panic\|exception` | test hook: the hypervisor deliberately panics or takes an unexpected exception once booted |
 //! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
 //! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
+//! | `dma-selftest` | before partitions start, the hypervisor makes an unassigned `edu` PCI device DMA into its own memory and checks the IOMMU refused and recorded it (arm64) |
 //!
 //! Unknown words are reported, not ignored silently.
 
@@ -79,13 +80,15 @@ pub struct BootArgs {
     pub input: Option<String>,
     /// A person is at the console.
     pub interactive: bool,
+    /// Run the DMA self-test before starting partitions.
+    pub dma_selftest: bool,
     /// Words that were not understood, for the boot log.
     pub unknown: Vec<String>,
 }
 
 impl Default for BootArgs {
     fn default() -> Self {
-        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, unknown: Vec::new() }
+        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, unknown: Vec::new() }
     }
 }
 
@@ -134,6 +137,10 @@ impl BootArgs {
                     args.interactive = true;
                     true
                 }
+                None if word == "dma-selftest" => {
+                    args.dma_selftest = true;
+                    true
+                }
                 _ => false,
             };
             if !understood {
@@ -168,6 +175,15 @@ mod tests {
         assert_eq!(args.crash, Some(CrashTest::Panic));
         assert_eq!(args.exit, Some(ExitMethod::Park));
         assert_eq!(args.unknown, ["frob=1", "log=loud"]);
+        assert!(!args.dma_selftest);
+    }
+
+    #[test]
+    fn dma_selftest_is_a_bare_word() {
+        assert!(BootArgs::parse("dma-selftest").dma_selftest);
+        let args = BootArgs::parse("dma-selftest=1");
+        assert!(!args.dma_selftest);
+        assert_eq!(args.unknown, ["dma-selftest=1"]);
     }
 
     #[test]
