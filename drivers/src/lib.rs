@@ -8,6 +8,11 @@
 #![no_std]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+extern crate alloc;
+
+pub mod edu;
 pub mod gicv3;
+pub mod pci;
 pub mod pl011;
+pub mod smmuv3;
 pub mod vtd;

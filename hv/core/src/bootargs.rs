@@ -7,7 +7,7 @@
 //! | `crash=panic\|exception` | test hook: the hypervisor deliberately panics or takes an unexpected exception once booted |
 //! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
 //! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
-//! | `selftest=dma` | x86_64: before partitions start, the hypervisor points an unassigned `edu` device's DMA at its own memory and checks that the IOMMU blocked and recorded it |
+//! | `selftest=dma` | before partitions start, the hypervisor makes an unassigned `edu` PCI device DMA into its own memory and checks that the IOMMU (SMMUv3 on arm64, VT-d on x86_64) refused and recorded it |
 //!
 //! Unknown words are reported, not ignored silently.
 
@@ -176,6 +176,15 @@ mod tests {
         assert_eq!(args.crash, Some(CrashTest::Panic));
         assert_eq!(args.exit, Some(ExitMethod::Park));
         assert_eq!(args.unknown, ["frob=1", "log=loud"]);
+        assert!(!BootArgs::parse("log=debug").dma_selftest);
+    }
+
+    #[test]
+    fn dma_selftest_needs_its_exact_word() {
+        assert!(BootArgs::parse("selftest=dma").dma_selftest);
+        let args = BootArgs::parse("dma-selftest");
+        assert!(!args.dma_selftest);
+        assert_eq!(args.unknown, ["dma-selftest"]);
     }
 
     #[test]

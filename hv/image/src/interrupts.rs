@@ -101,6 +101,10 @@ impl VcpuInterrupts {
                     cpu_if::deactivate(i);
                 }
                 MAINTENANCE_INTID | KICK_SGI => cpu_if::deactivate(intid),
+                i if crate::iommu::owns_interrupt(i) => {
+                    crate::iommu::service("interrupt");
+                    cpu_if::deactivate(i);
+                }
                 i if self.passthrough_spis.iter().any(|&(spi, _)| spi == i) => self.forward_spi(i),
                 other => {
                     cpu_if::deactivate(other);

@@ -19,6 +19,8 @@ mod console;
 #[cfg(target_arch = "aarch64")]
 mod crash;
 #[cfg(target_arch = "aarch64")]
+mod dma_selftest;
+#[cfg(target_arch = "aarch64")]
 mod exits;
 #[cfg(target_arch = "aarch64")]
 mod gic;
@@ -27,7 +29,11 @@ mod guest_image;
 #[cfg(target_arch = "aarch64")]
 mod interrupts;
 #[cfg(target_arch = "aarch64")]
+mod iommu;
+#[cfg(target_arch = "aarch64")]
 mod memory;
+#[cfg(target_arch = "aarch64")]
+mod pci;
 #[cfg(target_arch = "aarch64")]
 mod platform;
 #[cfg(target_arch = "aarch64")]
@@ -88,6 +94,16 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
 
     gic::init_distributor(&platform);
     gic::init_cpu(&platform, platform.boot_cpu().unwrap_or(0), platform.firmware.mpidr);
+    // Devices before partitions: BARs are sized and every stream confined
+    // while nothing else runs.
+    let functions = pci::enumerate(&platform);
+    iommu::init(&platform, &functions);
+    if args.dma_selftest
+        && let Err(reason) = dma_selftest::run(&platform, &functions)
+    {
+        log::error!("DMA self-test: FAILED: {reason}");
+        platform::finish(ExitCode::BootFailure);
+    }
     let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory);
     run::start(slots, platform)
 }

@@ -85,6 +85,20 @@ pub fn init(boot_info: &BootInfo, platform: &Platform, host_backed: &[(u64, u64)
         idmap.map(gicd, gicd_size, El2Memory::Device).map_err(|e| format!("mapping the GIC distributor: {e:?}"))?;
         idmap.map(gicr, gicr_size, El2Memory::Device).map_err(|e| format!("mapping the GIC redistributors: {e:?}"))?;
     }
+    if let Some(smmu) = &platform.smmu {
+        idmap.map(smmu.base, smmu.size, El2Memory::Device).map_err(|e| format!("mapping the SMMU: {e:?}"))?;
+    }
+    if let Some(pci) = &platform.pci {
+        let ecam = pci.ecam_size.min(crate::pci::ECAM_MAPPED_BUSES * bulkhead_drivers::pci::ECAM_BUS_SIZE);
+        idmap.map(pci.ecam, ecam, El2Memory::Device).map_err(|e| format!("mapping PCI ECAM: {e:?}"))?;
+        // BARs the hypervisor itself touches (the DMA self-test's edu) lie
+        // in the 32-bit window; a window the map cannot take is skipped.
+        for &(base, size) in pci.windows.iter().filter(|(base, _)| *base < 1 << 32) {
+            if let Err(e) = idmap.map(base, size, El2Memory::Device) {
+                log::warn!("PCI memory window {base:#x}+{size:#x} not mapped: {e:?}");
+            }
+        }
+    }
     // SAFETY: the map covers the image, pool (less the guard page), boot
     // information, guest images, all free RAM and the console, with the
     // attributes the firmware used for them.

@@ -32,6 +32,10 @@ pub struct Platform {
     pub gic: Option<((u64, u64), (u64, u64))>,
     /// The console UART's interrupt (an SPI's INTID), if the device tree names one.
     pub uart_intid: Option<u32>,
+    /// The SMMUv3, if the device tree has one.
+    pub smmu: Option<crate::iommu::SmmuNode>,
+    /// The PCIe host bridge (ECAM), if the device tree has one.
+    pub pci: Option<crate::iommu::PciHost>,
 }
 
 /// The affinity fields of an MPIDR (Aff3, Aff2, Aff1, Aff0).
@@ -53,6 +57,8 @@ impl Platform {
             psci: None,
             gic: None,
             uart_intid: None,
+            smmu: None,
+            pci: None,
         };
         platform.bootargs = crate::loaded::bootargs(boot_info);
         if boot_info.device_tree.is_empty() {
@@ -79,6 +85,8 @@ impl Platform {
             platform.notes.push("no CPU in /cpus");
         }
         platform.gic = gicv3(&fdt);
+        platform.smmu = crate::iommu::discover_smmu(&fdt);
+        platform.pci = crate::iommu::discover_pci(&fdt);
         if platform.gic.is_none() {
             platform.notes.push("no GICv3 (compatible \"arm,gic-v3\"): partitions get no interrupts");
         }
@@ -123,6 +131,24 @@ impl Platform {
         }
         if let Some(uart) = self.uart {
             log::info!("console: PL011 at {uart:#x}");
+        }
+        if let Some(smmu) = &self.smmu {
+            log::info!(
+                "SMMUv3 at {:#x} (+{:#x}), event queue interrupt {:?}, global error interrupt {:?}",
+                smmu.base,
+                smmu.size,
+                smmu.eventq_intid,
+                smmu.gerror_intid
+            );
+        }
+        if let Some(pci) = &self.pci {
+            log::info!(
+                "PCIe: ECAM at {:#x} (+{:#x}), memory windows {:x?}, iommu-map {:x?}",
+                pci.ecam,
+                pci.ecam_size,
+                pci.windows,
+                pci.iommu_map.iter().map(|e| (e.rid_base, e.sid_base, e.length)).collect::<Vec<_>>()
+            );
         }
         for note in &self.notes {
             log::warn!("device tree: {note}");

@@ -387,6 +387,8 @@ impl VcpuTopology for Topology<'_> {
 
 /// Prints the summary and ends the run: called once, by the last CPU.
 fn end_run(machine: &'static Machine) -> ! {
+    // Events recorded since the last interrupt (or with none routed).
+    crate::iommu::service("end of run");
     let guards: Vec<_> = machine.slots.iter().map(|slot| slot.partition.lock()).collect();
     let partitions: Vec<&Partition> = guards.iter().map(|p| &**p).collect();
     let (lines, code) = summary::summarize(partitions);

@@ -109,9 +109,9 @@ impl QemuCommand {
     /// The command that boots the ESP folder `esp_dir` on arm64 `virt` with
     /// `smp` CPUs, as DESIGN.md §6 gives it: EL2 available, GICv3, SMMUv3,
     /// semihosting for the exit code, the firmware's boot menu without delay,
-    /// serial on stdio and no reboot. One addition: `acpi=off`, so that the
-    /// firmware hands over the device tree (the hypervisor reads the
-    /// platform from it) instead of ACPI tables.
+    /// serial on stdio and no reboot, and QEMU's `edu` PCI DMA engine. One
+    /// addition: `acpi=off`, so that the firmware hands over the device tree
+    /// (the hypervisor reads the platform from it) instead of ACPI tables.
     pub fn aarch64_virt(esp_dir: &Path, smp: u32) -> QemuCommand {
         let mut drive = OsString::from("if=virtio,format=raw,file=fat:rw:");
         drive.push(esp_dir.as_os_str());
@@ -134,6 +134,10 @@ impl QemuCommand {
             "none",
             "-semihosting-config",
             "enable=on,target=native",
+            // A PCI DMA engine behind the SMMU (DESIGN.md §6), for the DMA
+            // isolation tests; assigned to no partition it must not DMA.
+            "-device",
+            "edu,dma_mask=0xffffffffffffffff",
             "-drive",
         ]
         .into_iter()
@@ -279,7 +283,7 @@ mod tests {
             "qemu-system-aarch64 -M virt,virtualization=on,gic-version=3,iommu=smmuv3,acpi=off -cpu max \
              -smp 2 -m 1G -nographic -no-reboot -bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd \
              -boot menu=on,splash-time=0 -nic none -semihosting-config enable=on,target=native \
-             -drive if=virtio,format=raw,file=fat:rw:/tmp/esp-x"
+             -device edu,dma_mask=0xffffffffffffffff -drive if=virtio,format=raw,file=fat:rw:/tmp/esp-x"
         );
     }
 

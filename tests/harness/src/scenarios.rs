@@ -40,6 +40,9 @@ pub const SCENARIOS: &[Scenario] = &[
         smp: 2,
         expect: &[
             "Bulkhead",
+            "PCI 00:01.0 1234:11e8",
+            "SMMU at 0x9050000: IDR0 0x0d44101b",
+            "every stream aborts",
             "partition hello: CPUs [0]",
             "VMID 1",
             "partition neighbour: CPUs [1]",
@@ -50,6 +53,23 @@ pub const SCENARIOS: &[Scenario] = &[
             "partition neighbour: passed",
             "all 2 partitions passed",
         ],
+        ..Scenario::DEFAULT
+    },
+    // An edu PCI device assigned to no partition cannot DMA anywhere: the
+    // hypervisor itself makes it write into its own memory before starting
+    // the partitions; the page stays intact and the SMMU records the fault.
+    Scenario {
+        name: "dma-unassigned",
+        bootargs: Some("selftest=dma"),
+        expect: &[
+            "SMMU at 0x9050000",
+            "quarantined (DMA refused and recorded)",
+            "DMA self-test: edu at 00:01.0 (StreamID 0x8)",
+            "SMMU event (DMA self-test): device 00:01.0 (no partition): F_TRANSLATION (0x10): StreamID 0x8, write",
+            "DMA self-test: passed",
+            "all 2 partitions passed",
+        ],
+        forbid: &["FAILED", "SMMU global error"],
         ..Scenario::DEFAULT
     },
     // The boot-time check of host-backed memory against what only the
