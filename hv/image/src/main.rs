@@ -15,6 +15,8 @@
 extern crate alloc;
 
 #[cfg(target_arch = "aarch64")]
+mod assign;
+#[cfg(target_arch = "aarch64")]
 mod console;
 #[cfg(target_arch = "aarch64")]
 mod crash;
@@ -104,7 +106,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         log::error!("DMA self-test: FAILED: {reason}");
         platform::finish(ExitCode::BootFailure);
     }
-    let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory);
+    let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory, &functions);
     run::start(slots, platform)
 }
 
