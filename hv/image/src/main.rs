@@ -21,6 +21,8 @@ mod console;
 #[cfg(target_arch = "aarch64")]
 mod crash;
 #[cfg(target_arch = "aarch64")]
+mod dma_bench;
+#[cfg(target_arch = "aarch64")]
 mod dma_selftest;
 #[cfg(target_arch = "aarch64")]
 mod exits;
@@ -105,6 +107,9 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     {
         log::error!("DMA self-test: FAILED: {reason}");
         platform::finish(ExitCode::BootFailure);
+    }
+    if args.dma_bench {
+        dma_bench::run(platform.firmware.pa_bits);
     }
     let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory, &functions);
     run::start(slots, platform)
