@@ -47,8 +47,10 @@ register_structs! {
         (0x0200 => _reserved1),
         (0x0400 => ipriorityr: [ReadWrite<u8>; 1024]),
         (0x0800 => _reserved2),
+        (0x0c00 => icfgr: [ReadWrite<u32>; 64]),
+        (0x0d00 => _reserved3),
         (0x6100 => irouter: [ReadWrite<u64>; 988]),
-        (0x7fe0 => _reserved3),
+        (0x7fe0 => _reserved4),
         (0x10000 => @END),
     }
 }
@@ -88,6 +90,8 @@ pub const GICR_STRIDE: u64 = 0x2_0000;
 const GICR_TYPER_LAST: u64 = 1 << 4;
 /// Polls of a busy bit before giving up.
 const POLL_LIMIT: u32 = 1_000_000;
+/// Interrupts per `GICD_ICFGR<n>` word (two configuration bits each).
+const ICFGR_INTERRUPTS_PER_WORD: usize = 16;
 /// The priority the hypervisor gives every interrupt it enables.
 pub const DEFAULT_PRIORITY: u8 = 0xa0;
 
@@ -168,6 +172,20 @@ impl Gicd {
     pub fn unmask_spi(&self, intid: u32) {
         if (32..self.line_count()).contains(&intid) {
             self.registers.isenabler[intid as usize / 32].set(1 << (intid % 32));
+        }
+    }
+
+    /// Makes SPI `intid` edge-triggered (`edge`) or level-sensitive
+    /// (`GICD_ICFGR<n>`, IHI 0069 §12.9.9: bit `2 * (intid % 16) + 1` of
+    /// word `intid / 16`). The SPI must be disabled while this changes.
+    /// A device that signals by a pulse (the SMMUv3 in QEMU) needs edge:
+    /// a level-sensitive SPI forgets a pulse nobody sampled.
+    pub fn set_edge_triggered(&self, intid: u32, edge: bool) {
+        if (32..self.line_count()).contains(&intid) {
+            let word = &self.registers.icfgr[intid as usize / ICFGR_INTERRUPTS_PER_WORD];
+            let bit = 1 << (2 * (intid as usize % ICFGR_INTERRUPTS_PER_WORD) + 1);
+            let value = word.get();
+            word.set(if edge { value | bit } else { value & !bit });
         }
     }
 

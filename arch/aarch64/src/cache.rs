@@ -25,6 +25,17 @@ pub fn clean_invalidate_to_poc(base: u64, size: u64) {
     }
 }
 
+/// Makes this CPU's earlier stores to memory visible to coherent observers
+/// (other CPUs, a coherent SMMU walking tables) before any later access
+/// (`DSB ISHST`).
+pub fn barrier_store() {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    // SAFETY: a barrier has no effect beyond ordering.
+    unsafe {
+        core::arch::asm!("dsb ishst", options(nostack, preserves_flags));
+    }
+}
+
 /// Invalidates the whole instruction cache (inner shareable), for after
 /// writing code that a guest will execute.
 pub fn invalidate_icache() {

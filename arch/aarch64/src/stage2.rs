@@ -219,6 +219,43 @@ impl Stage2Table {
         Ok(())
     }
 
+    /// Removes the mappings of `[ipa, ipa + size)`: the entries become
+    /// invalid (a block only partly inside is split first). No TLB
+    /// maintenance: the caller invalidates whatever walks this table (the
+    /// SMMU, for a DMA table) once this returns; a table a CPU runs on is
+    /// changed with [`Stage2Table::remap`] instead.
+    ///
+    /// # Errors
+    /// See [`Stage2Error`]; a live table refuses (break-before-make).
+    pub fn unmap(&mut self, ipa: u64, size: u64) -> Result<(), Stage2Error> {
+        let region = self.region(ipa, size)?;
+        if self.mapping.active() {
+            return Err(Stage2Error::Table(MapError::BreakBeforeMakeViolation(region)));
+        }
+        self.mapping.map_range(&region, PhysicalAddress(0), Stage2Attributes::empty(), Constraints::empty())?;
+        Ok(())
+    }
+
+    /// Calls `leaf(ipa, bytes)` for each valid leaf (page or block) that
+    /// maps part of `[ipa, ipa + size)`, with the leaf's own first IPA and
+    /// size; returns how many there were.
+    ///
+    /// # Errors
+    /// See [`Stage2Error`].
+    pub fn for_each_leaf(&self, ipa: u64, size: u64, mut leaf: impl FnMut(u64, u64)) -> Result<usize, Stage2Error> {
+        let region = self.region(ipa, size)?;
+        let mut count = 0;
+        self.mapping.walk_range(&region, &mut |range, descriptor, level| {
+            if descriptor.is_valid() && (level == 3 || !descriptor.flags().contains(Stage2Attributes::TABLE_OR_PAGE)) {
+                let bytes = 0x1000u64 << (9 * (3 - level as u64));
+                leaf(range.start().0 as u64 & !(bytes - 1), bytes);
+                count += 1;
+            }
+            Ok(())
+        })?;
+        Ok(count)
+    }
+
     /// Records that a CPU runs on this table: later changes use
     /// break-before-make and TLB maintenance.
     pub fn mark_live(&mut self) {
@@ -410,6 +447,32 @@ mod tests {
         assert_eq!((attrs.bits() >> 6) & 0b11, 0b01);
         assert_eq!((attrs.bits() >> 2) & 0xf, 0b0101);
         assert_eq!(table.lookup(0x4000_0010).unwrap().0, 0x8000_0010, "neighbours untouched");
+    }
+
+    #[test]
+    fn unmapping_invalidates_exactly_the_range_and_leaves_are_listed() {
+        let mut table = Stage2Table::new(geometry(39));
+        table.map(0x4000_0000, 0x8000_0000, 0x40_0000, S2MemoryType::NormalWriteBack, RWX).unwrap();
+        table.map(0x5000_0000, 0x9000_0000, 0x3000, S2MemoryType::DeviceNGnRE, RWX).unwrap();
+        let mut leaves = leaves_of(&table, 0x4000_0000, 0x40_0000);
+        assert_eq!(leaves, [(0x4000_0000, 0x20_0000), (0x4020_0000, 0x20_0000)]);
+        leaves = leaves_of(&table, 0x5000_0000, 0x3000);
+        assert_eq!(leaves, [(0x5000_0000, 0x1000), (0x5000_1000, 0x1000), (0x5000_2000, 0x1000)]);
+        table.unmap(0x4020_0000, 0x20_0000).unwrap();
+        assert!(table.lookup(0x4020_0000).is_none());
+        assert_eq!(table.lookup(0x401f_f000).unwrap().0, 0x801f_f000, "the other block stays");
+        table.unmap(0x5000_1000, 0x1000).unwrap();
+        assert!(table.lookup(0x5000_1000).is_none());
+        assert!(table.lookup(0x5000_2000).is_some());
+        assert_eq!(table.for_each_leaf(0x4020_0000, 0x20_0000, |_, _| ()), Ok(0));
+        table.mark_live();
+        assert!(matches!(table.unmap(0x5000_0000, 0x1000), Err(Stage2Error::Table(MapError::BreakBeforeMakeViolation(_)))));
+    }
+
+    fn leaves_of(table: &Stage2Table, ipa: u64, size: u64) -> alloc::vec::Vec<(u64, u64)> {
+        let mut list = alloc::vec::Vec::new();
+        table.for_each_leaf(ipa, size, |ipa, bytes| list.push((ipa, bytes))).unwrap();
+        list
     }
 
     #[test]

@@ -15,6 +15,8 @@ register_bitfields! [u64,
             CfgiSteRange = 0x04,
             /// Invalidate every stage-1 and stage-2 TLB entry of a VMID.
             TlbiS12Vmall = 0x28,
+            /// Invalidate the stage-2 TLB entries of one IPA of a VMID.
+            TlbiS2Ipa = 0x2a,
             /// Invalidate every non-secure, non-hypervisor TLB entry.
             TlbiNsnhAll = 0x30,
             /// Wait for every earlier command to complete.
@@ -22,7 +24,7 @@ register_bitfields! [u64,
         ],
         /// `CMD_CFGI_STE*`: the StreamID.
         SID OFFSET(32) NUMBITS(32) [],
-        /// `CMD_TLBI_S12_VMALL`: the VMID.
+        /// `CMD_TLBI_S12_VMALL`, `CMD_TLBI_S2_IPA`: the VMID.
         VMID OFFSET(32) NUMBITS(16) [],
         /// `CMD_SYNC`: completion signal (0 = none: completion is seen as
         /// `CMDQ_CONS` moving past the command).
@@ -38,8 +40,21 @@ register_bitfields! [u64,
         LEAF OFFSET(0) NUMBITS(1) [],
         /// `CMD_CFGI_STE_RANGE`: `2^(Range+1)` StreamIDs.
         RANGE OFFSET(0) NUMBITS(5) []
+    ],
+    /// Word 1 of `CMD_TLBI_S2_IPA` (§4.4.6). `TG` = 0 (no range: one
+    /// address, whatever the size of the entry that maps it) and `TTL` = 0
+    /// (level unknown) are left zero.
+    TLBI1 [
+        /// Only leaf entries need invalidating; walk caches may stay. The
+        /// driver clears it: an unmap may also have removed table entries.
+        LEAF OFFSET(0) NUMBITS(1) [],
+        /// IPA bits 51:12.
+        ADDRESS OFFSET(12) NUMBITS(40) []
     ]
 ];
+
+/// IPA bits below the `CMD_TLBI_S2_IPA` address field.
+const TLBI_ADDRESS_SHIFT: u32 = 12;
 
 /// `CMD_CFGI_STE_RANGE.Range` that makes it `CMD_CFGI_ALL`.
 const RANGE_ALL: u64 = 31;
@@ -62,6 +77,15 @@ impl Command {
     /// `CMD_TLBI_S12_VMALL`: every TLB entry tagged with `vmid`.
     pub fn tlbi_s12_vmall(vmid: u16) -> Command {
         Command([(CMD0::OPCODE::TlbiS12Vmall + CMD0::VMID.val(u64::from(vmid))).value, 0])
+    }
+
+    /// `CMD_TLBI_S2_IPA`: the stage-2 TLB entries of `vmid` that translate
+    /// `ipa` (of any size), and the walk caches on the way to them.
+    pub fn tlbi_s2_ipa(vmid: u16, ipa: u64) -> Command {
+        Command([
+            (CMD0::OPCODE::TlbiS2Ipa + CMD0::VMID.val(u64::from(vmid))).value,
+            (TLBI1::LEAF::CLEAR + TLBI1::ADDRESS.val(ipa >> TLBI_ADDRESS_SHIFT)).value,
+        ])
     }
 
     /// `CMD_TLBI_NSNH_ALL`: every non-secure, non-EL2 TLB entry.
@@ -127,6 +151,8 @@ mod tests {
         assert_eq!(Command::cfgi_all().0, [0x04, 31]);
         assert_eq!(Command::tlbi_s12_vmall(0x1234).0, [0x0000_1234_0000_0028, 0]);
         assert_eq!(Command::tlbi_nsnh_all().0, [0x30, 0]);
+        assert_eq!(Command::tlbi_s2_ipa(2, 0x4080_1234).0, [0x0000_0002_0000_002a, 0x4080_1000]);
+        assert_eq!(Command::tlbi_s2_ipa(2, 0).name(), "CMD_TLBI_S2_IPA");
         assert_eq!(Command::sync().0, [0x46, 0]);
         assert_eq!(Command::sync().name(), "CMD_SYNC");
         assert_eq!(opcode_name(0xff), "unknown command");

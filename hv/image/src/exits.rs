@@ -92,7 +92,16 @@ fn handle_sync(
     let (esr_value, far, hpfar) = el2::exit_syndrome();
     let esr = Esr(esr_value);
     match esr.class() {
-        ExceptionClass::Hvc64 => return hypercall_exit(partition, topology, runnable, Conduit::Hvc),
+        ExceptionClass::Hvc64 => {
+            // A partition with a DMA device may run on a CPU the SMMU's
+            // interrupt does not reach: its hypercalls (every console
+            // line) drain the events too, so faults are reported close to
+            // the guest's own account of them.
+            if shared.dma.is_some() {
+                crate::iommu::service("hypercall");
+            }
+            return hypercall_exit(partition, topology, runnable, Conduit::Hvc);
+        }
         ExceptionClass::Smc64 => {
             // A trapped SMC returns to the SMC itself (Arm ARM D1.10.x); skip it.
             runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);

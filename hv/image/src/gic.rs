@@ -74,6 +74,15 @@ pub fn route_spi(intid: u32, mpidr: u64) {
     }
 }
 
+/// Makes SPI `intid` edge-triggered or level-sensitive; call it before
+/// [`route_spi`] (the SPI must be disabled while its trigger changes).
+pub fn set_edge_triggered(intid: u32, edge: bool) {
+    if let Some(distributor) = GICD.get() {
+        distributor.disable_spi(intid);
+        distributor.set_edge_triggered(intid, edge);
+    }
+}
+
 /// Masks or unmasks an SPI at the distributor.
 pub fn set_spi(intid: u32, enabled: bool) {
     if let Some(distributor) = GICD.get() {

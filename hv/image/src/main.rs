@@ -15,9 +15,13 @@
 extern crate alloc;
 
 #[cfg(target_arch = "aarch64")]
+mod assign;
+#[cfg(target_arch = "aarch64")]
 mod console;
 #[cfg(target_arch = "aarch64")]
 mod crash;
+#[cfg(target_arch = "aarch64")]
+mod dma_bench;
 #[cfg(target_arch = "aarch64")]
 mod dma_selftest;
 #[cfg(target_arch = "aarch64")]
@@ -104,7 +108,10 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
         log::error!("DMA self-test: FAILED: {reason}");
         platform::finish(ExitCode::BootFailure);
     }
-    let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory);
+    if args.dma_bench {
+        dma_bench::run(platform.firmware.pa_bits);
+    }
+    let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory, &functions);
     run::start(slots, platform)
 }
 

@@ -123,6 +123,10 @@ pub fn init(boot_info: &BootInfo, platform: &Platform, host_backed: &[(u64, u64)
         free.len(),
         hv >> 10
     );
+    let mut own = memmap::ranges_of(&map, MemoryKind::Hypervisor);
+    own.push((image.base, image.base + image.size));
+    own.sort_unstable();
+    log::info!("memory: the hypervisor's own ranges {own:x?}");
     Ok(Memory { map, hv_image: (image.base, image.base + image.size) })
 }
 

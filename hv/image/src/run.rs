@@ -84,6 +84,7 @@ pub fn start(slots: Vec<Slot>, platform: Platform) -> ! {
                 // The vCPU of a CPU that did not start never runs; the CPUs
                 // that did start see the state and leave at once.
                 if slot.vcpus_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    release_devices(slot);
                     machine.running.fetch_sub(1, Ordering::AcqRel);
                 }
             }
@@ -195,10 +196,11 @@ fn run_cpu(machine: &'static Machine, cpu: usize) -> ! {
                 run_vcpu(slot, shared, v);
             }
             // The last vCPU of the partition to leave retires the partition.
-            if slot.vcpus_alive.fetch_sub(1, Ordering::AcqRel) == 1
-                && machine.running.fetch_sub(1, Ordering::AcqRel) == 1
-            {
-                end_run(machine)
+            if slot.vcpus_alive.fetch_sub(1, Ordering::AcqRel) == 1 {
+                release_devices(slot);
+                if machine.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    end_run(machine)
+                }
             }
             park()
         }
@@ -257,7 +259,11 @@ fn run_vcpu(slot: &Slot, shared: &Shared, v: usize) {
             // SAFETY: EL2 was configured for this vCPU above.
             let exit = unsafe { exception::enter_guest(&mut runnable.vcpu) };
             let mut topology = Topology { slot, me: v };
-            match exits::handle(slot, shared, &mut topology, &mut runnable, exit) {
+            let action = exits::handle(slot, shared, &mut topology, &mut runnable, exit);
+            // Outside every partition's lock: stops the DMA fault policy
+            // asked for while this exit drained the SMMU's events.
+            apply_dma_stops();
+            match action {
                 VcpuAction::Resume => {}
                 VcpuAction::Off => {
                     me.state.store(vcpu_state::OFF, Ordering::Release);
@@ -284,6 +290,38 @@ fn run_vcpu(slot: &Slot, shared: &Shared, v: usize) {
             }
         }
     }
+}
+
+/// Stops each partition whose device's DMA was refused under
+/// `on_fault = "stop"` (the SMMU event path only queues them: it may run
+/// inside an exit of that very partition, holding its lock).
+fn apply_dma_stops() {
+    let stops = crate::iommu::take_stops();
+    let Some(machine) = MACHINE.get() else { return };
+    for stop in stops {
+        let Some(slot) = machine.slots.get(stop.index) else { continue };
+        let mut partition = slot.partition.lock();
+        if !partition.is_stopped() {
+            partition.stop(StopReason::Fault(stop.reason), &mut GuestConsole);
+            log::warn!("partition {}: stopped (fault policy: stop)", partition.name);
+        }
+        drop(partition);
+        // Its running vCPUs exit and see it stopped.
+        stop_other_vcpus(slot, usize::MAX);
+    }
+}
+
+/// Once a partition's last vCPU has left: its devices' streams go back to
+/// the quarantine and the pages its DMA domain pinned are released.
+fn release_devices(slot: &Slot) {
+    let Some(dma) = slot.shared.as_ref().and_then(|s| s.dma.as_ref()) else { return };
+    let mut domain = dma.lock();
+    let (devices, pinned) = (domain.devices().len(), domain.pins().pinned());
+    crate::iommu::detach(&mut domain);
+    log::info!(
+        "partition {}: DMA domain detached: {devices} device(s) back to quarantine, {pinned} pinned page(s) released",
+        slot.partition.lock().name
+    );
 }
 
 /// Restarts the partition from its image, on behalf of vCPU `v` that asked:

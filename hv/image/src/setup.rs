@@ -31,6 +31,9 @@ use crate::space::{self, Stage2View};
 use bulkhead_core::address::Gpa;
 use bulkhead_core::address_space::AddressSpace;
 use bulkhead_core::partition::{Partition, RunState};
+use bulkhead_core::dma::DmaDomain;
+use bulkhead_drivers::pci::Function;
+use crate::iommu::SmmuStage2;
 
 
 /// One vCPU's own state, used only by the CPU that runs it.
@@ -67,6 +70,9 @@ pub struct Shared {
     pub boots: AtomicU32,
     /// Added to a Linux partition's command line (e.g. `bulkhead.shell=1`).
     pub extra_bootargs: &'static str,
+    /// The SMMU domain of its PCI functions, if it has any; detached when
+    /// the partition has stopped.
+    pub dma: Option<Mutex<DmaDomain<SmmuStage2>>>,
 }
 
 /// Console input given to a partition being built.
@@ -156,6 +162,7 @@ pub fn create_partitions(
     boot_info: &'static BootInfo,
     platform: &Platform,
     memory: &Memory,
+    functions: &[Function],
 ) -> Vec<Slot> {
     let mut slots = Vec::new();
     let whole = config;
@@ -177,7 +184,7 @@ pub fn create_partitions(
             Some(reason) => Err(reason),
             None => {
                 let input = (input_index == Some(index)).then_some(InputRoute { interactive: args.interactive });
-                build(index, config, whole, platform, boot_info, memory, &mut partition, input)
+                build(index, config, whole, platform, boot_info, memory, functions, &mut partition, input)
             }
         };
         let (shared, vcpus) = match built {
@@ -208,14 +215,12 @@ fn build(
     platform: &Platform,
     boot_info: &'static BootInfo,
     memory: &Memory,
+    functions: &[Function],
     partition: &mut Partition,
     input: Option<InputRoute>,
 ) -> Result<(Shared, Vec<VcpuSlot>), String> {
     if !config.io_ports.is_empty() {
         return Err(String::from("io_ports: arm64 has no I/O port space (x86_64 only)"));
-    }
-    if !config.pci.is_empty() {
-        return Err(String::from("pci: PCI function assignment is not implemented yet"));
     }
     let pa_bits = platform.firmware.pa_bits;
     let cpus: Vec<usize> = config.cpus.iter().map(|&c| c as usize).collect();
@@ -232,7 +237,11 @@ fn build(
     }
     let vcpu_count = cpus.len().max(1);
 
-    let space = space::build(config, whole, platform, memory)?;
+    let mut space = space::build(config, whole, platform, memory)?;
+    // PCI functions: BARs join the address space before the stage 2 is derived.
+    let planned = crate::assign::plan(config, whole, platform, functions, &mut space)?;
+    let bdfs: Vec<_> = planned.iter().map(|p| p.bdf).collect();
+    let intx: Vec<u32> = planned.iter().filter_map(|p| p.intx).collect();
     let geometry = Stage2Geometry::for_limit(space.gpa_limit(), pa_bits).map_err(|e| match e {
         GeometryError::IpaTooLarge { needed, available } => format!(
             "its highest guest address needs a {needed}-bit IPA space; this CPU offers {available} bits"
@@ -245,9 +254,18 @@ fn build(
 
     *partition = Partition::new(index, &config.name, space);
     partition.console_enabled = config.console != Console::None;
+    crate::assign::install(planned, partition, platform)?;
 
     // Every partition gets a virtual GIC at the QEMU `virt` addresses.
     let mut spis: Vec<u32> = config.interrupt_ids(&whole.platform).into_iter().collect();
+    // Assigned PCI functions' INTx lines are passed through like platform
+    // devices' SPIs (level-sensitive, forwarded with the HW bit).
+    for &intid in &intx {
+        if !spis.contains(&intid) {
+            spis.push(intid);
+            log::info!("partition {}: INTx of its PCI function(s) is interrupt {intid}", config.name);
+        }
+    }
     let device_spis: Vec<u32> = spis.clone();
     if config.console == Console::Pl011 {
         // The emulated UART's line (its device tree names it).
@@ -340,6 +358,9 @@ fn build(
             }
         })
         .collect();
+    // Last, once nothing else can fail: the device's DMA is confined from
+    // here on to what the domain maps.
+    let dma = crate::assign::attach_dma(&bdfs, partition, index, geometry, pa_bits, vmid, config.on_fault)?.map(Mutex::new);
     log::info!(
         "partition {}: CPUs {cpus:?}, {} region(s), {}-bit IPA space, {} stage-2 table page(s), image {} ({} bytes), entry {:#x}, VMID {vmid}",
         config.name,
@@ -360,6 +381,7 @@ fn build(
         boot_info,
         boots: AtomicU32::new(1),
         extra_bootargs,
+        dma,
     };
     Ok((shared, vcpus))
 }

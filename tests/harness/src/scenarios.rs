@@ -72,6 +72,61 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAILED", "SMMU global error"],
         ..Scenario::DEFAULT
     },
+    // The edu assigned to partition `dma` (fault policy inject): its DMA
+    // within its own RAM is exact; its DMA at the victim's memory (by host
+    // address) and at the hypervisor's is refused by the SMMU, logged with
+    // device, address and partition, and the partition runs on; the
+    // victim's pattern is intact (its own word-by-word check: the harness
+    // cannot read guest RAM).
+    Scenario {
+        name: "dma-edu",
+        config: "tests/configs/dma-edu.toml",
+        smp: 2,
+        expect: &[
+            "partition dma: 00:01.0 BAR0 at IPA 0x10000000 (+0x100000, device-ngnre)",
+            "partition dma: 00:01.0 (StreamID 0x8) attached to its SMMU domain, VMID 1",
+            "partition dma: DMA view: 1 region(s), 4096 page(s) pinned",
+            "[dma] edu at BAR 0x10000000",
+            "[dma] DMA from its own RAM into the device buffer: correct",
+            "[dma] DMA into its own RAM at 0x",
+            "[dma] attack: DMA into the neighbour's memory at 0x50800000",
+            "device 00:01.0 of partition 'dma': F_TRANSLATION (0x10): StreamID 0x8, write, input address 0x50800000",
+            "partition dma: 16 DMA access(es) of device 00:01.0 refused by the SMMU; the partition keeps running (fault policy: inject)",
+            "device 00:01.0 of partition 'dma': F_TRANSLATION (0x10): StreamID 0x8, write, input address 0x7b000000",
+            "device 00:01.0 of partition 'dma': F_TRANSLATION (0x10): StreamID 0x8, read, input address 0x50800000",
+            "[dma] every foreign DMA was kept out",
+            "partition dma: DMA domain detached: 1 device(s) back to quarantine, 4096 pinned page(s) released",
+            "partition dma: passed",
+            "partition victim: passed",
+            "all 2 partitions passed",
+        ],
+        expect_anywhere: &["[victim] pattern intact after the attack window"],
+        forbid: &["isolation is broken", "pattern damaged", "WRONG", "SMMU global error", "stage-2 fault"],
+        ..Scenario::DEFAULT
+    },
+    // The same attack with `on_fault = "stop"`: the first refused DMA (at
+    // the victim's memory) stops the partition and blocks its device; the
+    // victim finishes its own test.
+    Scenario {
+        name: "dma-edu-stop",
+        config: "tests/configs/dma-edu-stop.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "[dma] DMA from its own RAM into the device buffer: correct",
+            "[dma] attack: DMA into the neighbour's memory at 0x50800000",
+            "device 00:01.0 of partition 'dma': F_TRANSLATION (0x10): StreamID 0x8, write, input address 0x50800000",
+            "partition dma: DMA of device 00:01.0 refused by the SMMU; device blocked, partition stopped (fault policy: stop)",
+            "partition dma: stopped (fault policy: stop)",
+            "partition dma: DMA domain detached",
+            "partition dma: stopped by fault: DMA fault: device 00:01.0 F_TRANSLATION (0x10): StreamID 0x8, write, input address 0x50800000",
+            "partition victim: passed",
+            "1 of 2 partitions did not pass",
+        ],
+        expect_anywhere: &["[victim] pattern intact after the attack window"],
+        forbid: &["isolation is broken", "pattern damaged", "every foreign DMA was kept out", "attack: DMA into the hypervisor"],
+        ..Scenario::DEFAULT
+    },
     // The boot-time check of host-backed memory against what only the
     // hypervisor knows (where it lives): the greedy partition is not
     // started, the other one runs.

@@ -7,7 +7,10 @@
 //! 2. Guest-visible costs under QEMU with `-icount shift=0,align=off,sleep=off`
 //!    (one virtual counter tick per instruction, DESIGN.md §8): the
 //!    `bench-hypercall` guest measures a null hypercall round trip against
-//!    the same loop without the call.
+//!    the same loop without the call. The same run boots with `bench=dma`:
+//!    before the partition starts, the hypervisor maps and unmaps 4 KiB
+//!    pages and 2 MiB blocks in a scratch SMMU domain and prints DMA
+//!    map/unmap throughput and SMMU invalidation commands per operation.
 //! 3. Linux boot to `/init` under Bulkhead against the same kernel and
 //!    initramfs booted directly by the same QEMU, both under `-icount`: the
 //!    kernel's own uptime when `/init` starts (so firmware time counts on
@@ -30,6 +33,9 @@ use std::time::Duration;
 const BENCH_CONFIG: &str = "tests/configs/bench.toml";
 /// The configuration of the x86_64 in-partition benchmark.
 const X86_BENCH_CONFIG: &str = "tests/configs/x86-bench-hypercall.toml";
+/// Boot arguments of the arm64 in-partition run: the hypervisor's own DMA
+/// map/unmap benchmark before the partition starts.
+const DMA_BENCH_BOOTARGS: &str = "bench=dma";
 /// QEMU options that make the virtual counter count instructions.
 const ICOUNT: [&str; 2] = ["-icount", "shift=0,align=off,sleep=off"];
 
@@ -55,7 +61,7 @@ pub fn bench(ws: &Workspace, options: &BuildOptions) -> Result<ExitCode> {
     println!("\n== guest-visible costs (QEMU TCG, -icount shift=0) ==");
     let compiled = config::compile(&ws.root.join(BENCH_CONFIG), BENCH_CONFIG)?;
     let artifacts = build::build_images(ws, options)?;
-    let spec = EspSpec::for_config(Path::new(BENCH_CONFIG), &compiled, None);
+    let spec = EspSpec::for_config(Path::new(BENCH_CONFIG), &compiled, Some(DMA_BENCH_BOOTARGS));
     let esp_dir = esp::assemble(ws, &artifacts, &spec)?;
     let mut qemu = QemuCommand::for_arch(options.arch, &esp_dir, 1)
         .with_context(|| format!("{} is not supported yet", options.arch))?;
