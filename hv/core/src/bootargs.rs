@@ -8,6 +8,7 @@
 //! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
 //! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
 //! | `selftest=dma` | before partitions start, the hypervisor makes an unassigned `edu` PCI device DMA into its own memory and checks that the IOMMU (SMMUv3 on arm64, VT-d on x86_64) refused and recorded it |
+//! | `bench=dma` | before partitions start, the hypervisor times DMA map/unmap in a scratch IOMMU domain and prints `bench:` lines (x86_64) |
 //!
 //! Unknown words are reported, not ignored silently.
 
@@ -82,13 +83,15 @@ pub struct BootArgs {
     pub interactive: bool,
     /// Run the DMA isolation self-test (`selftest=dma`).
     pub dma_selftest: bool,
+    /// Run the DMA map/unmap benchmark (`bench=dma`).
+    pub dma_bench: bool,
     /// Words that were not understood, for the boot log.
     pub unknown: Vec<String>,
 }
 
 impl Default for BootArgs {
     fn default() -> Self {
-        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, unknown: Vec::new() }
+        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, dma_bench: false, unknown: Vec::new() }
     }
 }
 
@@ -141,6 +144,10 @@ impl BootArgs {
                     args.dma_selftest = true;
                     true
                 }
+                Some(("bench", "dma")) => {
+                    args.dma_bench = true;
+                    true
+                }
                 _ => false,
             };
             if !understood {
@@ -177,6 +184,8 @@ mod tests {
         assert_eq!(args.exit, Some(ExitMethod::Park));
         assert_eq!(args.unknown, ["frob=1", "log=loud"]);
         assert!(!BootArgs::parse("log=debug").dma_selftest);
+        assert!(BootArgs::parse("bench=dma").dma_bench);
+        assert!(!BootArgs::parse("selftest=dma").dma_bench);
     }
 
     #[test]

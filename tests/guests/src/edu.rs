@@ -9,7 +9,9 @@
 //! written), 0x80 DMA source, 0x88 DMA destination, 0x90 DMA count, 0x98
 //! DMA command (bit 0 start/busy, bit 1 direction: 1 = from the device's
 //! buffer to RAM, bit 2 raise an interrupt when done); the buffer is at
-//! device address 0x40000.
+//! device address 0x40000. The buffer is reachable by DMA only: the BAR
+//! does not expose it (QEMU's model reads all-ones and drops writes there),
+//! so data goes in and comes out through transfers to and from RAM.
 
 use crate::time;
 
@@ -134,21 +136,6 @@ impl Edu {
     /// The identification register (major.minor version in its top bytes).
     pub fn ident(&self) -> u32 {
         read32(self.bar + REG_IDENT)
-    }
-
-    /// Writes `bytes` into the device's buffer at `offset` through the BAR
-    /// (CPU stores, no DMA).
-    pub fn fill_buffer(&self, offset: u64, bytes: &[u8]) {
-        for (i, chunk) in bytes.chunks(4).enumerate() {
-            let mut word = [0u8; 4];
-            word[..chunk.len()].copy_from_slice(chunk);
-            write32(self.bar + BUFFER + offset + 4 * i as u64, u32::from_le_bytes(word));
-        }
-    }
-
-    /// One word of the device's buffer, read through the BAR.
-    pub fn buffer_word(&self, offset: u64) -> u32 {
-        read32(self.bar + BUFFER + offset)
     }
 
     fn transfer(&self, source: u64, destination: u64, count: u64, to_ram: bool) -> Result<(), EduError> {
