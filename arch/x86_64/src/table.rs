@@ -20,8 +20,10 @@
 //! [`SecondLevelTable::unmap`] removes whole leaves only (it never splits a
 //! large page), in the same two phases: every leaf of the range is found
 //! first, then all are cleared. Table frames emptied by an unmap stay linked
-//! (they are reused by later mappings of the same range); the caller
-//! invalidates whatever caches the translation (TLB, IOTLB).
+//! (they are reused by later mappings of the same range, which therefore
+//! get leaves no larger than the emptied table's level allows: a 2 MiB leaf
+//! over an emptied page table is refused as [`MapError::AlreadyMapped`]);
+//! the caller invalidates whatever caches the translation (TLB, IOTLB).
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;

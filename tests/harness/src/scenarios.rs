@@ -449,8 +449,8 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: &[
             "VT-d unit 0: translation on",
             "ACPI MCFG: ECAM at 0x",
-            "PCI 00:00.0: 8086:29c0",
-            ": 1234:11e8 class 00ff00, BAR0 memory32 0x",
+            "PCI 00:00.0 8086:29c0",
+            " 1234:11e8 class 00ff00, BAR0 mem32 0x",
             "DMA self-test: edu 00:",
             "assigned to no partition, told to copy 4096 bytes from its buffer to hypervisor page 0x",
             "the edu reports its transfer done after",

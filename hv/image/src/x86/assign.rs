@@ -561,8 +561,11 @@ fn apply_policy(assignment: &mut Assignment, fault: &FaultRecord, quiet: bool) {
 const BENCH_OPERATIONS: u64 = 256;
 /// Where the benchmark maps (I/O virtual = host physical): high, page
 /// aligned for every size; no context entry points at the scratch domain,
-/// so no device can ever reach these addresses.
+/// so no device can ever reach these addresses. Each page size gets its
+/// own 512 GiB (one root entry): tables emptied by unmapping stay linked,
+/// and a large leaf is never placed over a linked table.
 const BENCH_BASE: u64 = 0x100_0000_0000;
+const BENCH_SPAN: u64 = 1 << 39;
 /// The pseudo requester ID the scratch domain's lifecycle records as
 /// attached: all ones, a function no context entry names.
 const BENCH_DEVICE: u32 = u32::MAX;
@@ -599,10 +602,10 @@ fn run_bench() -> Result<(), String> {
         if caps.queued_invalidation() { "yes" } else { "no" },
         if caps.coherent() { "no (coherent)" } else { "clflush per written frame" }
     ));
-    for size in sizes {
+    for (round, size) in (0u64..).zip(sizes) {
         let bytes = size.bytes();
         let name = if size == PageSize::Size4KiB { "4 KiB" } else { "2 MiB" };
-        let address = |n: u64| BENCH_BASE + n * bytes;
+        let address = |n: u64| BENCH_BASE + round * BENCH_SPAN + n * bytes;
         let before = iommu::invalidation_counts(unit);
         let start = rdtsc();
         for n in 0..BENCH_OPERATIONS {
