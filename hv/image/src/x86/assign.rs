@@ -624,7 +624,7 @@ fn run_bench() -> Result<(), String> {
         let rate = |count: u64| format!("{}.{:02}", count / BENCH_OPERATIONS, count % BENCH_OPERATIONS * 100 / BENCH_OPERATIONS);
         // Throughput in MiB of mappings per 10^9 ticks (per virtual second
         // when one tick is one nanosecond).
-        let throughput = |ticks: u64| (BENCH_OPERATIONS * bytes >> 20).saturating_mul(1_000_000_000) / ticks.max(1);
+        let throughput = |ticks: u64| ((BENCH_OPERATIONS * bytes) >> 20).saturating_mul(1_000_000_000) / ticks.max(1);
         line(format_args!(
             "DMA map {name}: {} TSC ticks/op ({} MiB per 10^9 ticks), {} invalidation descriptors/op, {} waits/op",
             per_op(mapped.wrapping_sub(start)),
