@@ -7,7 +7,8 @@
 //! Per unit: its register page mapped uncached in our tables; probe
 //! (version, CAP/ECAP, one summary line); fault interrupt masked (the
 //! hypervisor runs with interrupts masked, so faults are polled: after the
-//! self-test and when the partitions have stopped, [`report_faults`]);
+//! self-test ([`report_faults`]), at the exits of partitions owning PCI
+//! functions and when the partitions have stopped (`assign`));
 //! stale faults drained; root table and bus-0 context table written in
 //! hypervisor-pool pages and flushed out of the CPU caches when the unit is
 //! not coherent (ECAP.C = 0, QEMU's case); root pointer latched; caches
@@ -18,8 +19,10 @@
 //! to any device, so a device that relies on one (USB legacy, integrated
 //! graphics) faults like any other unassigned device.
 //!
-//! Not yet: per-partition second-level tables (waits for the DMA-domain and
-//! PCI-assignment pieces on main).
+//! For PCI assignment ([`super::assign`]) this module points bus-0 context
+//! entries at a domain's second-level table or blocks them again
+//! ([`set_context`]), invalidates per domain or per page, and polls and
+//! drains the fault records ([`fault_pending`], [`drain_faults`]).
 
 use alloc::boxed::Box;
 use alloc::format;
