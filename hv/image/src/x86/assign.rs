@@ -265,8 +265,9 @@ struct Assignment {
 
 /// Every partition's assignment. Locked before the VT-d units' lock.
 static ASSIGNMENTS: Mutex<Vec<Assignment>> = Mutex::new(Vec::new());
-/// Bit `n`: partition `n` must stop (its reason is in its assignment).
-/// Read without the lock on the exit path.
+/// Bit `n`: partition `n` (< 64) must stop (its reason is in its
+/// assignment). Read without the lock on the exit path, so a stop decided
+/// on another CPU's poll is seen at the partition's next exit.
 static STOP_REQUESTED: AtomicU64 = AtomicU64::new(0);
 
 fn stop_bit(partition: usize) -> u64 {
@@ -487,7 +488,9 @@ pub fn poll(index: usize) -> Option<String> {
         return None;
     }
     handle_faults("");
-    if STOP_REQUESTED.fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
+    // Partitions beyond the mask's 64 bits have no bit: they find their
+    // stop in their assignment at their next poll after a fault.
+    if bit != 0 && STOP_REQUESTED.fetch_and(!bit, Ordering::AcqRel) & bit == 0 {
         return None;
     }
     ASSIGNMENTS.lock().iter().find(|a| a.partition == index).and_then(|a| a.stop.clone())
