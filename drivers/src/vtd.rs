@@ -207,6 +207,16 @@ impl InvalidationQueue {
     }
 }
 
+/// Invalidation work a unit has been given so far (for benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InvalidationCounts {
+    /// Context-cache and IOTLB invalidations: queued descriptors, or
+    /// register-based commands.
+    pub invalidations: u64,
+    /// Invalidation wait descriptors (one per queued batch).
+    pub waits: u64,
+}
+
 /// One remapping unit.
 pub struct Vtd {
     registers: &'static VtdRegisters,
@@ -215,6 +225,7 @@ pub struct Vtd {
     capabilities: Capabilities,
     flush: CacheFlush,
     queue: Option<InvalidationQueue>,
+    counts: InvalidationCounts,
 }
 
 // SAFETY: the registers are MMIO and the queue pointers point at memory the
@@ -253,7 +264,15 @@ impl Vtd {
         }
         // SAFETY: checked to lie inside the page the caller vouched for.
         let iotlb: &'static IotlbRegisters = unsafe { &*((base + iotlb_offset as usize) as *const IotlbRegisters) };
-        Ok(Vtd { registers, iotlb, fault_base: base + fault_offset as usize, capabilities, flush, queue: None })
+        Ok(Vtd {
+            registers,
+            iotlb,
+            fault_base: base + fault_offset as usize,
+            capabilities,
+            flush,
+            queue: None,
+            counts: InvalidationCounts::default(),
+        })
     }
 
     /// The unit's capabilities.
@@ -325,10 +344,11 @@ impl Vtd {
     /// # Errors
     /// [`VtdError::InvalidationTimeout`]; [`VtdError::NoQueue`] if the
     /// queue is on (then [`invalidate_all`](Self::invalidate_all) is the call).
-    pub fn invalidate_all_registers(&self) -> Result<(), VtdError> {
+    pub fn invalidate_all_registers(&mut self) -> Result<(), VtdError> {
         if self.queue.is_some() {
             return Err(VtdError::NoQueue);
         }
+        self.counts.invalidations += 2;
         self.registers.ccmd.set(encode::ccmd_value(Granularity::Global, 0));
         self.poll(|| !self.registers.ccmd.is_set(CCMD::ICC))?;
         let draining = self.capabilities.draining();
@@ -377,6 +397,8 @@ impl Vtd {
     pub fn invalidate_queued(&mut self, descriptors: &[Quad]) -> Result<(), VtdError> {
         let flush = self.flush;
         let queue = self.queue.as_mut().ok_or(VtdError::NoQueue)?;
+        self.counts.invalidations += descriptors.len() as u64;
+        self.counts.waits += 1;
         queue.sequence = queue.sequence.wrapping_add(1);
         let sequence = queue.sequence;
         // SAFETY: `status` is the queue's own word (`InvalidationQueue::new`).
@@ -441,11 +463,56 @@ impl Vtd {
                 encode::iotlb_invalidation(Granularity::Domain, domain, draining),
             ])
         } else {
+            self.counts.invalidations += 2;
             self.registers.ccmd.set(encode::ccmd_value(Granularity::Domain, domain));
             self.poll(|| !self.registers.ccmd.is_set(CCMD::ICC))?;
             self.iotlb.iotlb.set(encode::iotlb_register_value(Granularity::Domain, domain, draining));
             self.poll(|| !self.iotlb.iotlb.is_set(IOTLB::IVT))
         }
+    }
+
+    /// Invalidates the IOTLB entries of `domain` for the `2^address_mask`
+    /// 4 KiB pages at `address` (page-selective within the domain, §6.5.2.3),
+    /// queued if the queue is on, else through IVA_REG / IOTLB_REG. Falls back
+    /// to the whole domain's IOTLB when the unit has no page-selective
+    /// invalidation (CAP.PSI) or the mask exceeds CAP.MAMV. The context
+    /// cache is not touched: no context entry changed.
+    ///
+    /// # Errors
+    /// As [`invalidate_queued`](Self::invalidate_queued), or
+    /// [`VtdError::InvalidationTimeout`].
+    pub fn invalidate_pages(&mut self, domain: u16, address: u64, address_mask: u8) -> Result<(), VtdError> {
+        let draining = self.capabilities.draining();
+        let page_selective = self.capabilities.page_selective_invalidation()
+            && address_mask <= self.capabilities.max_address_mask();
+        let descriptor = if page_selective {
+            encode::iotlb_page_invalidation(domain, address, address_mask, draining)
+        } else {
+            encode::iotlb_invalidation(Granularity::Domain, domain, draining)
+        };
+        if self.queue.is_some() {
+            return self.invalidate_queued(&[descriptor]);
+        }
+        self.counts.invalidations += 1;
+        if page_selective {
+            self.iotlb.iva.set(encode::iva_value(address, address_mask));
+            self.iotlb.iotlb.set(encode::iotlb_register_page_value(domain, draining));
+        } else {
+            self.iotlb.iotlb.set(encode::iotlb_register_value(Granularity::Domain, domain, draining));
+        }
+        self.poll(|| !self.iotlb.iotlb.is_set(IOTLB::IVT))
+    }
+
+    /// The invalidations issued so far.
+    pub fn invalidation_counts(&self) -> InvalidationCounts {
+        self.counts
+    }
+
+    /// Whether a fault is pending or was lost (FSTS.PPF or PFO): one
+    /// register read, for polling on a hot path.
+    pub fn fault_pending(&self) -> bool {
+        let fsts = self.registers.fsts.extract();
+        fsts.is_set(FSTS::PPF) || fsts.is_set(FSTS::PFO)
     }
 
     /// FSTS_REG, read once.

@@ -74,7 +74,7 @@ pub mod vtd;
 
 pub use ept::Ept;
 pub use npt::Npt;
-pub use table::{FrameAllocator, MapError, SecondLevelTable, TableOptions};
+pub use table::{FrameAllocator, MapError, SecondLevelTable, TableOptions, UnmapError};
 pub use vtd::VtdSecondLevel;
 
 /// Bytes in the smallest page and in one table frame.

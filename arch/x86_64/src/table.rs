@@ -16,6 +16,14 @@
 //! non-present slots, so a commit never needs break-before-make; replacing a
 //! present entry is refused with [`MapError::AlreadyMapped`] and left to the
 //! caller (unmap, invalidate, then map).
+//!
+//! [`SecondLevelTable::unmap`] removes whole leaves only (it never splits a
+//! large page), in the same two phases: every leaf of the range is found
+//! first, then all are cleared. Table frames emptied by an unmap stay linked
+//! (they are reused by later mappings of the same range, which therefore
+//! get leaves no larger than the emptied table's level allows: a 2 MiB leaf
+//! over an emptied page table is refused as [`MapError::AlreadyMapped`]);
+//! the caller invalidates whatever caches the translation (TLB, IOTLB).
 
 use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
@@ -91,6 +99,30 @@ pub enum MapError {
         gpa: u64,
         /// The refused access.
         access: Access,
+    },
+}
+
+/// An unmap request the table refused. Nothing was changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnmapError {
+    /// `size` is zero, or `gpa` or `size` is not a multiple of 4 KiB, or the
+    /// range reaches beyond [`GUEST_ADDRESS_BITS`].
+    BadRange {
+        /// The requested guest-physical start.
+        gpa: u64,
+        /// The requested size in bytes.
+        size: u64,
+    },
+    /// Nothing is mapped at this address of the range.
+    NotMapped {
+        /// The first unmapped guest-physical address found.
+        gpa: u64,
+    },
+    /// A leaf covers this address but reaches outside the range: unmapping
+    /// would have to split it.
+    PartialLeaf {
+        /// The start of that leaf.
+        gpa: u64,
     },
 }
 
@@ -173,6 +205,12 @@ impl<F: EntryFormat, A: FrameAllocator> SecondLevelTable<F, A> {
         &self.allocator
     }
 
+    /// The frame allocator, mutably (e.g. to collect the frames it wrote for
+    /// a cache flush).
+    pub fn allocator_mut(&mut self) -> &mut A {
+        &mut self.allocator
+    }
+
     /// Maps guest-physical `[gpa, gpa + size)` to host-physical
     /// `[hpa, hpa + size)` as `memory` with `access`, using 1 GiB and 2 MiB
     /// leaves wherever both addresses are aligned to them and enough of the
@@ -238,6 +276,60 @@ impl<F: EntryFormat, A: FrameAllocator> SecondLevelTable<F, A> {
                 return Some((address | (gpa & (size.bytes() - 1)), entry, size));
             }
             table = address;
+            level = level.next()?;
+        }
+    }
+
+    /// Removes the mapping of guest-physical `[gpa, gpa + size)`, which must
+    /// consist of whole leaves (as [`map`](Self::map) made them, or several
+    /// mappings back to back). Returns the leaves removed, each as its
+    /// guest-physical start and size, so the caller can invalidate exactly
+    /// those. On error nothing is changed.
+    ///
+    /// # Errors
+    /// [`UnmapError::BadRange`] for an empty, unaligned or too wide range,
+    /// [`UnmapError::NotMapped`] where part of it is not mapped,
+    /// [`UnmapError::PartialLeaf`] where a leaf reaches outside it.
+    pub fn unmap(&mut self, gpa: u64, size: u64) -> Result<Vec<(u64, PageSize)>, UnmapError> {
+        let end = gpa.checked_add(size).filter(|&end| end <= 1 << GUEST_ADDRESS_BITS);
+        let Some(end) = end.filter(|_| size != 0 && (gpa | size) & (PAGE_SIZE_4KIB - 1) == 0) else {
+            return Err(UnmapError::BadRange { gpa, size });
+        };
+        // Prepare: find every leaf (table frame, index, start, size).
+        let mut leaves = Vec::new();
+        let mut at = gpa;
+        while at < end {
+            let (table, index, leaf_gpa, leaf_size) = self.leaf_slot(at).ok_or(UnmapError::NotMapped { gpa: at })?;
+            let leaf_end = leaf_gpa + leaf_size.bytes();
+            if leaf_gpa != at || leaf_end > end {
+                return Err(UnmapError::PartialLeaf { gpa: leaf_gpa });
+            }
+            leaves.push((table, index, leaf_gpa, leaf_size));
+            at = leaf_end;
+        }
+        // Commit: clear them.
+        for &(table, index, _, _) in &leaves {
+            self.allocator.frame_mut(table)[index] = 0;
+        }
+        Ok(leaves.into_iter().map(|(_, _, leaf_gpa, leaf_size)| (leaf_gpa, leaf_size)).collect())
+    }
+
+    /// The leaf translating `gpa`: the table frame holding it, its index
+    /// there, the leaf's guest-physical start and its size.
+    fn leaf_slot(&self, gpa: u64) -> Option<(u64, usize, u64, PageSize)> {
+        let mut table = self.root;
+        let mut level = Level::Pml4;
+        loop {
+            let index = level.index(gpa);
+            let entry = self.allocator.frame(table)[index];
+            if !F::is_present(entry) {
+                return None;
+            }
+            if F::is_leaf(level, entry) {
+                let size = level.leaf_size()?;
+                return Some((table, index, gpa & !(size.bytes() - 1), size));
+            }
+            table = F::address(level, entry);
             level = level.next()?;
         }
     }

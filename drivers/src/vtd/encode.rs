@@ -28,6 +28,7 @@ mod cap {
     pub const FRO: (u32, u32) = (24, 10);
     pub const SLLPS: (u32, u32) = (34, 4);
     pub const PSI: (u32, u32) = (39, 1);
+    pub const MAMV: (u32, u32) = (48, 6);
     pub const NFR: (u32, u32) = (40, 8);
     pub const DWD: (u32, u32) = (54, 1);
     pub const DRD: (u32, u32) = (55, 1);
@@ -133,6 +134,12 @@ impl Capabilities {
     /// Page-selective invalidation (CAP.PSI).
     pub const fn page_selective_invalidation(&self) -> bool {
         field(self.cap, cap::PSI) != 0
+    }
+
+    /// The largest address mask (CAP.MAMV) a page-selective IOTLB
+    /// invalidation may use: it covers `2^MAMV` 4 KiB pages at once.
+    pub const fn max_address_mask(&self) -> u8 {
+        field(self.cap, cap::MAMV) as u8
     }
 
     /// Write and read draining (CAP.DWD, CAP.DRD).
@@ -360,6 +367,40 @@ pub const fn iotlb_invalidation(granularity: Granularity, domain: u16, draining:
     [low, 0]
 }
 
+/// The IOTLB descriptor's and IOTLB_REG's granularity for
+/// page-selective-within-domain invalidation (§6.5.2.3: G = 11b; the
+/// context-cache descriptor gives the same value another meaning, so it
+/// is not a [`Granularity`]).
+const IOTLB_PAGE_SELECTIVE: u64 = 0b11;
+/// The address-mask field (AM, bits 5:0) of a page-selective invalidation.
+const ADDRESS_MASK_BITS: u64 = 0x3f;
+/// Bits 63:12 of the invalidated address.
+const PAGE_ADDRESS_MASK: u64 = !0xfff;
+
+/// A page-selective IOTLB invalidation descriptor (§6.5.2.3): the
+/// `2^address_mask` 4 KiB pages of domain `domain` starting at `address`
+/// (which must be aligned to that many pages), draining as in
+/// [`iotlb_invalidation`]. The invalidation hint (IH, bit 6 of the high
+/// half) stays 0: non-leaf entries may have changed too.
+pub const fn iotlb_page_invalidation(domain: u16, address: u64, address_mask: u8, draining: (bool, bool)) -> Quad {
+    const DW: u64 = 1 << 6;
+    const DR: u64 = 1 << 7;
+    let mut low = DESCRIPTOR_IOTLB | IOTLB_PAGE_SELECTIVE << GRANULARITY_SHIFT | (domain as u64) << DID_SHIFT;
+    if draining.0 {
+        low |= DW;
+    }
+    if draining.1 {
+        low |= DR;
+    }
+    [low, (address & PAGE_ADDRESS_MASK) | (address_mask as u64 & ADDRESS_MASK_BITS)]
+}
+
+/// The address mask (AM) for one leaf of `bytes` (a power of two of at
+/// least 4 KiB): log2 of its 4 KiB pages.
+pub const fn address_mask_for(bytes: u64) -> u8 {
+    (bytes.trailing_zeros().saturating_sub(12)) as u8
+}
+
 /// An invalidation wait descriptor (§6.5.2.8) that writes `status` to the
 /// 4-byte aligned `status_pa` once every earlier descriptor has completed
 /// (SW, bit 5; fence FN, bit 6, so later descriptors wait too; no
@@ -401,6 +442,20 @@ pub const fn iotlb_register_value(granularity: Granularity, domain: u16, drainin
     value
 }
 
+/// IVA_REG value (§11.4.8.2) for a register-based page-selective IOTLB
+/// invalidation: ADDR (63:12), IH (6) clear, AM (5:0).
+pub const fn iva_value(address: u64, address_mask: u8) -> u64 {
+    (address & PAGE_ADDRESS_MASK) | (address_mask as u64 & ADDRESS_MASK_BITS)
+}
+
+/// IOTLB_REG value for a register-based page-selective-within-domain
+/// invalidation (IIRG = 11b), the address in IVA_REG.
+pub const fn iotlb_register_page_value(domain: u16, draining: (bool, bool)) -> u64 {
+    const IIRG_SHIFT: u32 = 60;
+    const GRANULARITY_FIELD: u64 = 0b11 << IIRG_SHIFT;
+    (iotlb_register_value(Granularity::Global, domain, draining) & !GRANULARITY_FIELD) | IOTLB_PAGE_SELECTIVE << IIRG_SHIFT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -426,6 +481,7 @@ mod tests {
         assert_eq!(QEMU.fault_record_count(), 1);
         assert_eq!(QEMU.iotlb_offset(), 0xf0);
         assert!(QEMU.page_selective_invalidation());
+        assert_eq!(QEMU.max_address_mask(), 18);
         assert_eq!(QEMU.draining(), (true, true));
         assert_eq!(QEMU.table_width(), Some(AddressWidth::Bits48));
         let line = QEMU.to_string();
@@ -475,5 +531,12 @@ mod tests {
         assert_eq!(ccmd_value(Granularity::Global, 0), 0xa000_0000_0000_0000);
         assert_eq!(iotlb_register_value(Granularity::Global, 0, (true, true)), 0x9003_0000_0000_0000);
         assert_eq!(iotlb_register_value(Granularity::Domain, 3, (false, false)), 0xa000_0003_0000_0000);
+        // Page-selective: G = 11b, DID 5, the 2 MiB page at 0x4020_0000 (AM 9).
+        assert_eq!(address_mask_for(0x1000), 0);
+        assert_eq!(address_mask_for(0x20_0000), 9);
+        assert_eq!(iotlb_page_invalidation(5, 0x4020_0000, 9, (true, true)), [0x5_00f2, 0x4020_0009]);
+        assert_eq!(iotlb_page_invalidation(1, 0x1234_5fff, 0, (false, false)), [0x1_0032, 0x1234_5000]);
+        assert_eq!(iva_value(0x4020_0000, 9), 0x4020_0009);
+        assert_eq!(iotlb_register_page_value(3, (true, true)), 0xb003_0003_0000_0000);
     }
 }

@@ -8,7 +8,7 @@
 //! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
 //! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
 //! | `selftest=dma` | before partitions start, the hypervisor makes an unassigned `edu` PCI device DMA into its own memory and checks that the IOMMU (SMMUv3 on arm64, VT-d on x86_64) refused and recorded it |
-//! | `bench=dma` | before partitions start, the hypervisor times DMA map/unmap in a scratch IOMMU domain and prints `bench:` lines (arm64) |
+//! | `bench=dma` | before partitions start, the hypervisor times DMA map/unmap in a scratch IOMMU domain (SMMUv3 or VT-d) and prints `bench:` lines |
 //!
 //! Unknown words are reported, not ignored silently.
 
@@ -186,6 +186,7 @@ mod tests {
         assert!(!BootArgs::parse("log=debug").dma_selftest);
         assert!(BootArgs::parse("bench=dma").dma_bench);
         assert_eq!(BootArgs::parse("bench=dmax").unknown, ["bench=dmax"]);
+        assert!(!BootArgs::parse("selftest=dma").dma_bench);
     }
 
     #[test]

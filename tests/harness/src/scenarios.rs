@@ -504,8 +504,8 @@ pub const SCENARIOS: &[Scenario] = &[
         expect: &[
             "VT-d unit 0: translation on",
             "ACPI MCFG: ECAM at 0x",
-            "PCI 00:00.0: 8086:29c0",
-            ": 1234:11e8 class 00ff00, BAR0 memory32 0x",
+            "PCI 00:00.0 8086:29c0",
+            " 1234:11e8 class 00ff00, BAR0 mem32 0x",
             "DMA self-test: edu 00:",
             "assigned to no partition, told to copy 4096 bytes from its buffer to hypervisor page 0x",
             "the edu reports its transfer done after",
@@ -517,6 +517,73 @@ pub const SCENARIOS: &[Scenario] = &[
             "all 2 partitions passed",
         ],
         forbid: &["FAILED", "FATAL", "panic", "NOT remapped"],
+        ..Scenario::DEFAULT
+    },
+    // PCI assignment (issue 6): the edu belongs to `dma-owner`; its DMA
+    // within the owner's memory is exact, its DMA at the victim's memory
+    // and at the hypervisor's is refused by VT-d and reported with the
+    // device, the address and the owner; `inject` keeps the owner running;
+    // the victim's pattern is intact.
+    Scenario {
+        name: "x86-dma-edu",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-dma-edu.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::Success),
+        expect: &[
+            "partition dma-owner: pci[0] 00:01.0 (1234:11e8): BAR0 mem32 0xc0000000 size 0x100000 at GPA = HPA 0xc0000000, DeviceNGnRE",
+            "partition dma-owner: VT-d domain 1 on unit 0 (0xfed90000): 00:01.0 attached, second-level table 0x",
+            "DMA view: 1 region(s), 4096 page(s) pinned",
+            "[dma-owner] edu at BAR 0xc0000000, identification 0x010000ed",
+            "[dma-owner] DMA from its own RAM into the device buffer: correct",
+            "[dma-owner] DMA into its own RAM at 0x",
+            ": 64 bytes correct",
+            "[dma-owner] attack: DMA into the neighbour's memory at 0x30800000",
+            "VT-d fault: unit 0 at 0xfed90000: device 00:01.0 write at 0x30800000: reason",
+            ": DMA of partition 'dma-owner' refused",
+            "partition dma-owner: the DMA write by 00:01.0 at 0x30800000 did not happen; it keeps running (fault policy: inject)",
+            "[dma-owner] attack: DMA into the hypervisor's memory at 0x3d000000",
+            "VT-d fault: unit 0 at 0xfed90000: device 00:01.0 write at 0x3d000000: reason",
+            ": DMA of partition 'dma-owner' refused",
+            "[dma-owner] attack: DMA from the neighbour's memory at 0x30800000",
+            "VT-d fault: unit 0 at 0xfed90000: device 00:01.0 read at 0x30800000: reason",
+            ": DMA of partition 'dma-owner' refused",
+            "[dma-owner] every foreign DMA was kept out",
+            "partition dma-owner: 00:01.0 blocked again (context entry cleared, context cache and IOTLB invalidated); VT-d domain 1 detached, 4096 pinned page(s) released",
+            "all 2 partitions passed",
+        ],
+        expect_anywhere: &[
+            "partition victim: memory[0] GPA 0x0 -> HPA 0x30000000",
+            "[victim] pattern intact after the attack window",
+            "partition victim: passed",
+            "partition dma-owner: passed",
+        ],
+        forbid: &["isolation is broken", "pattern damaged", "WRONG", "FATAL", "panic", "not started", "stopped by fault", "NOT remapped"],
+        ..Scenario::DEFAULT
+    },
+    // The same attack under the `stop` policy: the owner is stopped at its
+    // first foreign DMA (its edu blocked at once), the victim runs on.
+    Scenario {
+        name: "x86-dma-edu-stop",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-dma-edu-stop.toml",
+        smp: 2,
+        expect_exit: Some(ExitCode::PartitionFailure),
+        expect: &[
+            "[dma-owner] DMA into its own RAM at 0x",
+            ": 64 bytes correct",
+            "[dma-owner] attack: DMA into the neighbour's memory at 0x30800000",
+            "VT-d fault: unit 0 at 0xfed90000: device 00:01.0 write at 0x30800000: reason",
+            ": DMA of partition 'dma-owner' refused",
+            "partition dma-owner: its device 00:01.0 attempted a DMA write at 0x30800000 outside its DMA view",
+            "device blocked, partition stopped (fault policy: stop)",
+            "partition dma-owner: 00:01.0 blocked again",
+        ],
+        expect_anywhere: &[
+            "[victim] pattern intact after the attack window",
+            "partition victim: passed",
+        ],
+        forbid: &["attack: DMA into the hypervisor's memory", "isolation is broken", "pattern damaged", "FATAL", "panic", "not started"],
         ..Scenario::DEFAULT
     },
     // A hostile x86_64 guest (msr): stopped by policy with a report; the

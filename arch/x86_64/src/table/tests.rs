@@ -307,3 +307,39 @@ fn host_identity_layout_builds_with_the_predicted_leaves() {
     let (_, apic, _) = table.lookup(0xfee0_0300).unwrap();
     assert_eq!(apic & 0x18, 0x18, "the APIC page is uncached (PCD | PWT)");
 }
+
+both_formats! {
+    unmap_removes_whole_leaves_and_allows_remapping => unmap_whole_leaves;
+    unmap_refuses_holes_and_partial_leaves_atomically => unmap_refusals;
+}
+
+fn unmap_whole_leaves<F: EntryFormat>() {
+    let mut table = table::<F>();
+    // One 2 MiB leaf followed by two 4 KiB leaves.
+    table.map(2 * MIB, 0x8_0020_0000, 2 * MIB + 8 * KIB, WB, RWX).unwrap();
+    let frames = table.table_frame_count();
+    let removed = table.unmap(2 * MIB, 2 * MIB + 8 * KIB).unwrap();
+    assert_eq!(removed, [(2 * MIB, PageSize::Size2MiB), (4 * MIB, PageSize::Size4KiB), (4 * MIB + 4 * KIB, PageSize::Size4KiB)]);
+    assert_eq!(table.lookup(2 * MIB), None);
+    assert_eq!(table.lookup(4 * MIB + 4 * KIB), None);
+    // Table frames stay linked and are reused by the next mapping.
+    table.map(2 * MIB, 0x9_0020_0000, 4 * KIB, WB, RWX).unwrap();
+    assert_eq!(table.table_frame_count(), frames + 1);
+    assert_eq!(table.lookup(2 * MIB).map(|(hpa, _, _)| hpa), Some(0x9_0020_0000));
+    assert_eq!(table.unmap(2 * MIB, 4 * KIB).unwrap(), [(2 * MIB, PageSize::Size4KiB)]);
+}
+
+fn unmap_refusals<F: EntryFormat>() {
+    let mut table = table::<F>();
+    table.map(2 * MIB, 0x8_0020_0000, 2 * MIB, WB, RWX).unwrap();
+    table.map(8 * MIB, 0x8_0080_0000, 4 * KIB, WB, RWX).unwrap();
+    assert_eq!(table.unmap(2 * MIB, 0), Err(UnmapError::BadRange { gpa: 2 * MIB, size: 0 }));
+    assert_eq!(table.unmap(2 * MIB + 1, 4 * KIB), Err(UnmapError::BadRange { gpa: 2 * MIB + 1, size: 4 * KIB }));
+    // Part of a 2 MiB leaf: would split it.
+    assert_eq!(table.unmap(3 * MIB, 4 * KIB), Err(UnmapError::PartialLeaf { gpa: 2 * MIB }));
+    // A range running past the leaf into a hole: nothing changes.
+    assert_eq!(table.unmap(2 * MIB, 4 * MIB), Err(UnmapError::NotMapped { gpa: 4 * MIB }));
+    assert!(table.lookup(2 * MIB).is_some());
+    assert_eq!(table.unmap(16 * MIB, 4 * KIB), Err(UnmapError::NotMapped { gpa: 16 * MIB }));
+    assert!(table.lookup(8 * MIB).is_some());
+}

@@ -97,6 +97,9 @@ pub struct ExitState {
     pub verdict: Arc<Mutex<Option<u32>>>,
     /// Exits so far.
     pub exits: u64,
+    /// Whether the partition owns PCI functions: then every exit polls the
+    /// VT-d fault records first ([`super::assign::poll`]).
+    pub polls_dma_faults: bool,
     injected: u32,
     interrupt_exits: u32,
     code_walk: CodeWalkCache,
@@ -105,7 +108,15 @@ pub struct ExitState {
 impl ExitState {
     /// A vCPU's state before its first entry.
     pub fn new(on_fault: FaultPolicy, verdict: Arc<Mutex<Option<u32>>>) -> ExitState {
-        ExitState { on_fault, verdict, exits: 0, injected: 0, interrupt_exits: 0, code_walk: CodeWalkCache::default() }
+        ExitState {
+            on_fault,
+            verdict,
+            exits: 0,
+            polls_dma_faults: false,
+            injected: 0,
+            interrupt_exits: 0,
+            code_walk: CodeWalkCache::default(),
+        }
     }
 }
 
@@ -121,6 +132,18 @@ pub enum Next {
 /// Handles one exit of `partition`'s vCPU.
 pub fn handle(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState, exit: Exit) -> Next {
     state.exits += 1;
+    // The host takes no interrupts, so a partition's device faults are
+    // polled at its exits, before the exit is handled: a guest that started
+    // a DMA and then prints (hypercall) or reads its configuration space
+    // (nested page fault) finds the fault reported and its policy applied.
+    // Partitions without PCI functions never pay for it.
+    if state.polls_dma_faults
+        && let Some(reason) = super::assign::poll(partition.index)
+    {
+        log::error!("partition {}: {reason}", partition.name);
+        partition.stop(StopReason::Fault(reason), &mut GuestConsole);
+        return Next::Stop;
+    }
     if exit != Exit::Interrupt {
         state.interrupt_exits = 0;
     }

@@ -7,7 +7,8 @@
 //! Per unit: its register page mapped uncached in our tables; probe
 //! (version, CAP/ECAP, one summary line); fault interrupt masked (the
 //! hypervisor runs with interrupts masked, so faults are polled: after the
-//! self-test and when the partitions have stopped, [`report_faults`]);
+//! self-test ([`report_faults`]), at the exits of partitions owning PCI
+//! functions and when the partitions have stopped (`assign`));
 //! stale faults drained; root table and bus-0 context table written in
 //! hypervisor-pool pages and flushed out of the CPU caches when the unit is
 //! not coherent (ECAP.C = 0, QEMU's case); root pointer latched; caches
@@ -18,20 +19,22 @@
 //! to any device, so a device that relies on one (USB legacy, integrated
 //! graphics) faults like any other unassigned device.
 //!
-//! Not yet: per-partition second-level tables (waits for the DMA-domain and
-//! PCI-assignment pieces on main).
+//! For PCI assignment ([`super::assign`]) this module points bus-0 context
+//! entries at a domain's second-level table or blocks them again
+//! ([`set_context`]), invalidates per domain or per page, and polls and
+//! drains the fault records ([`fault_pending`], [`drain_faults`]).
 
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_arch_x86_64::cpu::mmu::flush_cache_range;
-use bulkhead_core::acpi::{self, Bdf, DeviceScope, Drhd, PhysicalMemory, ScopeKind};
+use bulkhead_core::acpi::{self, DeviceScope, Drhd, PhysicalMemory, ScopeKind};
 use bulkhead_drivers::vtd::{self, FaultRecord, InvalidationQueue, Vtd};
 use spin::Mutex;
 
 use super::paging::{self, Live};
-use super::pci::{Bus0, Function};
+use bulkhead_drivers::pci::{self, BarKind, COMMAND, Ecam, Function};
 
 /// Bytes of one table page.
 const PAGE: usize = 4096;
@@ -50,9 +53,15 @@ struct Unit {
     index: usize,
     drhd: Drhd,
     vtd: Vtd,
+    /// Bus 0's context table (256 entries of 16 bytes, by device.function).
+    context: &'static mut Page,
+    /// The DMAR's host address width: addresses a second-level table may hold.
+    host_address_width: u32,
 }
 
-/// Every live unit, for fault polling.
+/// Every live unit, for fault polling and domain changes. Lock order:
+/// [`super::assign`]'s table of assignments first, then this one; never the
+/// other way round.
 static UNITS: Mutex<Vec<Unit>> = Mutex::new(Vec::new());
 
 /// The flush the driver uses: a no-op is never chosen, so a coherent unit
@@ -92,7 +101,13 @@ pub fn init(memory: &dyn PhysicalMemory, rsdp: u64, live: &Live) -> usize {
     let mut units = UNITS.lock();
     for (index, drhd) in dmar.units.into_iter().enumerate() {
         match start_unit(index, &drhd, live) {
-            Ok(vtd) => units.push(Unit { index, drhd, vtd }),
+            Ok((vtd, context)) => units.push(Unit {
+                index,
+                drhd,
+                vtd,
+                context,
+                host_address_width: u32::from(dmar.host_address_width),
+            }),
             Err(message) => log::error!("VT-d unit {index} at {:#x}: {message}: DMA through it is NOT remapped", drhd.register_base),
         }
     }
@@ -111,7 +126,7 @@ fn describe_scope(scope: &DeviceScope) -> String {
     }
 }
 
-fn start_unit(index: usize, drhd: &Drhd, live: &Live) -> Result<Vtd, String> {
+fn start_unit(index: usize, drhd: &Drhd, live: &Live) -> Result<(Vtd, &'static mut Page), String> {
     let base = drhd.register_base;
     paging::map_mmio(base, vtd::REGISTER_PAGE_SIZE, live)?;
     // SAFETY: the register page was just mapped uncached, and nothing else
@@ -182,7 +197,7 @@ fn start_unit(index: usize, drhd: &Drhd, live: &Live) -> Result<Vtd, String> {
         if unit.queued() { "queued" } else { "register-based" },
         if caps.coherent() { "coherent table walks" } else { "tables flushed from the CPU caches (not coherent)" },
     );
-    Ok(unit)
+    Ok((unit, context))
 }
 
 /// Logs and clears the faults `unit` recorded; returns how many.
@@ -211,6 +226,150 @@ pub fn report_faults(when: &str) -> Vec<FaultRecord> {
         });
         if lost {
             log::warn!("VT-d unit {} ({when}): fault recording overflowed: faults were lost", unit.index);
+        }
+    }
+    faults
+}
+
+// ---- What PCI assignment asks of the units ----
+
+/// What a unit offers a DMA domain.
+#[derive(Clone, Copy, Debug)]
+pub struct UnitInfo {
+    /// The unit's number in the DMAR, for logs.
+    pub index: usize,
+    /// Its register base, for logs.
+    pub base: u64,
+    /// CAP/ECAP.
+    pub capabilities: vtd::Capabilities,
+    /// Host address bits a second-level entry may hold (DMAR HAW).
+    pub host_address_width: u32,
+}
+
+/// The unit (by its DMAR number) that translates `bdf`'s DMA: the one
+/// whose device scope names it as an endpoint, else one that has
+/// INCLUDE_PCI_ALL for segment 0 (the DMAR's rule, §8.3).
+pub fn unit_for(bdf: acpi::Bdf) -> Option<usize> {
+    let units = UNITS.lock();
+    let named = units.iter().find(|u| {
+        u.drhd.segment == 0
+            && u.drhd.scopes.iter().any(|s| s.kind == ScopeKind::PciEndpoint && s.bdf(|_| None) == Some(bdf))
+    });
+    named.or_else(|| units.iter().find(|u| u.drhd.segment == 0 && u.drhd.include_pci_all)).map(|u| u.index)
+}
+
+/// The first live unit (the DMA benchmark's).
+pub fn first_unit() -> Option<usize> {
+    UNITS.lock().first().map(|u| u.index)
+}
+
+/// What unit `unit` offers.
+pub fn unit_info(unit: usize) -> Option<UnitInfo> {
+    UNITS.lock().iter().find(|u| u.index == unit).map(|u| UnitInfo {
+        index: u.index,
+        base: u.drhd.register_base,
+        capabilities: u.vtd.capabilities(),
+        host_address_width: u.host_address_width,
+    })
+}
+
+/// Runs `f` on unit `unit`.
+fn with_unit<R>(unit: usize, f: impl FnOnce(&mut Unit) -> R) -> Result<R, String> {
+    let mut units = UNITS.lock();
+    let found = units.iter_mut().find(|u| u.index == unit).ok_or_else(|| format!("VT-d unit {unit} is not on"))?;
+    Ok(f(found))
+}
+
+/// Bit 0 of a context entry's low half: present; bits 87:72 (23:8 of the
+/// high half): the domain ID (§9.3, `vtd::encode::context_entry`).
+const CONTEXT_PRESENT: u64 = 1 << 0;
+const CONTEXT_DID_SHIFT: u32 = 8;
+/// Bytes of one context entry.
+const CONTEXT_ENTRY_SIZE: usize = 16;
+
+/// Points `bdf`'s context entry at the second-level table `table_pa` in
+/// domain `domain` (`Some`), or blocks the device (`None`: entry not
+/// present); then invalidates the context cache and IOTLB of the domain
+/// the entry had or gets, and waits for that to complete. Only bus 0 has a
+/// context table.
+///
+/// # Errors
+/// Bus other than 0, a unit that is not on, a failed invalidation.
+pub fn set_context(unit: usize, bdf: acpi::Bdf, target: Option<(u64, u16)>) -> Result<(), String> {
+    if bdf.bus != 0 {
+        return Err(format!("{bdf}: only bus 0 has a context table"));
+    }
+    let slot = (usize::from(bdf.device) << 3 | usize::from(bdf.function)) * CONTEXT_ENTRY_SIZE;
+    with_unit(unit, |u| {
+        let width = u.vtd.capabilities().table_width().ok_or("the unit cannot walk 4-level second-level tables")?;
+        let entry = u.context.0[slot..].as_mut_ptr().cast::<u64>();
+        // SAFETY: `slot` + 16 lies inside the context table's page (device
+        // < 32, function < 8), which is 4 KiB aligned, so both quadwords are
+        // aligned; the unit reads the page, hence volatile.
+        let (low, high) = unsafe { (entry.read_volatile(), entry.add(1).read_volatile()) };
+        let old_domain = (low & CONTEXT_PRESENT != 0).then_some((high >> CONTEXT_DID_SHIFT) as u16);
+        // The present bit is in the low half: clear it first when blocking,
+        // set it last when pointing, so the unit never sees a half-written
+        // present entry.
+        // SAFETY: as above.
+        unsafe {
+            match target {
+                Some((table_pa, domain)) => {
+                    let [new_low, new_high] = vtd::encode::context_entry(table_pa, width, domain);
+                    entry.write_volatile(0);
+                    entry.add(1).write_volatile(new_high);
+                    entry.write_volatile(new_low);
+                }
+                None => {
+                    entry.write_volatile(0);
+                    entry.add(1).write_volatile(0);
+                }
+            }
+        }
+        flush(entry.cast(), CONTEXT_ENTRY_SIZE);
+        for domain in old_domain.into_iter().chain(target.map(|(_, d)| d)) {
+            u.vtd.invalidate_domain(domain).map_err(|e| format!("invalidating domain {domain}: {e:?}"))?;
+        }
+        Ok(())
+    })?
+}
+
+/// Invalidates domain `domain`'s IOTLB for the `2^address_mask` pages at
+/// `address` on unit `unit` (page-selective where the unit can).
+///
+/// # Errors
+/// A unit that is not on, or a failed invalidation.
+pub fn invalidate_pages(unit: usize, domain: u16, address: u64, address_mask: u8) -> Result<(), String> {
+    with_unit(unit, |u| u.vtd.invalidate_pages(domain, address, address_mask).map_err(|e| format!("{e:?}")))?
+}
+
+/// Invalidates domain `domain`'s context cache and IOTLB on unit `unit`.
+///
+/// # Errors
+/// A unit that is not on, or a failed invalidation.
+pub fn invalidate_domain(unit: usize, domain: u16) -> Result<(), String> {
+    with_unit(unit, |u| u.vtd.invalidate_domain(domain).map_err(|e| format!("{e:?}")))?
+}
+
+/// The invalidations unit `unit` has issued so far.
+pub fn invalidation_counts(unit: usize) -> vtd::InvalidationCounts {
+    with_unit(unit, |u| u.vtd.invalidation_counts()).unwrap_or_default()
+}
+
+/// Whether any unit has a fault pending or lost: one FSTS read per unit,
+/// cheap enough for a vCPU's exit path.
+pub fn fault_pending() -> bool {
+    UNITS.lock().iter().any(|u| u.vtd.fault_pending())
+}
+
+/// Reads and clears every unit's fault records: `(unit, register base,
+/// fault)` each. A lost fault (overflow) is logged here.
+pub fn drain_faults() -> Vec<(usize, u64, FaultRecord)> {
+    let mut faults = Vec::new();
+    for unit in UNITS.lock().iter() {
+        let lost = unit.vtd.drain_faults(|fault| faults.push((unit.index, unit.drhd.register_base, fault)));
+        if lost {
+            log::warn!("VT-d unit {}: fault recording overflowed: faults were lost", unit.index);
         }
     }
     faults
@@ -265,13 +424,26 @@ fn run_selftest(memory: &dyn PhysicalMemory, rsdp: u64, live: &Live) -> Result<(
     if UNITS.lock().is_empty() {
         return Err(String::from("no VT-d unit is on"));
     }
-    let bus = Bus0::map(memory, rsdp, live)?;
-    let functions = bus.log_functions();
-    let edu: Function = functions
-        .into_iter()
-        .find(|f| f.id() == edu::ID)
+    let bus = super::pci::bus0(memory, rsdp, live)?;
+    let edu: Function = *bus
+        .functions()
+        .iter()
+        .find(|f| (f.vendor, f.device) == edu::ID)
         .ok_or("no edu device (1234:11e8) on bus 0 (QEMU: -device edu,dma_mask=0xffffffffffffffff)")?;
-    let bar = edu.memory_bar(0).ok_or("the edu's BAR0 is not assigned")?;
+    let bar = edu.bars[0]
+        .filter(|b| b.kind != BarKind::Io && b.address != 0)
+        .map(|b| b.address)
+        .ok_or("the edu's BAR0 is not assigned")?;
+    let mut ecam = bus.ecam();
+    let set_memory_and_bus_master = |ecam: &mut Ecam, enable: bool| {
+        let mut command = pci::command(ecam, edu.bdf);
+        if enable {
+            command.modify(COMMAND::MEMORY_SPACE::SET + COMMAND::BUS_MASTER::SET);
+        } else {
+            command.modify(COMMAND::MEMORY_SPACE::CLEAR + COMMAND::BUS_MASTER::CLEAR);
+        }
+        pci::set_command(ecam, edu.bdf, command);
+    };
     // Its register page and its buffer page.
     paging::map_mmio(bar, PAGE as u64, live)?;
     paging::map_mmio(bar + edu::BUFFER, PAGE as u64, live)?;
@@ -294,10 +466,10 @@ fn run_selftest(memory: &dyn PhysicalMemory, rsdp: u64, live: &Live) -> Result<(
         "DMA self-test: edu {} (BAR0 {bar:#x}, requester ID {:#06x}), assigned to no partition, told to copy {} bytes \
          from its buffer to hypervisor page {target_pa:#x}",
         edu.bdf,
-        edu.bdf.requester_id(),
+        edu.bdf.rid(),
         edu::BUFFER_SIZE
     );
-    edu.set_memory_and_bus_master(true);
+    set_memory_and_bus_master(&mut ecam, true);
     // SAFETY: the edu's register page is mapped uncached; these are its DMA
     // registers, and pointing its DMA at our page is the point: the IOMMU
     // must stop it.
@@ -312,12 +484,12 @@ fn run_selftest(memory: &dyn PhysicalMemory, rsdp: u64, live: &Live) -> Result<(
     while unsafe { register(edu::DMA_COMMAND).read_volatile() } & edu::COMMAND_START != 0 {
         polls += 1;
         if polls == edu::POLL_LIMIT {
-            edu.set_memory_and_bus_master(false);
+            set_memory_and_bus_master(&mut ecam, false);
             return Err(format!("the edu's transfer did not finish after {polls} polls"));
         }
         core::hint::spin_loop();
     }
-    edu.set_memory_and_bus_master(false);
+    set_memory_and_bus_master(&mut ecam, false);
     log::info!("DMA self-test: the edu reports its transfer done after {polls} polls; bus mastering off again");
 
     flush(target.0.as_ptr(), PAGE);
@@ -326,7 +498,7 @@ fn run_selftest(memory: &dyn PhysicalMemory, rsdp: u64, live: &Live) -> Result<(
     let faults = report_faults("after the DMA self-test");
     let ours: Vec<&FaultRecord> = faults
         .iter()
-        .filter(|f| Bdf::from_requester_id(f.source_id) == edu.bdf && f.address == target_pa && !f.read)
+        .filter(|f| f.source_id == edu.bdf.rid() && f.address == target_pa && !f.read)
         .collect();
     match (changed, ours.first()) {
         (0, Some(fault)) => {

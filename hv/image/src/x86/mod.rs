@@ -3,7 +3,7 @@
 //! per CPU, whose IST stacks carry #DF, NMI and #MC), the memory map, the
 //! ACPI MADT and our own page tables ([`paging`]); VT-d on with every device blocked
 //! ([`iommu`], and its `selftest=dma`; PCI bus 0 in [`pci`]); then the partitions of the configuration, built
-//! ([`partition`]) and run at the same time, each on its own CPU ([`smp`]:
+//! ([`partition`], their PCI functions and DMA domains in [`assign`]) and run at the same time, each on its own CPU ([`smp`]:
 //! application processors started with INIT-SIPI-SIPI) under AMD SVM with
 //! nested paging ([`svm`]) or Intel VMX with EPT ([`vmx`], never executed:
 //! QEMU TCG has no VMX), whichever [`backend`] CPUID selects, exits handled
@@ -13,6 +13,7 @@
 //! Not yet: more than one vCPU per partition, virtual interrupts, device
 //! emulation beyond the verdict register.
 
+mod assign;
 mod backend;
 mod console;
 mod iommu;
@@ -145,7 +146,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     if args.dma_selftest {
         iommu::dma_selftest(&IdentityMapped, boot_info.acpi_rsdp, &tables);
     }
-    run_partitions(boot_info, &map, &cpus, trampoline, &tables)
+    run_partitions(boot_info, &map, &cpus, trampoline, &tables, args.dma_bench)
 }
 
 /// Loads the configuration, builds and runs every partition, prints the
@@ -156,10 +157,19 @@ fn run_partitions(
     cpus: &[u32],
     trampoline: Option<u64>,
     tables: &paging::Live,
+    dma_bench: bool,
 ) -> ! {
     let (config, refused) = load_config(boot_info);
     let host_backed = crate::host_backing::host_backed_ranges(&config);
     memory::init(boot_info, map, &host_backed, tables);
+    if config.partitions.iter().any(|p| !p.pci.is_empty())
+        && let Err(reason) = pci::bus0(&IdentityMapped, boot_info.acpi_rsdp, tables)
+    {
+        log::error!("PCI: {reason}: no function can be assigned");
+    }
+    if dma_bench {
+        assign::bench();
+    }
     let backend = backend::choose().and_then(|chosen| backend::enable_this_cpu(chosen).map(|cpu| (chosen, cpu)));
     if let Err(reason) = &backend {
         log::error!("{reason}");

@@ -1,5 +1,5 @@
 //! Building an x86_64 partition from its configuration: its address space
-//! (RAM only, for now), its second-level table (an AMD nested page table or
+//! (RAM, and the BARs of its PCI functions), its second-level table (an AMD nested page table or
 //! an Intel EPT, whichever back end runs it), its image, and the
 //! identity-mapping guest page table that lets it start in long mode.
 
@@ -13,7 +13,9 @@ use bulkhead_abi::boot::BootInfo;
 use bulkhead_arch_x86_64::{Access as NptAccess, EntryFormat, Ept, MapError, MemoryType, Npt, SecondLevelTable, TableOptions};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
-use bulkhead_config::{Backing, FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE};
+use bulkhead_config::{
+    Backing, FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE, VIRTUAL_PCI_ECAM_BASE, VIRTUAL_PCI_ECAM_SIZE,
+};
 use bulkhead_core::devices::verdict::{VERDICT_MMIO_SIZE, VerdictRegister};
 use core::ops::RangeInclusive;
 use spin::Mutex;
@@ -45,6 +47,8 @@ pub struct Start {
     pub io_ports: Vec<RangeInclusive<u16>>,
     /// The last code written to the partition's verdict register.
     pub verdict: Arc<Mutex<Option<u32>>>,
+    /// PCI functions assigned to it: if any, its exits poll VT-d faults.
+    pub pci_functions: usize,
 }
 
 /// The NPT memory type for a configured attribute.
@@ -164,9 +168,6 @@ pub fn build(
     if config.image.kind != ImageKind::Raw {
         return Err(String::from("image.kind: only raw images run on x86_64 so far"));
     }
-    if !config.pci.is_empty() {
-        return Err(String::from("pci: PCI function assignment is not implemented yet"));
-    }
     if !config.passthrough.is_empty() {
         return Err(String::from("passthrough: device assignment is not implemented on x86_64 yet"));
     }
@@ -195,6 +196,14 @@ pub fn build(
             .map_err(|e| format!("memory[{i}]: {e:?}"))?;
         log::info!("partition {}: memory[{i}] GPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
     }
+    // Assigned PCI functions: their BARs join the address space before the
+    // CPU view is derived from it.
+    let pci = if config.pci.is_empty() { None } else { Some(super::assign::prepare(config)?) };
+    for region in pci.iter().flat_map(|p| &p.regions) {
+        space.add_region(region.clone()).map_err(|e| {
+            format!("pci: BAR at {:?} (+{:#x}): {e:?}: it overlaps the partition's memory", region.gpa, region.size)
+        })?;
+    }
     let table = derive_table(&space, format)?;
     let mut partition = Partition::new(index, &config.name, space);
     let verdict = Arc::new(Mutex::new(None));
@@ -202,6 +211,17 @@ pub fn build(
         .bus
         .insert(Gpa::new(VERDICT_REGISTER_BASE), VERDICT_MMIO_SIZE, Box::new(VerdictRegister(verdict.clone())))
         .map_err(|e| format!("verdict register: {e:?}"))?;
+    let functions = match pci {
+        Some(super::assign::Prepared { ecam, functions, .. }) => {
+            // Left unmapped in the NPT: every access exits and is emulated.
+            partition
+                .bus
+                .insert(Gpa::new(VIRTUAL_PCI_ECAM_BASE), VIRTUAL_PCI_ECAM_SIZE, Box::new(ecam))
+                .map_err(|e| format!("virtual PCI configuration space: {e:?}"))?;
+            functions
+        }
+        None => Vec::new(),
+    };
     let io_ports = config
         .io_ports
         .iter()
@@ -229,7 +249,20 @@ pub fn build(
         table.root_address(),
         table.table_frame_count()
     );
-    let start = Start { rip: config.image.entry.unwrap_or(load), rsp: tables, cr3, on_fault: config.on_fault, io_ports, verdict };
+    // Last, once nothing else can refuse the partition: its functions'
+    // DMA domain (context entries pointing at the partition's memory).
+    if !functions.is_empty() {
+        super::assign::attach(index, config, &partition.space, &functions)?;
+    }
+    let start = Start {
+        rip: config.image.entry.unwrap_or(load),
+        rsp: tables,
+        cr3,
+        on_fault: config.on_fault,
+        io_ports,
+        verdict,
+        pci_functions: functions.len(),
+    };
     Ok((partition, table, start))
 }
 

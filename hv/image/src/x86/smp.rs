@@ -198,6 +198,8 @@ fn run_slot(machine: &'static Machine, index: usize, cpu: backend::CpuBackend) {
         let mut partition = slot.partition.lock();
         partition.state = RunState::Running;
         backend::run(&mut partition, table, start, cpu);
+        // Its PCI functions are blocked and its DMA pins released.
+        super::assign::release(index);
     }
     done(machine);
 }
@@ -214,7 +216,7 @@ fn done(machine: &'static Machine) {
 pub fn summarize_and_finish(slots: &[Slot]) -> ! {
     // Interrupts are masked, so IOMMU faults are polled here, once every
     // partition has stopped.
-    super::iommu::report_faults("partitions stopped");
+    super::assign::report_faults("partitions stopped");
     let guards: Vec<_> = slots.iter().map(|s| s.partition.lock()).collect();
     let (lines, code) = summary::summarize(guards.iter().map(|g| &**g));
     line(format_args!("[bulkhead] ---- summary ----"));

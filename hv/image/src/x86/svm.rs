@@ -288,6 +288,7 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
     );
     let mut registers = GuestRegisters::default();
     let mut state = ExitState::new(start.on_fault, start.verdict.clone());
+    state.polls_dma_faults = start.pci_functions > 0;
     loop {
         // SAFETY: SVM is enabled on this CPU; the VMCB was filled by
         // `fill_64bit_guest` with an NPT mapping only the partition's RAM

@@ -425,6 +425,7 @@ fn run_vcpu(partition: &mut Partition, ept: &ExtendedTable, start: &Start) -> Re
     let apic = unsafe { LocalApic::current() };
     let mut registers = GuestRegisters::default();
     let mut state = ExitState::new(start.on_fault, start.verdict.clone());
+    state.polls_dma_faults = start.pci_functions > 0;
     let mut launched = false;
     loop {
         // SAFETY: VMX is on for this CPU, the partition's VMCS is current and
