@@ -8,12 +8,16 @@
 //! (0xRRrr00ed), 0x04 liveness (reads back the inverse of what was
 //! written), 0x80 DMA source, 0x88 DMA destination, 0x90 DMA count, 0x98
 //! DMA command (bit 0 start/busy, bit 1 direction: 1 = from the device's
-//! buffer to RAM, bit 2 raise an interrupt when done); the buffer is at
+//! buffer to RAM, bit 2 raise an interrupt when done), 0x24 interrupt
+//! status, 0x60 raise interrupt (ORs the value into the status and asserts
+//! the interrupt), 0x64 interrupt acknowledge (clears those status bits and
+//! deasserts once none is left); the buffer is at
 //! device address 0x40000. The buffer is reachable only by DMA: QEMU's
 //! model decodes no buffer window in its BAR (reads there return all-ones,
 //! writes are dropped), so data goes in and out through DMA alone.
 
 use crate::time;
+use core::cell::Cell;
 
 /// Guest-physical base of the virtual PCI configuration space
 /// (`bulkhead_config::VIRTUAL_PCI_ECAM_BASE`).
@@ -33,10 +37,22 @@ const REG_DMA_SOURCE: u64 = 0x80;
 const REG_DMA_DESTINATION: u64 = 0x88;
 const REG_DMA_COUNT: u64 = 0x90;
 const REG_DMA_COMMAND: u64 = 0x98;
+const REG_INTERRUPT_STATUS: u64 = 0x24;
+const REG_INTERRUPT_RAISE: u64 = 0x60;
+const REG_INTERRUPT_ACKNOWLEDGE: u64 = 0x64;
 const DMA_START: u64 = 1 << 0;
 const DMA_TO_RAM: u64 = 1 << 1;
+/// DMA command bit: raise [`DMA_DONE`] when the transfer completes.
+const DMA_INTERRUPT: u64 = 1 << 2;
+/// The interrupt status bit the edu sets when a transfer started with
+/// [`DMA_INTERRUPT`] completes (QEMU's `DMA_IRQ`).
+pub const DMA_DONE: u32 = 0x100;
+/// Configuration-space offset of the command register.
+const CONFIG_COMMAND: u64 = 0x04;
 const COMMAND_MEMORY: u32 = 1 << 1;
 const COMMAND_BUS_MASTER: u32 = 1 << 2;
+/// Command register bit that keeps the function from asserting INTx.
+const COMMAND_INTX_DISABLE: u32 = 1 << 10;
 /// Counter ticks to wait for one transfer (the model takes ~100 ms of
 /// virtual time): 2 s at 1 GHz, plenty on every counter we run on.
 const DMA_TIMEOUT_TICKS: u64 = 2_000_000_000;
@@ -97,9 +113,44 @@ pub enum EduError {
     Timeout,
 }
 
+/// The interrupt registers of an edu, apart from the [`Edu`] itself: an
+/// interrupt handler cannot borrow the `Edu` the program holds, so it keeps
+/// the BAR address and rebuilds these with [`Interrupts::at`].
+#[derive(Clone, Copy, Debug)]
+pub struct Interrupts {
+    bar: u64,
+}
+
+impl Interrupts {
+    /// The interrupt registers of the edu whose BAR is at `bar` (what
+    /// [`Edu::bar`] returned).
+    pub const fn at(bar: u64) -> Interrupts {
+        Interrupts { bar }
+    }
+
+    /// The interrupt status register: the raised bits not yet acknowledged.
+    pub fn status(&self) -> u32 {
+        read32(self.bar + REG_INTERRUPT_STATUS)
+    }
+
+    /// Sets `bits` in the interrupt status, which asserts the interrupt.
+    pub fn raise(&self, bits: u32) {
+        write32(self.bar + REG_INTERRUPT_RAISE, bits);
+    }
+
+    /// Clears `bits` in the interrupt status; with none left the interrupt
+    /// is deasserted.
+    pub fn acknowledge(&self, bits: u32) {
+        write32(self.bar + REG_INTERRUPT_ACKNOWLEDGE, bits);
+    }
+}
+
 /// An edu the partition owns.
 pub struct Edu {
+    config: u64,
     bar: u64,
+    /// Whether transfers raise [`DMA_DONE`] when they complete.
+    completion_interrupts: Cell<bool>,
 }
 
 impl Edu {
@@ -118,9 +169,9 @@ impl Edu {
         if bar == 0 {
             return Err(EduError::NoBar);
         }
-        let command = read32(config + 0x04) & 0xffff;
-        write32(config + 0x04, command | COMMAND_MEMORY | COMMAND_BUS_MASTER);
-        let edu = Edu { bar };
+        let command = read32(config + CONFIG_COMMAND) & 0xffff;
+        write32(config + CONFIG_COMMAND, command | COMMAND_MEMORY | COMMAND_BUS_MASTER);
+        let edu = Edu { config, bar, completion_interrupts: Cell::new(false) };
         write32(bar + REG_LIVENESS, 0x1234_5678);
         if read32(bar + REG_LIVENESS) != !0x1234_5678 {
             return Err(EduError::Dead);
@@ -138,11 +189,31 @@ impl Edu {
         read32(self.bar + REG_IDENT)
     }
 
+    /// Lets the function assert its legacy interrupt (clears INTx disable
+    /// in its command register; the virtual configuration space passes
+    /// that bit to the device).
+    pub fn enable_intx(&self) {
+        let command = read32(self.config + CONFIG_COMMAND) & 0xffff;
+        write32(self.config + CONFIG_COMMAND, command & !COMMAND_INTX_DISABLE);
+    }
+
+    /// Its interrupt registers.
+    pub fn interrupts(&self) -> Interrupts {
+        Interrupts { bar: self.bar }
+    }
+
+    /// Whether the following transfers raise [`DMA_DONE`] when they end.
+    pub fn set_completion_interrupts(&self, on: bool) {
+        self.completion_interrupts.set(on);
+    }
+
     fn transfer(&self, source: u64, destination: u64, count: u64, to_ram: bool) -> Result<(), EduError> {
         write64(self.bar + REG_DMA_SOURCE, source);
         write64(self.bar + REG_DMA_DESTINATION, destination);
         write64(self.bar + REG_DMA_COUNT, count);
-        write64(self.bar + REG_DMA_COMMAND, DMA_START | if to_ram { DMA_TO_RAM } else { 0 });
+        let direction = if to_ram { DMA_TO_RAM } else { 0 };
+        let interrupt = if self.completion_interrupts.get() { DMA_INTERRUPT } else { 0 };
+        write64(self.bar + REG_DMA_COMMAND, DMA_START | direction | interrupt);
         let start = time::counter();
         while read64(self.bar + REG_DMA_COMMAND) & DMA_START != 0 {
             if time::counter().wrapping_sub(start) > DMA_TIMEOUT_TICKS {

@@ -76,12 +76,24 @@ pub fn enable_private(intid: u32, priority: u8) {
     write32(GICR_SGI + 0x100, 1 << intid);
 }
 
+/// Sets SPI `intid`'s priority at the distributor (`GICD_IPRIORITYR<n>`).
+pub fn set_spi_priority(intid: u32, priority: u8) {
+    let shift = 8 * (intid % 4);
+    let register = GICD + 0x400 + u64::from(intid / 4) * 4;
+    write32(register, (read32(register) & !(0xff << shift)) | (u32::from(priority) << shift));
+}
+
 /// Tries to enable SPI `intid` at the distributor; returns whether it reads
 /// back as enabled (never, for an SPI the partition does not own).
 pub fn try_enable_spi(intid: u32) -> bool {
     let register = GICD + 0x100 + u64::from(intid / 32) * 4;
     write32(register, 1 << (intid % 32));
     read32(register) & (1 << (intid % 32)) != 0
+}
+
+/// Disables SPI `intid` at the distributor (`GICD_ICENABLER<n>`).
+pub fn disable_spi(intid: u32) {
+    write32(GICD + 0x180 + u64::from(intid / 32) * 4, 1 << (intid % 32));
 }
 
 /// Whether `intid` is enabled on this vCPU (`GICR_ISENABLER0`).

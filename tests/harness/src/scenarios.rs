@@ -77,16 +77,26 @@ pub const SCENARIOS: &[Scenario] = &[
     // address) and at the hypervisor's is refused by the SMMU, logged with
     // device, address and partition, and the partition runs on; the
     // victim's pattern is intact (its own word-by-word check: the harness
-    // cannot read guest RAM).
+    // cannot read guest RAM). Before the attacks the edu's INTx (QEMU
+    // `virt`: device 1's INTA is SPI 4 = INTID 36) reaches the guest
+    // through its virtual GIC: two hand-raised interrupts (the second one
+    // proves the acknowledge deasserted the level line) and one per DMA of
+    // the round trip, each checked for its status and for not coming back.
     Scenario {
         name: "dma-edu",
         config: "tests/configs/dma-edu.toml",
         smp: 2,
         expect: &[
             "partition dma: 00:01.0 BAR0 at IPA 0x10000000 (+0x100000, device-ngnre)",
+            "partition dma: INTx of its PCI function(s) is interrupt 36",
             "partition dma: 00:01.0 (StreamID 0x8) attached to its SMMU domain, VMID 1",
             "partition dma: DMA view: 1 region(s), 4096 page(s) pinned",
+            "partition dma: interrupt 36 goes to CPU 0",
             "[dma] edu at BAR 0x10000000",
+            "[dma] INTx from the edu arrived as interrupt 36: raise 1 of 2 (status 0x10000), acknowledged",
+            "[dma] INTx from the edu arrived as interrupt 36: raise 2 of 2 (status 0x10000), acknowledged",
+            "[dma] INTx from the edu arrived as interrupt 36: the DMA into the device buffer done (status 0x100), acknowledged",
+            "[dma] INTx from the edu arrived as interrupt 36: the DMA into its own RAM done (status 0x100), acknowledged",
             "[dma] DMA from its own RAM into the device buffer: correct",
             "[dma] DMA into its own RAM at 0x",
             "[dma] attack: DMA into the neighbour's memory at 0x50800000",
@@ -101,7 +111,17 @@ pub const SCENARIOS: &[Scenario] = &[
             "all 2 partitions passed",
         ],
         expect_anywhere: &["[victim] pattern intact after the attack window"],
-        forbid: &["isolation is broken", "pattern damaged", "WRONG", "SMMU global error", "stage-2 fault"],
+        forbid: &[
+            "isolation is broken",
+            "pattern damaged",
+            "WRONG",
+            "SMMU global error",
+            "stage-2 fault",
+            "INTx from the edu did not arrive",
+            "INTx from the edu taken",
+            "unexpected interrupt",
+            "is nobody's",
+        ],
         ..Scenario::DEFAULT
     },
     // The same attack with `on_fault = "stop"`: the first refused DMA (at

@@ -10,6 +10,13 @@
 //!    pattern), reads must not bring the neighbour's pattern into the
 //!    device buffer (copied back into its own RAM to look).
 //!
+//! On arm64 it also takes the edu's legacy interrupt (INTx), which the
+//! hypervisor passes through as a level SPI forwarded to the virtual GIC:
+//! raised by hand twice (each acknowledged at the device before the EOI, so
+//! the second proves the line was deasserted and can assert again), then
+//! once at the end of each DMA of the round trip. x86_64 does not route INTx
+//! to partitions yet, so there the program leaves it alone.
+//!
 //! The IOMMU blocks the foreign transfers and the hypervisor reports the
 //! faults; what happens to this partition then is its fault policy's
 //! business, so after the attacks it only reports what it saw.
@@ -74,19 +81,196 @@ const LANDING: u64 = 0x400;
 /// Bytes per transfer.
 const LEN: usize = 64;
 
+/// The edu's INTx taken through the partition's virtual GIC.
+#[cfg(target_arch = "aarch64")]
+mod intx {
+    use bulkhead_test_guests::edu::{DMA_DONE, Edu, Interrupts};
+    use bulkhead_test_guests::{gic, println, time};
+    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+    /// The INTID the edu's INTx arrives as. The interrupt line byte of the
+    /// virtual configuration space is guest scratch (as on hardware, where
+    /// firmware fills it), so the number is the test's knowledge: QEMU
+    /// `virt`'s host bridge maps INTA of device 1, where the edu sits, to
+    /// SPI 4 = INTID 36 (its `interrupt-map`, swizzle included). The
+    /// hypervisor logs the number it passes through ("INTx of its PCI
+    /// function(s) is interrupt 36"), and the scenario expects both.
+    pub const INTID: u32 = 36;
+    /// Priority given to it (any value above the priority mask 0xff).
+    const PRIORITY: u8 = 0x80;
+    /// The status bit raised by hand: one the edu never sets itself (it
+    /// uses 0x1 for the factorial and [`DMA_DONE`] for transfers).
+    const MANUAL: u32 = 1 << 16;
+    /// Hand-raised interrupts: the second one can only arrive if the
+    /// acknowledge deasserted the level-sensitive line in between.
+    const RAISES: u32 = 2;
+    /// Seconds to wait for an interrupt before calling it lost (the DMA
+    /// completion comes ~100 ms of virtual time after the start).
+    const WAIT_SECONDS: u64 = 2;
+    /// Milliseconds without a further interrupt after one was taken: a
+    /// line left asserted would be taken again at once after the EOI.
+    const QUIET_MS: u64 = 20;
+    /// Interrupts the handler takes at most before it disables the SPI:
+    /// far more than the test raises, so only a line that will not go
+    /// down (an interrupt storm) reaches it, and `main` gets to report it
+    /// instead of the guest spinning in its handler.
+    const STORM: u32 = 64;
+    /// Failure codes.
+    const FAIL_SETUP: u64 = 7;
+    const FAIL_LOST: u64 = 8;
+    const FAIL_STATUS: u64 = 9;
+    const FAIL_REPEATED: u64 = 10;
+
+    /// The edu's BAR, for the handler (it cannot borrow `main`'s `Edu`).
+    static BAR: AtomicU64 = AtomicU64::new(0);
+    /// Interrupts taken from the edu. Plain loads and stores, no
+    /// read-modify-write atomics: with the MMU off, memory is Device memory,
+    /// where exclusives are not guaranteed to work; only the handler
+    /// writes while interrupts are unmasked.
+    static ARRIVED: AtomicU32 = AtomicU32::new(0);
+    /// The status bits the handler found and acknowledged since the last
+    /// [`Intx::next`].
+    static SEEN: AtomicU32 = AtomicU32::new(0);
+    /// The last INTID that was not the edu's (0: none).
+    static STRAY: AtomicU32 = AtomicU32::new(0);
+
+    fn on_interrupt(intid: u32) {
+        if intid != INTID {
+            STRAY.store(intid, Ordering::SeqCst);
+            return;
+        }
+        let edu = Interrupts::at(BAR.load(Ordering::SeqCst));
+        let status = edu.status();
+        // Acknowledged at the device before the EOI that follows this
+        // handler: the line is level-sensitive and forwarded with the
+        // hardware bit, so the EOI deactivates the physical SPI too and a
+        // line still high would be taken again at once.
+        edu.acknowledge(status);
+        SEEN.store(SEEN.load(Ordering::SeqCst) | status, Ordering::SeqCst);
+        let arrived = ARRIVED.load(Ordering::SeqCst) + 1;
+        ARRIVED.store(arrived, Ordering::SeqCst);
+        if arrived >= STORM {
+            gic::disable_spi(INTID);
+        }
+    }
+
+    /// The interrupts expected so far.
+    pub struct Intx {
+        expected: u32,
+    }
+
+    impl Intx {
+        /// Enables the edu's SPI at the virtual GIC and INTx at the device,
+        /// and unmasks IRQs.
+        pub fn start(edu: &Edu) -> Result<Intx, u64> {
+            BAR.store(edu.bar(), Ordering::SeqCst);
+            gic::init(on_interrupt).map_err(|e| {
+                println!("GIC: {e}");
+                FAIL_SETUP
+            })?;
+            gic::set_spi_priority(INTID, PRIORITY);
+            if !gic::try_enable_spi(INTID) {
+                println!("interrupt {INTID} (the edu's INTx) did not stay enabled: not this partition's");
+                return Err(FAIL_SETUP);
+            }
+            edu.enable_intx();
+            gic::enable_irqs();
+            Ok(Intx { expected: 0 })
+        }
+
+        /// Waits for the next interrupt, checks it carried `bits` and that
+        /// no further one follows; returns the status it carried.
+        fn next(&mut self, what: &str, bits: u32) -> Result<u32, u64> {
+            self.expected += 1;
+            let deadline = time::counter() + WAIT_SECONDS * time::frequency();
+            while ARRIVED.load(Ordering::SeqCst) < self.expected {
+                if time::counter() > deadline {
+                    println!("INTx from the edu did not arrive within {WAIT_SECONDS} s after {what}");
+                    return Err(FAIL_LOST);
+                }
+                core::hint::spin_loop();
+            }
+            time::delay_ms(QUIET_MS);
+            let arrived = ARRIVED.load(Ordering::SeqCst);
+            if arrived != self.expected {
+                println!("INTx from the edu taken {} more time(s) after {what} was acknowledged", arrived - self.expected);
+                return Err(FAIL_REPEATED);
+            }
+            gic::disable_irqs();
+            let status = SEEN.load(Ordering::SeqCst);
+            SEEN.store(0, Ordering::SeqCst);
+            gic::enable_irqs();
+            if status != bits {
+                println!("INTx from the edu after {what} carried status {status:#x}, not {bits:#x}");
+                return Err(FAIL_STATUS);
+            }
+            Ok(status)
+        }
+
+        /// Raises the interrupt by hand [`RAISES`] times, each taken,
+        /// acknowledged and ended before the next.
+        pub fn raise(&mut self, edu: &Edu) -> Result<(), u64> {
+            for round in 1..=RAISES {
+                edu.interrupts().raise(MANUAL);
+                let status = self.next("a raise", MANUAL)?;
+                println!(
+                    "INTx from the edu arrived as interrupt {INTID}: raise {round} of {RAISES} (status {status:#x}), acknowledged"
+                );
+            }
+            Ok(())
+        }
+
+        /// The interrupt of a transfer started with completion interrupts on.
+        pub fn dma_done(&mut self, what: &str) -> Result<(), u64> {
+            let status = self.next(what, DMA_DONE)?;
+            println!("INTx from the edu arrived as interrupt {INTID}: {what} done (status {status:#x}), acknowledged");
+            Ok(())
+        }
+
+        /// Masks IRQs again; reports an interrupt that was not the edu's.
+        pub fn finish(self) -> Result<(), u64> {
+            gic::disable_irqs();
+            match STRAY.load(Ordering::SeqCst) {
+                0 => Ok(()),
+                other => {
+                    println!("unexpected interrupt {other}");
+                    Err(FAIL_STATUS)
+                }
+            }
+        }
+    }
+}
+
 fn main() -> Result<(), u64> {
     let edu = Edu::find(0).map_err(|e| {
         println!("no edu: {e:?}");
         1u64
     })?;
     println!("edu at BAR {:#x}, identification {:#010x}", edu.bar(), edu.ident());
+    #[cfg(target_arch = "aarch64")]
+    let mut intx = {
+        let mut intx = intx::Intx::start(&edu)?;
+        intx.raise(&edu)?;
+        edu.set_completion_interrupts(true);
+        intx
+    };
 
     // 1. Within its own memory: RAM -> device buffer -> other RAM; the
     //    data coming back proves both directions.
     let message: [u8; LEN] = core::array::from_fn(|i| (i as u8).wrapping_mul(7).wrapping_add(3));
     set_bytes(source(), &message);
     edu.dma_from_ram(source(), ROUND_TRIP, LEN as u64).map_err(|_| 2u64)?;
+    #[cfg(target_arch = "aarch64")]
+    intx.dma_done("the DMA into the device buffer")?;
     edu.dma_to_ram(ROUND_TRIP, target(), LEN as u64).map_err(|_| 2u64)?;
+    #[cfg(target_arch = "aarch64")]
+    {
+        intx.dma_done("the DMA into its own RAM")?;
+        // The attacks below end without interrupts: what they trigger is
+        // the hypervisor's to report.
+        edu.set_completion_interrupts(false);
+        intx.finish()?;
+    }
     if (0..LEN).any(|i| byte(target(), i) != message[i]) {
         println!("DMA round trip through its own RAM at {:#x}: WRONG data", target());
         return Err(3);
