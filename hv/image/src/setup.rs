@@ -263,6 +263,11 @@ fn build(
     for &intid in &intx {
         if !spis.contains(&intid) {
             spis.push(intid);
+            // PCI INTx is level-sensitive by definition; set it rather than
+            // trust the trigger the firmware or the GIC's reset left: as an
+            // edge SPI, a second cause raised while the line is still high
+            // (the first not yet acknowledged at the device) would be lost.
+            crate::gic::set_edge_triggered(intid, false);
             log::info!("partition {}: INTx of its PCI function(s) is interrupt {intid}", config.name);
         }
     }
