@@ -311,6 +311,13 @@ pub const VIRTUAL_PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// Guest-physical address of every partition's verdict register (a 4 KiB
 /// window), where a guest without hypercalls reports its test result.
 pub const VERDICT_REGISTER_BASE: u64 = 0x0a00_0000;
+/// Guest-physical address of the virtual I/O APIC of an x86_64 partition
+/// with `pci` functions (their INTx); 4 KiB.
+pub const VIRTUAL_IOAPIC_BASE: u64 = 0xfec0_0000;
+/// Guest-physical address of that partition's local APIC page (EOI); 4 KiB.
+pub const VIRTUAL_LAPIC_BASE: u64 = 0xfee0_0000;
+/// Size of each of those two windows.
+pub const VIRTUAL_APIC_WINDOW_SIZE: u64 = 0x1000;
 
 /// A guest image file and its entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

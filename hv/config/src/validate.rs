@@ -625,6 +625,12 @@ pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
     ];
     if !p.pci.is_empty() {
         windows.push(("the virtual PCI configuration space", crate::model::VIRTUAL_PCI_ECAM_BASE, crate::model::VIRTUAL_PCI_ECAM_SIZE));
+        // x86_64 takes the functions' INTx through these two; the
+        // configuration does not say the architecture, and on arm64 both
+        // lie above `virt`'s RAM base (0x4000_0000) in a range its layout
+        // leaves unused, so they are reserved for every partition with `pci`.
+        windows.push(("the virtual I/O APIC", crate::model::VIRTUAL_IOAPIC_BASE, crate::model::VIRTUAL_APIC_WINDOW_SIZE));
+        windows.push(("the virtual local APIC", crate::model::VIRTUAL_LAPIC_BASE, crate::model::VIRTUAL_APIC_WINDOW_SIZE));
     }
     if p.console == crate::model::Console::Pl011 {
         windows.push(("the emulated UART", crate::model::EMULATED_UART_BASE, 0x1000));
