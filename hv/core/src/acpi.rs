@@ -88,6 +88,32 @@ impl MadtCpu {
     }
 }
 
+/// An I/O APIC the MADT lists (entry type 1, ACPI 6.5 §5.2.12.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MadtIoApic {
+    /// Its I/O APIC ID.
+    pub id: u8,
+    /// Physical address of its registers.
+    pub address: u32,
+    /// The first GSI its inputs carry (input n is GSI `gsi_base + n`).
+    pub gsi_base: u32,
+}
+
+/// An interrupt source override (entry type 2, ACPI 6.5 §5.2.12.5): ISA
+/// IRQ `source` arrives at GSI `gsi` with `flags` (MPS INTI flags: bits
+/// 1:0 polarity, 3:2 trigger mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MadtOverride {
+    /// The bus (0: ISA).
+    pub bus: u8,
+    /// The bus-relative IRQ.
+    pub source: u8,
+    /// The GSI it arrives at.
+    pub gsi: u32,
+    /// MPS INTI flags.
+    pub flags: u16,
+}
+
 /// What the MADT says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Madt {
@@ -97,6 +123,20 @@ pub struct Madt {
     pub flags: u32,
     /// The CPUs, in table order.
     pub cpus: Vec<MadtCpu>,
+    /// The I/O APICs, in table order.
+    pub io_apics: Vec<MadtIoApic>,
+    /// The interrupt source overrides, in table order.
+    pub overrides: Vec<MadtOverride>,
+}
+
+impl Madt {
+    /// The I/O APIC whose inputs include `gsi`, and the input number.
+    pub fn io_apic_of(&self, gsi: u32, inputs: impl Fn(&MadtIoApic) -> u32) -> Option<(MadtIoApic, u32)> {
+        self.io_apics.iter().find_map(|apic| {
+            let input = gsi.checked_sub(apic.gsi_base)?;
+            (input < inputs(apic)).then_some((*apic, input))
+        })
+    }
 }
 
 fn read_exact(memory: &dyn PhysicalMemory, address: u64, len: usize) -> Result<Vec<u8>, AcpiError> {
@@ -207,6 +247,8 @@ pub fn parse_madt(table: &[u8]) -> Result<Madt, AcpiError> {
         local_apic_address: u32_at(table, 36).unwrap_or(0),
         flags: u32_at(table, 40).unwrap_or(0),
         cpus: Vec::new(),
+        io_apics: Vec::new(),
+        overrides: Vec::new(),
     };
     let mut offset = MADT_ENTRIES;
     while offset < table.len() {
@@ -234,7 +276,18 @@ pub fn parse_madt(table: &[u8]) -> Result<Madt, AcpiError> {
                     online_capable: flags & 2 != 0,
                 });
             }
-            (0 | 9, _) => return Err(AcpiError::BadEntry(offset)),
+            (1, 12..) => madt.io_apics.push(MadtIoApic {
+                id: entry[2],
+                address: u32_at(entry, 4).unwrap_or(0),
+                gsi_base: u32_at(entry, 8).unwrap_or(0),
+            }),
+            (2, 10..) => madt.overrides.push(MadtOverride {
+                bus: entry[2],
+                source: entry[3],
+                gsi: u32_at(entry, 4).unwrap_or(0),
+                flags: u16_at(entry, 8).unwrap_or(0),
+            }),
+            (0 | 1 | 2 | 9, _) => return Err(AcpiError::BadEntry(offset)),
             _ => {}
         }
         offset += length;
@@ -330,6 +383,31 @@ mod tests {
         let ids: Vec<(u32, bool)> = madt.cpus.iter().map(|c| (c.apic_id, c.usable())).collect();
         assert_eq!(ids, [(0, true), (1, false), (0x100, true)]);
         assert_eq!(madt.cpus[2].uid, 7);
+        assert_eq!(madt.io_apics, [MadtIoApic { id: 0, address: 0xfec0_0000, gsi_base: 0 }]);
+        assert_eq!(madt.io_apic_of(21, |_| 24), Some((madt.io_apics[0], 21)));
+        assert_eq!(madt.io_apic_of(24, |_| 24), None);
+    }
+
+    #[test]
+    fn io_apics_and_interrupt_source_overrides() {
+        // QEMU q35's: IRQ 0 -> GSI 2 (flags 0), IRQ 9 -> GSI 9 level, active high (0xd).
+        let second: [u8; 12] = [1, 12, 5, 0, 0, 0x10, 0xc0, 0xfe, 24, 0, 0, 0];
+        let timer: [u8; 10] = [2, 10, 0, 0, 2, 0, 0, 0, 0, 0];
+        let sci: [u8; 10] = [2, 10, 0, 9, 9, 0, 0, 0, 0x0d, 0];
+        let madt = parse_madt(&table(b"APIC", &madt_body(&[&IOAPIC, &second, &timer, &sci]))).unwrap();
+        assert_eq!(madt.io_apics[1], MadtIoApic { id: 5, address: 0xfec0_1000, gsi_base: 24 });
+        assert_eq!(madt.io_apic_of(30, |_| 24), Some((madt.io_apics[1], 6)));
+        assert_eq!(
+            madt.overrides,
+            [
+                MadtOverride { bus: 0, source: 0, gsi: 2, flags: 0 },
+                MadtOverride { bus: 0, source: 9, gsi: 9, flags: 0x0d }
+            ]
+        );
+        let short_ioapic = table(b"APIC", &madt_body(&[&[1, 8, 0, 0, 0, 0, 0, 0]]));
+        assert_eq!(parse_madt(&short_ioapic), Err(AcpiError::BadEntry(44)));
+        let short_override = table(b"APIC", &madt_body(&[&[2, 8, 0, 0, 0, 0, 0, 0]]));
+        assert_eq!(parse_madt(&short_override), Err(AcpiError::BadEntry(44)));
     }
 
     #[test]

@@ -34,8 +34,11 @@ pub const GENERAL_PROTECTION: u64 = 13;
 /// Null, 64-bit code (0x08), data (0x10).
 static GDT: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
 
-/// Interrupt gates for vectors 0..32.
-static mut IDT: [[u64; 2]; 32] = [[0; 2]; 32];
+/// Interrupt gates for every vector: 0..32 lead to the exception handler,
+/// the rest are absent until [`set_interrupt_handler`] fills one.
+static mut IDT: [[u64; 2]; 256] = [[0; 2]; 256];
+/// The handler [`set_interrupt_handler`] installed (0: none).
+static INTERRUPT_HANDLER: AtomicU64 = AtomicU64::new(0);
 
 #[repr(C, packed)]
 struct TablePointer {
@@ -108,25 +111,98 @@ core::arch::global_asm!(
     ".section .text",
 );
 
+// The stub of the one external-interrupt vector a test takes: saves the
+// caller-saved registers, calls `guest_interrupt`, returns with IRETQ.
+core::arch::global_asm!(
+    ".section .text",
+    "interrupt_stub:",
+    "    push rax", "push rcx", "push rdx", "push rsi", "push rdi",
+    "    push r8", "push r9", "push r10", "push r11", "push rbx",
+    "    mov rbx, rsp",
+    "    and rsp, -16",
+    "    cld",
+    "    call guest_interrupt",
+    "    mov rsp, rbx",
+    "    pop rbx",
+    "    pop r11", "pop r10", "pop r9", "pop r8",
+    "    pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+    "    iretq",
+);
+
 unsafe extern "C" {
     static trap_stubs: [u64; 32];
+    fn interrupt_stub();
+}
+
+/// A present, DPL 0, 64-bit interrupt gate (type 0xe, so the CPU clears
+/// RFLAGS.IF on entry), selector 0x08, to `offset`.
+fn gate(offset: u64) -> [u64; 2] {
+    let low = (offset & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((offset >> 16) & 0xffff) << 48);
+    [low, offset >> 32]
+}
+
+/// Sends external-interrupt vector `vector` (32 or above) to `handler`,
+/// which runs with interrupts masked and returns to the interrupted code.
+/// One handler at a time: a later call replaces it. Call after [`install`].
+pub fn set_interrupt_handler(vector: u8, handler: fn()) {
+    if vector < 32 {
+        return;
+    }
+    INTERRUPT_HANDLER.store(handler as *const () as u64, Ordering::SeqCst);
+    let entry = gate(interrupt_stub as *const () as u64);
+    // SAFETY: a plain store into this partition's own IDT; the vector is
+    // not delivered before the caller enables interrupts.
+    unsafe { (*core::ptr::addr_of_mut!(IDT))[usize::from(vector)] = entry };
+}
+
+/// Called by `interrupt_stub`.
+#[unsafe(no_mangle)]
+extern "C" fn guest_interrupt() {
+    let handler = INTERRUPT_HANDLER.load(Ordering::SeqCst);
+    if handler != 0 {
+        // SAFETY: only `set_interrupt_handler` stores here, a `fn()`.
+        let handler: fn() = unsafe { core::mem::transmute::<usize, fn()>(handler as usize) };
+        handler();
+    }
+}
+
+/// Enables interrupts (STI).
+pub fn enable_interrupts() {
+    // SAFETY: the IDT routes the vectors this partition can receive.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+}
+
+/// Masks interrupts (CLI).
+pub fn disable_interrupts() {
+    // SAFETY: only masks interrupts.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+}
+
+/// Waits for an interrupt unless `done` already holds: checked with
+/// interrupts masked, then STI; HLT (HLT sits in STI's shadow, so an
+/// interrupt arriving in between still ends it). Interrupts are enabled on
+/// return. Returns `done`'s final answer.
+pub fn wait_for_interrupt(done: impl Fn() -> bool) -> bool {
+    disable_interrupts();
+    if done() {
+        enable_interrupts();
+        return true;
+    }
+    // SAFETY: as for `enable_interrupts`; HLT returns after an interrupt.
+    unsafe { core::arch::asm!("sti", "hlt", options(nomem, nostack)) };
+    done()
 }
 
 /// Loads the guest's GDT (reloading every segment) and an IDT whose 32
-/// exception vectors go to the common handler.
+/// exception vectors go to the common handler (the others absent).
 pub fn install() {
     // SAFETY: `trap_stubs` is the table of stub addresses defined above.
     let stubs = unsafe { &*core::ptr::addr_of!(trap_stubs) };
-    let gates: [[u64; 2]; 32] = core::array::from_fn(|vector| {
-        let offset = stubs[vector];
-        // Present, DPL 0, 64-bit interrupt gate (type 0xe), selector 0x08.
-        let low = (offset & 0xffff) | (0x08 << 16) | (0x8e00 << 32) | (((offset >> 16) & 0xffff) << 48);
-        [low, offset >> 32]
-    });
+    let gates: [[u64; 2]; 256] = core::array::from_fn(|vector| stubs.get(vector).map_or([0; 2], |&offset| gate(offset)));
     // SAFETY: single-threaded start-up; nothing reads the IDT before `lidt`.
     unsafe { core::ptr::addr_of_mut!(IDT).write(gates) };
     let gdt = TablePointer { limit: (core::mem::size_of_val(&GDT) - 1) as u16, base: GDT.as_ptr() as u64 };
-    let idt = TablePointer { limit: (32 * 16 - 1) as u16, base: core::ptr::addr_of!(IDT) as u64 };
+    let idt = TablePointer { limit: (256 * 16 - 1) as u16, base: core::ptr::addr_of!(IDT) as u64 };
     // SAFETY: both tables are static and valid; CS is reloaded by a far
     // return to the next instruction, the data segments with selector 0x10.
     unsafe {

@@ -7,6 +7,13 @@
 //! `bulkhead_x86_exception(&ExceptionFrame)`, which the image defines and
 //! which must not return.
 //!
+//! Vectors [`DEVICE_VECTORS`] (device interrupts the hypervisor routes, e.g.
+//! assigned PCI functions' INTx) have a second set of stubs that return:
+//! each pushes its vector, saves the caller-saved registers, calls
+//! `bulkhead_x86_device_interrupt(vector)` (defined by the image) and
+//! returns with IRETQ. They are only ever taken in the short windows where
+//! the hypervisor sets RFLAGS.IF on purpose.
+//!
 //! #DF, NMI and #MC are delivered on interrupt stacks of their own (IST,
 //! see [`super::gdt::ist`]) once [`use_ist_stacks`] has run: a stack
 //! overflow that faults while pushing the page-fault frame becomes a #DF,
@@ -63,9 +70,77 @@ core::arch::global_asm!(
     options(att_syntax),
 );
 
+/// The vectors whose gates lead to the returning device-interrupt stubs.
+pub const DEVICE_VECTORS: core::ops::Range<u8> = 0x30..0x40;
+/// Bytes per device-interrupt stub.
+const DEVICE_STUB_SIZE: u64 = 16;
+
+core::arch::global_asm!(
+    ".pushsection .text.bulkhead_x86_device_vectors, \"ax\"",
+    ".p2align 4",
+    ".global bulkhead_x86_device_vectors",
+    "bulkhead_x86_device_vectors:",
+    ".set bulkhead_device_vector, {first}",
+    ".rept {count}",
+    ".p2align 4",
+    "pushq $bulkhead_device_vector",
+    "jmp bulkhead_x86_device_common",
+    ".set bulkhead_device_vector, bulkhead_device_vector + 1",
+    ".endr",
+    "bulkhead_x86_device_common:",
+    // The interrupted code's caller-saved registers; the callee saves the rest.
+    "pushq %rax",
+    "pushq %rcx",
+    "pushq %rdx",
+    "pushq %rsi",
+    "pushq %rdi",
+    "pushq %r8",
+    "pushq %r9",
+    "pushq %r10",
+    "pushq %r11",
+    "pushq %rbp",
+    "movq %rsp, %rbp",
+    "movq 80(%rsp), %rdi",
+    "andq $-16, %rsp",
+    "cld",
+    "call {handler}",
+    "movq %rbp, %rsp",
+    "popq %rbp",
+    "popq %r11",
+    "popq %r10",
+    "popq %r9",
+    "popq %r8",
+    "popq %rdi",
+    "popq %rsi",
+    "popq %rdx",
+    "popq %rcx",
+    "popq %rax",
+    "addq $8, %rsp",
+    "iretq",
+    ".popsection",
+    first = const DEVICE_VECTORS.start,
+    count = const DEVICE_VECTORS.end - DEVICE_VECTORS.start,
+    handler = sym bulkhead_x86_device_trampoline,
+    options(att_syntax),
+);
+
 unsafe extern "C" {
     /// The first vector stub (see the module documentation).
     static bulkhead_x86_vectors: u8;
+    /// The first device-interrupt stub.
+    static bulkhead_x86_device_vectors: u8;
+}
+
+unsafe extern "Rust" {
+    /// The image's handler for a device vector; returns to the interrupted
+    /// code. Runs with interrupts masked (interrupt gate).
+    fn bulkhead_x86_device_interrupt(vector: u8);
+}
+
+/// Called by the device stubs with the vector.
+extern "C" fn bulkhead_x86_device_trampoline(vector: u64) {
+    // SAFETY: the image defines the handler with this signature.
+    unsafe { bulkhead_x86_device_interrupt(vector as u8) }
 }
 
 unsafe extern "Rust" {
@@ -140,6 +215,10 @@ pub unsafe fn load() {
     let gates = unsafe { &mut *IDT.0.get() };
     for (vector, gate) in gates.iter_mut().enumerate() {
         *gate = Gate::interrupt(stubs + STUB_SIZE * vector as u64);
+    }
+    let device_stubs = core::ptr::addr_of!(bulkhead_x86_device_vectors) as u64;
+    for (i, vector) in DEVICE_VECTORS.enumerate() {
+        gates[usize::from(vector)] = Gate::interrupt(device_stubs + DEVICE_STUB_SIZE * i as u64);
     }
     // SAFETY: the table is static and every gate points at a stub.
     unsafe { lidt(&pointer()) };

@@ -62,7 +62,32 @@ pub const DATA_ATTRIB: u16 = 0x0c93;
 pub const TSS_ATTRIB: u16 = 0x008b;
 /// V_INTR_MASKING (bit 24 of offset 0x060): the guest's RFLAGS.IF masks
 /// only virtual interrupts, so physical ones always reach the host.
-const V_INTR_MASKING: u64 = 1 << 24;
+pub const V_INTR_MASKING: u64 = 1 << 24;
+/// V_IRQ (bit 8): a virtual interrupt is pending; the CPU takes it when the
+/// guest's RFLAGS.IF (with V_INTR_MASKING) allows and clears the bit when
+/// it does (APM Vol. 2 §15.21.4).
+pub const V_IRQ: u64 = 1 << 8;
+/// V_INTR_PRIO (bits 19:16): the pending interrupt's priority class.
+const V_INTR_PRIO_SHIFT: u32 = 16;
+/// V_IGN_TPR (bit 20): the pending interrupt ignores V_TPR (the guest has
+/// no TPR to raise: its local APIC model has none).
+const V_IGN_TPR: u64 = 1 << 20;
+/// V_INTR_VECTOR (bits 39:32).
+const V_INTR_VECTOR_SHIFT: u32 = 32;
+/// The V_* fields [`with_virtual_interrupt`] sets.
+const V_PENDING_FIELDS: u64 = V_IRQ | (0xf << V_INTR_PRIO_SHIFT) | V_IGN_TPR | (0xff << V_INTR_VECTOR_SHIFT);
+
+/// The VMCB's virtual-interrupt word (offset 0x060) `word` with external
+/// interrupt `vector` pending: V_IRQ, V_INTR_VECTOR, V_INTR_PRIO = the
+/// vector's priority class (bits 7:4), V_IGN_TPR; V_INTR_MASKING and V_TPR
+/// unchanged.
+pub const fn with_virtual_interrupt(word: u64, vector: u8) -> u64 {
+    (word & !V_PENDING_FIELDS)
+        | V_IRQ
+        | V_IGN_TPR
+        | (((vector >> 4) as u64) << V_INTR_PRIO_SHIFT)
+        | ((vector as u64) << V_INTR_VECTOR_SHIFT)
+}
 /// NP_ENABLE (bit 0 of offset 0x090).
 const NP_ENABLE: u64 = 1 << 0;
 /// TLB_CONTROL 1: flush the whole TLB on this VMRUN (the only flush QEMU
@@ -220,6 +245,15 @@ mod tests {
         let too_high = SvmGuest { iopm: 1 << 52, ..guest() };
         assert_eq!(fill_64bit_guest(&mut vmcb, &too_high), Err(SvmSetupError::BadAddress(1 << 52)));
         assert_eq!(*vmcb, Vmcb::zeroed());
+    }
+
+    #[test]
+    fn virtual_interrupt_encoding() {
+        let word = with_virtual_interrupt(V_INTR_MASKING, 0x41);
+        assert_eq!(word, 0x0000_0041_0114_0100);
+        assert_eq!(word & V_IRQ, V_IRQ);
+        // A second vector replaces the first, masking bit kept.
+        assert_eq!(with_virtual_interrupt(word, 0xfe), 0x0000_00fe_011f_0100);
     }
 
     #[test]

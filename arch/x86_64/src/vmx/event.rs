@@ -119,6 +119,14 @@ impl EntryEvent {
         EntryEvent { information, error_code, instruction_length: None }
     }
 
+    /// An external interrupt `vector` (type 0, no error code). VM entry
+    /// refuses it unless the guest's RFLAGS.IF is 1 and it is not in an
+    /// STI or MOV SS shadow (§26.3.1.5): the caller checks first.
+    pub const fn external_interrupt(vector: u8) -> EntryEvent {
+        let information = VALID | (InterruptionType::ExternalInterrupt.raw() << TYPE_SHIFT) | vector as u32;
+        EntryEvent { information, error_code: None, instruction_length: None }
+    }
+
     /// The event to re-inject after an exit that interrupted its delivery
     /// (the IDT-vectoring information was valid), or `None` if there was
     /// none. The IDT-vectoring format matches the VM-entry one (§28.2.4),
@@ -165,6 +173,9 @@ mod tests {
         assert_eq!((gp.error_code, gp.instruction_length), (Some(0), None));
         // #UD: no error code.
         assert_eq!(EntryEvent::hardware_exception(6, None).information, 0x8000_0306);
+        // External interrupt 0x41: type 0, no error code.
+        let irq = EntryEvent::external_interrupt(0x41);
+        assert_eq!((irq.information, irq.error_code, irq.instruction_length), (0x8000_0041, None, None));
     }
 
     #[test]

@@ -57,7 +57,7 @@ use bulkhead_core::address_space::{AddressSpace, Region, RegionKind};
 use bulkhead_core::devices::pci_config::{BarKind as VirtualBarKind, VirtualBar, VirtualEcam, VirtualFunction};
 use bulkhead_core::dma::{DmaDomain, DmaTable, DomainState};
 use bulkhead_core::pinning::PIN_PAGE_SIZE;
-use bulkhead_drivers::pci::{self as pci_regs, BarKind, Bdf, COMMAND};
+use bulkhead_drivers::pci::{self as pci_regs, BarKind, Bdf, COMMAND, ConfigSpace};
 use bulkhead_drivers::vtd::FaultRecord;
 use bulkhead_drivers::vtd::encode::address_mask_for;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -274,6 +274,11 @@ fn stop_bit(partition: usize) -> u64 {
     1u64.checked_shl(partition as u32).unwrap_or(0)
 }
 
+/// Configuration-space offset of the interrupt line (7:0) and pin (15:8).
+const INTERRUPT_REGISTER: u16 = 0x3c;
+/// Shift of the interrupt pin in that register.
+const INTERRUPT_PIN_SHIFT: u32 = 8;
+
 /// What [`prepare`] found: BAR regions for the address space, the virtual
 /// configuration space for the MMIO bus, the functions for [`attach`].
 pub struct Prepared {
@@ -283,6 +288,9 @@ pub struct Prepared {
     pub ecam: VirtualEcam,
     /// The functions, in virtual device order.
     pub functions: Vec<Bdf>,
+    /// Each function's interrupt pin (1 = INTA .. 4 = INTD; 0: none), as
+    /// its configuration header says.
+    pub interrupt_pins: Vec<u8>,
 }
 
 /// Finds each of `config`'s PCI functions on bus 0, checks that it can be
@@ -294,7 +302,8 @@ pub struct Prepared {
 /// Why a function cannot be assigned, naming it.
 pub fn prepare(config: &bulkhead_config::Partition) -> Result<Prepared, String> {
     let bus = pci::enumerated().ok_or("PCI bus 0 could not be enumerated (see the log above)")?;
-    let mut prepared = Prepared { regions: Vec::new(), ecam: VirtualEcam::new(Vec::new()), functions: Vec::new() };
+    let mut prepared =
+        Prepared { regions: Vec::new(), ecam: VirtualEcam::new(Vec::new()), functions: Vec::new(), interrupt_pins: Vec::new() };
     let mut virtual_functions = Vec::new();
     let rw = Permissions { read: true, write: true, execute: false };
     for (i, function) in config.pci.iter().enumerate() {
@@ -354,6 +363,7 @@ pub fn prepare(config: &bulkhead_config::Partition) -> Result<Prepared, String> 
         pci_regs::set_command(&mut ecam, bdf, command);
         virtual_functions.push(VirtualFunction::new(Box::new(bus.config_access(bdf)), bars));
         prepared.functions.push(bdf);
+        prepared.interrupt_pins.push((ecam.read32(bdf, INTERRUPT_REGISTER) >> INTERRUPT_PIN_SHIFT) as u8);
     }
     prepared.ecam = VirtualEcam::new(virtual_functions);
     Ok(prepared)

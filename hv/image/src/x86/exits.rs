@@ -20,6 +20,7 @@
 
 use super::svm::GuestConsole;
 use super::memory::IdentityMemory;
+use super::partition::Intx;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -73,6 +74,18 @@ pub trait GuestCpu {
     fn set_efer(&mut self, efer: u64);
     /// Delivers exception `vector` (with `error_code`) at the next entry.
     fn inject_exception(&mut self, vector: u8, error_code: Option<u32>);
+    /// Whether [`Self::request_interrupt`] may hand the vCPU an external
+    /// interrupt now: SVM: no virtual interrupt is queued already (V_IRQ
+    /// clear; the CPU itself waits for the guest's RFLAGS.IF); VMX: the
+    /// guest is interruptible at this entry and no event is being injected.
+    fn can_take_interrupt(&self) -> bool;
+    /// Hands external interrupt `vector` to the vCPU (only after
+    /// [`Self::can_take_interrupt`] said yes): SVM queues it as the virtual
+    /// interrupt (V_IRQ), which the CPU delivers through the guest's IDT once
+    /// RFLAGS.IF is 1; VMX injects it at the next VM entry.
+    fn request_interrupt(&mut self, vector: u8);
+    /// Whether an interrupt handed over earlier is still queued, not taken.
+    fn interrupt_queued(&self) -> bool;
     /// The guest's PAT (the one its own page-table entries index).
     fn guest_pat(&self) -> u64;
     /// The memory type (a `pat_type` value) the live second-level table
@@ -100,6 +113,9 @@ pub struct ExitState {
     /// Whether the partition owns PCI functions: then every exit polls the
     /// VT-d fault records first ([`super::assign::poll`]).
     pub polls_dma_faults: bool,
+    /// The partition's routed INTx lines, when its back end delivers them
+    /// (SVM); `None`: physical interrupts are not expected.
+    pub intx: Option<Intx>,
     injected: u32,
     interrupt_exits: u32,
     code_walk: CodeWalkCache,
@@ -113,6 +129,7 @@ impl ExitState {
             verdict,
             exits: 0,
             polls_dma_faults: false,
+            intx: None,
             injected: 0,
             interrupt_exits: 0,
             code_walk: CodeWalkCache::default(),
@@ -165,6 +182,13 @@ pub fn handle(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut Exi
             nested_fault(partition, cpu, state, gpa, write, fetch, present, during_event_delivery)
         }
         Exit::TripleFault => Err(Some(format!("triple fault (shutdown) at RIP {:#x}", cpu.rip()))),
+        Exit::Interrupt if state.intx.is_some() => {
+            // A routed line (the only interrupts aimed at this CPU): let
+            // the CPU deliver it to the hypervisor's handler now;
+            // `before_entry` turns it into the guest's interrupt.
+            super::intx::take_interrupts();
+            Ok(())
+        }
         Exit::Interrupt => {
             state.interrupt_exits += 1;
             if state.interrupt_exits >= INTERRUPT_EXIT_LIMIT {
@@ -512,15 +536,63 @@ fn wrmsr_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitSta
     }
 }
 
+/// HLT: with interrupts enabled and an interrupt source (an unmasked pin
+/// of its virtual I/O APIC), the vCPU waits on the host (STI; HLT; CLI)
+/// until an interrupt for it can be queued, then resumes after the HLT and
+/// takes it. Without any (interrupts masked, no routed line, every pin
+/// masked) nothing could ever wake it: the partition stops with a report.
+/// The wait has no time bound: a guest that waits for an interrupt its
+/// device never raises waits as a halted CPU would.
 fn hlt_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState) -> Result<(), Option<String>> {
     let rip = cpu.rip();
     skip(partition, cpu, state, Intercepted::Hlt)?;
-    // No virtual interrupts yet: nothing can ever wake a halted vCPU.
-    Err(Some(if cpu.rflags() & RFLAGS_IF == 0 {
-        format!("HLT with interrupts masked at RIP {rip:#x}: the vCPU can never resume")
-    } else {
-        format!("HLT at RIP {rip:#x}: no virtual interrupts on x86_64 yet, the vCPU can never resume")
-    }))
+    if cpu.rflags() & RFLAGS_IF == 0 {
+        return Err(Some(format!("HLT with interrupts masked at RIP {rip:#x}: the vCPU can never resume")));
+    }
+    let Some(intx) = state.intx.clone() else {
+        return Err(Some(format!("HLT at RIP {rip:#x}: the partition has no interrupt source, the vCPU can never resume")));
+    };
+    loop {
+        if before_entry(cpu, state) {
+            return Ok(());
+        }
+        if !intx.apic.lock().can_interrupt() {
+            return Err(Some(format!(
+                "HLT at RIP {rip:#x} with every interrupt source masked: the vCPU can never resume"
+            )));
+        }
+        super::intx::wait_for_interrupt();
+    }
+}
+
+/// Before each entry: host lines that fired become asserted pins of the
+/// partition's virtual I/O APIC, lines whose interrupt the guest ended
+/// (EOI) are unmasked again, and the next deliverable interrupt is handed
+/// to the vCPU if it can take one. Returns whether an interrupt is queued
+/// for the vCPU now.
+pub fn before_entry(cpu: &mut dyn GuestCpu, state: &mut ExitState) -> bool {
+    let Some(intx) = &state.intx else {
+        return false;
+    };
+    let fired = super::intx::take_pending(intx.bits());
+    let mut apic = intx.apic.lock();
+    for route in &intx.routes {
+        if fired & route.bit() != 0 {
+            apic.assert(route.pin());
+        }
+    }
+    let unmask = apic.take_unmask();
+    for route in &intx.routes {
+        if unmask & (1 << route.pin()) != 0 {
+            super::intx::unmask(route.gsi);
+        }
+    }
+    if cpu.can_take_interrupt()
+        && let Some(vector) = apic.next_delivery()
+    {
+        cpu.request_interrupt(vector);
+    }
+    cpu.interrupt_queued()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -16,6 +16,7 @@
 mod assign;
 mod backend;
 mod console;
+mod intx;
 mod iommu;
 mod pci;
 mod memory;
@@ -166,6 +167,9 @@ fn run_partitions(
         && let Err(reason) = pci::bus0(&IdentityMapped, boot_info.acpi_rsdp, tables)
     {
         log::error!("PCI: {reason}: no function can be assigned");
+    }
+    if config.partitions.iter().any(|p| !p.pci.is_empty()) {
+        intx::init(&IdentityMapped, boot_info.acpi_rsdp, tables);
     }
     if dma_bench {
         assign::bench();

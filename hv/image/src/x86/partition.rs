@@ -16,7 +16,12 @@ use alloc::sync::Arc;
 use bulkhead_config::{
     Backing, FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE, VIRTUAL_PCI_ECAM_BASE, VIRTUAL_PCI_ECAM_SIZE,
 };
+use bulkhead_core::devices::ioapic::{
+    IoApicWindow, LocalApicWindow, VIRTUAL_IOAPIC_BASE, VIRTUAL_IOAPIC_SIZE, VIRTUAL_LAPIC_BASE, VIRTUAL_LAPIC_SIZE, VirtualIoApic,
+};
 use bulkhead_core::devices::verdict::{VERDICT_MMIO_SIZE, VerdictRegister};
+use bulkhead_drivers::ioapic::q35_intx_gsi;
+use bulkhead_drivers::pci::Bdf;
 use core::ops::RangeInclusive;
 use spin::Mutex;
 use bulkhead_core::address::{Gpa, Hpa};
@@ -49,6 +54,70 @@ pub struct Start {
     pub verdict: Arc<Mutex<Option<u32>>>,
     /// PCI functions assigned to it: if any, its exits poll VT-d faults.
     pub pci_functions: usize,
+    /// Its functions' INTx lines, if any is routed.
+    pub intx: Option<Intx>,
+}
+
+/// A partition's routed INTx lines and the virtual I/O APIC they reach.
+#[derive(Clone)]
+pub struct Intx {
+    /// The virtual I/O APIC and local-APIC EOI state.
+    pub apic: Arc<Mutex<VirtualIoApic>>,
+    /// The host lines.
+    pub routes: Vec<super::intx::Route>,
+}
+
+impl Intx {
+    /// The [`super::intx::Route::bit`]s of all routes.
+    pub fn bits(&self) -> u32 {
+        self.routes.iter().fold(0, |bits, route| bits | route.bit())
+    }
+}
+
+/// Routes the INTx line of each of `functions` (interrupt pin `pins[i]`)
+/// to partition `index`, and puts the virtual I/O APIC and local APIC on
+/// its bus. `None` if no function has a line.
+///
+/// # Errors
+/// A line that cannot be routed (shared with another partition, or no
+/// I/O APIC input for it) refuses the partition, naming the function.
+fn route_intx(index: usize, partition: &mut Partition, functions: &[Bdf], pins: &[u8]) -> Result<Option<Intx>, String> {
+    let mut apic = VirtualIoApic::new();
+    let mut routes: Vec<super::intx::Route> = Vec::new();
+    for (i, (bdf, &pin)) in functions.iter().zip(pins).enumerate() {
+        if pin == 0 {
+            continue;
+        }
+        let pin_name = ['A', 'B', 'C', 'D'].get(usize::from(pin) - 1).copied().unwrap_or('?');
+        let Some(gsi) = q35_intx_gsi(bdf.device(), pin) else {
+            log::warn!("partition {}: pci[{i}] {bdf}: INT{pin_name} has no known GSI: not routed", partition.name);
+            continue;
+        };
+        let route = super::intx::route(index, gsi).map_err(|e| format!("pci[{i}] {bdf}: INT{pin_name}: {e}"))?;
+        apic.own(route.pin());
+        if !routes.contains(&route) {
+            routes.push(route);
+        }
+        log::info!(
+            "partition {}: pci[{i}] {bdf} INT{pin_name} is GSI {gsi} (host vector {:#x}), pin {} of its virtual I/O APIC at {VIRTUAL_IOAPIC_BASE:#x}",
+            partition.name,
+            route.vector,
+            route.pin()
+        );
+    }
+    if routes.is_empty() {
+        return Ok(None);
+    }
+    let apic = Arc::new(Mutex::new(apic));
+    partition
+        .bus
+        .insert(Gpa::new(VIRTUAL_IOAPIC_BASE), VIRTUAL_IOAPIC_SIZE, Box::new(IoApicWindow(apic.clone())))
+        .map_err(|e| format!("virtual I/O APIC: {e:?}"))?;
+    partition
+        .bus
+        .insert(Gpa::new(VIRTUAL_LAPIC_BASE), VIRTUAL_LAPIC_SIZE, Box::new(LocalApicWindow(apic.clone())))
+        .map_err(|e| format!("virtual local APIC: {e:?}"))?;
+    Ok(Some(Intx { apic, routes }))
 }
 
 /// The NPT memory type for a configured attribute.
@@ -211,16 +280,16 @@ pub fn build(
         .bus
         .insert(Gpa::new(VERDICT_REGISTER_BASE), VERDICT_MMIO_SIZE, Box::new(VerdictRegister(verdict.clone())))
         .map_err(|e| format!("verdict register: {e:?}"))?;
-    let functions = match pci {
-        Some(super::assign::Prepared { ecam, functions, .. }) => {
+    let (functions, interrupt_pins) = match pci {
+        Some(super::assign::Prepared { ecam, functions, interrupt_pins, .. }) => {
             // Left unmapped in the NPT: every access exits and is emulated.
             partition
                 .bus
                 .insert(Gpa::new(VIRTUAL_PCI_ECAM_BASE), VIRTUAL_PCI_ECAM_SIZE, Box::new(ecam))
                 .map_err(|e| format!("virtual PCI configuration space: {e:?}"))?;
-            functions
+            (functions, interrupt_pins)
         }
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     let io_ports = config
         .io_ports
@@ -249,6 +318,7 @@ pub fn build(
         table.root_address(),
         table.table_frame_count()
     );
+    let intx = route_intx(index, &mut partition, &functions, &interrupt_pins)?;
     // Last, once nothing else can refuse the partition: its functions'
     // DMA domain (context entries pointing at the partition's memory).
     if !functions.is_empty() {
@@ -262,6 +332,7 @@ pub fn build(
         io_ports,
         verdict,
         pci_functions: functions.len(),
+        intx,
     };
     Ok((partition, table, start))
 }

@@ -16,6 +16,7 @@ use super::memory::{alloc_frames, frames_holding};
 use super::partition::{NestedTable, Start};
 use alloc::format;
 use alloc::string::String;
+use bulkhead_arch_x86_64::cpu::ap::LocalApic;
 use bulkhead_arch_x86_64::cpu::svm::{self as cpu, GuestRegisters};
 use bulkhead_arch_x86_64::decode::{Bitness, Gpr};
 use bulkhead_arch_x86_64::guest_msr::{self, EFER_SVME};
@@ -24,7 +25,7 @@ use bulkhead_arch_x86_64::npt;
 use bulkhead_arch_x86_64::passthrough;
 use bulkhead_arch_x86_64::svm::bitmaps::{IoPermissionMap, MsrPermissionMap};
 use bulkhead_arch_x86_64::svm::exit::{IoDirection, IoioInfo, NestedPageFault, PendingEvent, SvmExit};
-use bulkhead_arch_x86_64::svm::guest::{SvmGuest, fill_64bit_guest};
+use bulkhead_arch_x86_64::svm::guest::{self as svm_guest, SvmGuest, fill_64bit_guest};
 use bulkhead_arch_x86_64::svm::vmcb::Vmcb;
 use bulkhead_config::MemoryAttribute;
 use bulkhead_core::partition::{ConsoleSink, Partition, StopReason};
@@ -192,6 +193,19 @@ impl GuestCpu for SvmCpu<'_> {
         self.vmcb.control.eventinj = event;
     }
 
+    fn can_take_interrupt(&self) -> bool {
+        !self.interrupt_queued()
+    }
+
+    fn request_interrupt(&mut self, vector: u8) {
+        let control = &mut self.vmcb.control;
+        control.virtual_interrupt = svm_guest::with_virtual_interrupt(control.virtual_interrupt, vector);
+    }
+
+    fn interrupt_queued(&self) -> bool {
+        self.vmcb.control.virtual_interrupt & svm_guest::V_IRQ != 0
+    }
+
     fn guest_pat(&self) -> u64 {
         self.vmcb.save.g_pat
     }
@@ -289,20 +303,44 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
     let mut registers = GuestRegisters::default();
     let mut state = ExitState::new(start.on_fault, start.verdict.clone());
     state.polls_dma_faults = start.pci_functions > 0;
+    state.intx = start.intx.clone();
+    if let Some(intx) = &state.intx {
+        // SAFETY: the hypervisor's page tables map the local APIC uncached.
+        let apic_id = unsafe { LocalApic::current() }.id();
+        super::intx::activate(&intx.routes, apic_id);
+        log::info!("partition {}: {} INTx line(s) routed to the CPU with APIC ID {apic_id}", partition.name, intx.routes.len());
+    }
+    let result = run_loop(partition, npt, vmcb_pa, svm, &mut registers, &mut state);
+    if let Some(intx) = &state.intx {
+        super::intx::deactivate(&intx.routes);
+    }
+    result
+}
+
+/// VMRUN until the partition stops.
+fn run_loop(
+    partition: &mut Partition,
+    npt: &NestedTable,
+    vmcb_pa: u64,
+    svm: CpuSvm,
+    registers: &mut GuestRegisters,
+    state: &mut ExitState,
+) -> Result<(), String> {
+    let vmcb_ptr = vmcb_pa as *mut Vmcb;
     loop {
         // SAFETY: SVM is enabled on this CPU; the VMCB was filled by
         // `fill_64bit_guest` with an NPT mapping only the partition's RAM
         // and permission maps that pass only the partition's own ports and
         // the guest-state MSRs; `svm` is this CPU's.
-        unsafe { cpu::vmrun(vmcb_pa, svm.host_state, &mut registers) };
+        unsafe { cpu::vmrun(vmcb_pa, svm.host_state, registers) };
         // SAFETY: the CPU is done with the VMCB until the next VMRUN.
         let vmcb = unsafe { &mut *vmcb_ptr };
         vmcb.control.tlb_control = 0;
         vmcb.control.eventinj = 0;
         let interrupted = PendingEvent::from_exitintinfo(vmcb.control.exitintinfo);
-        let exit = exit_of(vmcb, &registers);
-        let mut guest_cpu = SvmCpu { vmcb, registers: &mut registers, npt };
-        if exits::handle(partition, &mut guest_cpu, &mut state, exit) == Next::Stop {
+        let exit = exit_of(vmcb, registers);
+        let mut guest_cpu = SvmCpu { vmcb, registers, npt };
+        if exits::handle(partition, &mut guest_cpu, state, exit) == Next::Stop {
             break;
         }
         if let Some(event) = interrupted
@@ -310,6 +348,7 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
         {
             guest_cpu.vmcb.control.eventinj = event.to_eventinj();
         }
+        exits::before_entry(&mut guest_cpu, state);
     }
     log::info!("partition {}: stopped after {} #VMEXITs", partition.name, state.exits);
     Ok(())

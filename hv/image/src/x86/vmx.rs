@@ -52,6 +52,11 @@ use core::cell::Cell;
 
 /// The power-on PAT value, given to the guest as its IA32_PAT.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
+/// RFLAGS.IF.
+const RFLAGS_IF: u64 = 1 << 9;
+/// Guest interruptibility state bits 1:0: blocking by STI, by MOV SS
+/// (SDM Vol. 3C Table 25-3).
+const INTERRUPTIBILITY_STI_MOV_SS: u64 = 0b11;
 /// EPT leaf bits 5:3: the memory type.
 const EPT_MEMORY_TYPE_SHIFT: u32 = 3;
 const EPT_MEMORY_TYPE_MASK: u64 = 0b111;
@@ -287,6 +292,26 @@ impl GuestCpu for VmxCpu<'_> {
         inject(self, EntryEvent::hardware_exception(vector, error_code));
     }
 
+    /// Interruptible now: RFLAGS.IF set, no STI or MOV SS shadow (bits 1:0
+    /// of the interruptibility state), no event already in the VM-entry
+    /// field. Interrupt-window exiting is not used yet: an interrupt that
+    /// finds the guest not interruptible waits for a later exit.
+    fn can_take_interrupt(&self) -> bool {
+        self.rflags() & RFLAGS_IF != 0
+            && self.read(VmcsField::GuestInterruptibilityState) & INTERRUPTIBILITY_STI_MOV_SS == 0
+            && !event::is_valid(self.read(VmcsField::VmEntryInterruptionInformation) as u32)
+    }
+
+    fn request_interrupt(&mut self, vector: u8) {
+        inject(self, EntryEvent::external_interrupt(vector));
+    }
+
+    /// An injected event is delivered by the VM entry itself, never left
+    /// queued across an exit.
+    fn interrupt_queued(&self) -> bool {
+        false
+    }
+
     fn guest_pat(&self) -> u64 {
         self.read(VmcsField::GuestIa32Pat)
     }
@@ -426,6 +451,11 @@ fn run_vcpu(partition: &mut Partition, ept: &ExtendedTable, start: &Start) -> Re
     let mut registers = GuestRegisters::default();
     let mut state = ExitState::new(start.on_fault, start.verdict.clone());
     state.polls_dma_faults = start.pci_functions > 0;
+    // `state.intx` stays `None`: INTx lines are not activated under VMX.
+    // Its exits acknowledge the interrupt (ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+    // so the vector would come from the exit's interruption information,
+    // not from the host window `super::intx` opens under SVM; until that
+    // path exists (and a VMX machine to test it), the lines stay masked.
     let mut launched = false;
     loop {
         // SAFETY: VMX is on for this CPU, the partition's VMCS is current and
