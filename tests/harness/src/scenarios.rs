@@ -543,7 +543,11 @@ pub const SCENARIOS: &[Scenario] = &[
     // within the owner's memory is exact, its DMA at the victim's memory
     // and at the hypervisor's is refused by VT-d and reported with the
     // device, the address and the owner; `inject` keeps the owner running;
-    // the victim's pattern is intact.
+    // the victim's pattern is intact. Before the attacks the edu's INTx
+    // (q35: INTA of device 1 = GSI 21; every other host I/O APIC input is
+    // masked) reaches the owner through its virtual I/O APIC as vector
+    // 0x41: raised twice by hand, then once per DMA completion, each taken
+    // once (no repeat before the EOI) while the guest waits in HLT.
     Scenario {
         name: "x86-dma-edu",
         arch: Arch::X86_64,
@@ -551,10 +555,18 @@ pub const SCENARIOS: &[Scenario] = &[
         smp: 2,
         expect_exit: Some(ExitCode::Success),
         expect: &[
+            "I/O APIC 0 at 0xfec00000: version 0x20, 24 inputs (GSI 0..=23), all masked",
             "partition dma-owner: pci[0] 00:01.0 (1234:11e8): BAR0 mem32 0xc0000000 size 0x100000 at GPA = HPA 0xc0000000, DeviceNGnRE",
+            "partition dma-owner: pci[0] 00:01.0 INTA is GSI 21 (host vector 0x30), pin 21 of its virtual I/O APIC at 0xfec00000",
             "partition dma-owner: VT-d domain 1 on unit 0 (0xfed90000): 00:01.0 attached, second-level table 0x",
             "DMA view: 1 region(s), 4096 page(s) pinned",
+            "partition dma-owner: 1 INTx line(s) routed to the CPU with APIC ID 0",
             "[dma-owner] edu at BAR 0xc0000000, identification 0x010000ed",
+            "[dma-owner] virtual I/O APIC: 24 pins, pin 21 -> vector 0x41, level, unmasked",
+            "[dma-owner] INTx from the edu arrived as vector 0x41: raise 1 of 2 (status 0x10000), acknowledged",
+            "[dma-owner] INTx from the edu arrived as vector 0x41: raise 2 of 2 (status 0x10000), acknowledged",
+            "[dma-owner] INTx from the edu arrived as vector 0x41: the DMA into the device buffer done (status 0x100), acknowledged",
+            "[dma-owner] INTx from the edu arrived as vector 0x41: the DMA into its own RAM done (status 0x100), acknowledged",
             "[dma-owner] DMA from its own RAM into the device buffer: correct",
             "[dma-owner] DMA into its own RAM at 0x",
             ": 64 bytes correct",
@@ -569,6 +581,7 @@ pub const SCENARIOS: &[Scenario] = &[
             "VT-d fault: unit 0 at 0xfed90000: device 00:01.0 read at 0x30800000: reason",
             ": DMA of partition 'dma-owner' refused",
             "[dma-owner] every foreign DMA was kept out",
+            "HLT(s) waited for an interrupt and resumed)",
             "partition dma-owner: 00:01.0 blocked again (context entry cleared, context cache and IOTLB invalidated); VT-d domain 1 detached, 4096 pinned page(s) released",
             "all 2 partitions passed",
         ],
@@ -578,7 +591,19 @@ pub const SCENARIOS: &[Scenario] = &[
             "partition victim: passed",
             "partition dma-owner: passed",
         ],
-        forbid: &["isolation is broken", "pattern damaged", "WRONG", "FATAL", "panic", "not started", "stopped by fault", "NOT remapped"],
+        forbid: &[
+            "isolation is broken",
+            "pattern damaged",
+            "WRONG",
+            "FATAL",
+            "panic",
+            "not started",
+            "stopped by fault",
+            "NOT remapped",
+            "INTx from the edu did not arrive",
+            "INTx from the edu taken",
+            " (0 HLT(s)",
+        ],
         ..Scenario::DEFAULT
     },
     // The same attack under the `stop` policy: the owner is stopped at its

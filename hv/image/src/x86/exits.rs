@@ -116,6 +116,8 @@ pub struct ExitState {
     /// The partition's routed INTx lines, when its back end delivers them
     /// (SVM); `None`: physical interrupts are not expected.
     pub intx: Option<Intx>,
+    /// HLTs that waited for an interrupt and resumed.
+    pub halts_woken: u64,
     injected: u32,
     interrupt_exits: u32,
     code_walk: CodeWalkCache,
@@ -130,6 +132,7 @@ impl ExitState {
             exits: 0,
             polls_dma_faults: false,
             intx: None,
+            halts_woken: 0,
             injected: 0,
             interrupt_exits: 0,
             code_walk: CodeWalkCache::default(),
@@ -554,6 +557,7 @@ fn hlt_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState
     };
     loop {
         if before_entry(cpu, state) {
+            state.halts_woken += 1;
             return Ok(());
         }
         if !intx.apic.lock().can_interrupt() {

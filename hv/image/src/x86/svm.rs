@@ -350,6 +350,15 @@ fn run_loop(
         }
         exits::before_entry(&mut guest_cpu, state);
     }
-    log::info!("partition {}: stopped after {} #VMEXITs", partition.name, state.exits);
+    if state.intx.is_some() {
+        log::info!(
+            "partition {}: stopped after {} #VMEXITs ({} HLT(s) waited for an interrupt and resumed)",
+            partition.name,
+            state.exits,
+            state.halts_woken
+        );
+    } else {
+        log::info!("partition {}: stopped after {} #VMEXITs", partition.name, state.exits);
+    }
     Ok(())
 }
