@@ -814,3 +814,22 @@ fn pci_functions_parse_and_belong_to_one_partition() {
         ]
     );
 }
+
+#[test]
+fn partitions_with_pci_functions_reserve_the_virtual_apic_windows() {
+    let function = |bdf: &str| PciFunction { bdf: bdf.into() };
+    // RAM over the virtual I/O APIC and local APIC: fine without `pci`.
+    let mut plain = partition("plain", 0);
+    plain.memory.push(region(0xfe00_0000, 0x200_0000));
+    assert_eq!(found(&config(vec![plain.clone()])), vec![]);
+    // With `pci`, both windows are the partition's emulated devices.
+    let mut with_pci = plain;
+    with_pci.pci = vec![function("00:01.0")];
+    assert_eq!(
+        found(&config(vec![with_pci])),
+        vec![
+            at(0, "memory[1].guest", ErrorKind::GuestOverlap { other: "the virtual I/O APIC".into() }),
+            at(0, "memory[1].guest", ErrorKind::GuestOverlap { other: "the virtual local APIC".into() }),
+        ]
+    );
+}

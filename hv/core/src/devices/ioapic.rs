@@ -229,12 +229,19 @@ impl VirtualIoApic {
         })
     }
 
-    /// Whether any owned pin could ever interrupt the guest: unmasked with a
-    /// deliverable vector (what a halted vCPU may wait for).
+    /// Whether any owned pin could interrupt the guest without the guest
+    /// running first (what a halted vCPU may wait for): unmasked, a legal
+    /// vector above every vector in service, no remote IRR (which only the
+    /// guest's EOI clears).
     pub fn can_interrupt(&self) -> bool {
+        let floor = self.highest_in_service();
         (0..PIN_COUNT).any(|pin| {
             let entry = self.entries[pin];
-            self.owned & (1 << pin) != 0 && !entry.masked() && entry.vector() >= FIRST_LEGAL_VECTOR
+            self.owned & (1 << pin) != 0
+                && !entry.masked()
+                && !entry.remote_irr()
+                && entry.vector() >= FIRST_LEGAL_VECTOR
+                && floor.is_none_or(|floor| entry.vector() > floor)
         })
     }
 
@@ -422,8 +429,10 @@ mod tests {
         assert!(state.lock().own(21));
         write_reg(&mut io, 0x10 + 2 * 21, 0x8040);
         state.lock().assert(21);
+        assert!(state.lock().can_interrupt());
         assert_eq!(state.lock().next_delivery(), Some(0x40));
         assert_ne!(read_reg(&mut io, 0x10 + 2 * 21) & 0x4000, 0, "remote IRR set");
+        assert!(!state.lock().can_interrupt(), "only the guest's EOI can make it deliver again");
         // The host saw it again before the EOI: held, not delivered.
         state.lock().assert(21);
         assert_eq!(state.lock().next_delivery(), None);
