@@ -199,6 +199,11 @@ const MSR_X2APIC_ID: u32 = 0x802;
 /// (Intel SDM Vol. 3A §11.8.5, Table 11-1 / §11.12.1.2).
 const MSR_X2APIC_EOI: u32 = 0x80b;
 const XAPIC_EOI_OFFSET: u64 = 0xb0;
+/// The spurious-interrupt vector register: x2APIC MSR and xAPIC MMIO
+/// offset (Intel SDM Vol. 3A §11.9); bit 8 enables the APIC in software.
+const MSR_X2APIC_SVR: u32 = 0x80f;
+const XAPIC_SVR_OFFSET: u64 = 0xf0;
+const SVR_APIC_ENABLE: u32 = 1 << 8;
 /// ICR delivery modes with level assert (bit 14), physical destination.
 const ICR_INIT: u32 = 0x0000_4500;
 const ICR_STARTUP: u32 = 0x0000_4600;
@@ -263,6 +268,21 @@ impl LocalApic {
             // SAFETY: the EOI MSR exists in x2APIC mode; writing 0 is the
             // only valid value.
             None => unsafe { super::svm::wrmsr(MSR_X2APIC_EOI, 0) },
+        }
+    }
+
+    /// Enables the APIC in software with `vector` as its spurious-interrupt
+    /// vector, so that a spurious interrupt reaches a gate the hypervisor
+    /// chose (one that returns without an EOI, as the SDM requires) rather
+    /// than whatever vector the firmware left there.
+    pub fn set_spurious_vector(&self, vector: u8) {
+        let value = SVR_APIC_ENABLE | u32::from(vector);
+        match self.mmio {
+            // SAFETY: the SVR of this APIC; the value keeps the APIC enabled
+            // and only changes which vector a spurious interrupt uses.
+            Some(base) => unsafe { ((base + XAPIC_SVR_OFFSET) as *mut u32).write_volatile(value) },
+            // SAFETY: the SVR MSR exists in x2APIC mode; same value.
+            None => unsafe { super::svm::wrmsr(MSR_X2APIC_SVR, u64::from(value)) },
         }
     }
 

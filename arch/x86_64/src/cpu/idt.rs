@@ -70,6 +70,18 @@ core::arch::global_asm!(
     options(att_syntax),
 );
 
+/// The local APIC's spurious-interrupt vector (programmed on every CPU):
+/// its gate returns at once, without an EOI (Intel SDM Vol. 3A §11.9).
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+core::arch::global_asm!(
+    ".pushsection .text.bulkhead_x86_spurious, \"ax\"",
+    ".global bulkhead_x86_spurious",
+    "bulkhead_x86_spurious:",
+    "iretq",
+    ".popsection",
+);
+
 /// The vectors whose gates lead to the returning device-interrupt stubs.
 pub const DEVICE_VECTORS: core::ops::Range<u8> = 0x30..0x40;
 /// Bytes per device-interrupt stub.
@@ -129,6 +141,8 @@ unsafe extern "C" {
     static bulkhead_x86_vectors: u8;
     /// The first device-interrupt stub.
     static bulkhead_x86_device_vectors: u8;
+    /// The spurious-interrupt stub.
+    static bulkhead_x86_spurious: u8;
 }
 
 unsafe extern "Rust" {
@@ -220,6 +234,7 @@ pub unsafe fn load() {
     for (i, vector) in DEVICE_VECTORS.enumerate() {
         gates[usize::from(vector)] = Gate::interrupt(device_stubs + DEVICE_STUB_SIZE * i as u64);
     }
+    gates[usize::from(SPURIOUS_VECTOR)] = Gate::interrupt(core::ptr::addr_of!(bulkhead_x86_spurious) as u64);
     // SAFETY: the table is static and every gate points at a stub.
     unsafe { lidt(&pointer()) };
 }

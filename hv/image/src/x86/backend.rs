@@ -88,6 +88,9 @@ pub enum CpuBackend {
 /// # Errors
 /// Why this CPU cannot run guests, as text for the log.
 pub fn enable_this_cpu(backend: Backend) -> Result<CpuBackend, String> {
+    // SAFETY: the hypervisor's own tables map the local APIC uncached.
+    unsafe { bulkhead_arch_x86_64::cpu::ap::LocalApic::current() }
+        .set_spurious_vector(bulkhead_arch_x86_64::cpu::idt::SPURIOUS_VECTOR);
     match backend {
         Backend::Svm => svm::enable_svm().map(CpuBackend::Svm),
         Backend::Vmx => vmx::enable_vmx().map(|()| CpuBackend::Vmx),
