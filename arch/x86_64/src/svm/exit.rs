@@ -306,6 +306,27 @@ impl PendingEvent {
     }
 }
 
+/// CPUID Fn8000_000A EDX bit 3: the CPU saves the next RIP (nRIP) on
+/// instruction intercepts.
+pub const CPUID_EDX_NRIP_SAVE: u32 = 1 << 3;
+
+/// The length of the intercepted instruction from the VMCB's nRIP field, on
+/// CPUs with next-RIP save (APM Vol. 2 §15.7.1: nRIP is written for
+/// instruction intercepts, among them the ones below). `None` when the CPU
+/// lacks the feature (QEMU TCG), for other exits, or for a value that
+/// cannot be one instruction: the caller then decodes.
+pub fn next_rip_length(exit: SvmExit, rip: u64, next_rip: u64, nrip_save: bool) -> Option<u64> {
+    let instruction_exit = matches!(
+        exit,
+        SvmExit::Vmmcall | SvmExit::Cpuid | SvmExit::Hlt | SvmExit::Msr | SvmExit::Ioio
+    );
+    if !nrip_save || !instruction_exit {
+        return None;
+    }
+    let length = next_rip.wrapping_sub(rip);
+    (1..=15).contains(&length).then_some(length)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +411,17 @@ mod tests {
         let event = PendingEvent::from_exitintinfo(0x8000_0020).unwrap();
         assert_eq!((event.event_type, event.error_code), (EventType::ExternalInterrupt, None));
         assert_eq!(PendingEvent::from_exitintinfo(0x8000_0502).unwrap().event_type, EventType::Reserved(5));
+    }
+
+    #[test]
+    fn next_rip_gives_lengths_only_where_defined() {
+        assert_eq!(next_rip_length(SvmExit::Vmmcall, 0x1000, 0x1003, true), Some(3));
+        assert_eq!(next_rip_length(SvmExit::Cpuid, 0x1000, 0x1003, true), Some(3));
+        // No next-RIP save (QEMU TCG): decode instead.
+        assert_eq!(next_rip_length(SvmExit::Vmmcall, 0x1000, 0, false), None);
+        // Not an instruction intercept, or garbage.
+        assert_eq!(next_rip_length(SvmExit::NestedPageFault, 0x1000, 0x1003, true), None);
+        assert_eq!(next_rip_length(SvmExit::Hlt, 0x1000, 0x1000, true), None);
+        assert_eq!(next_rip_length(SvmExit::Hlt, 0x1000, 0x2000, true), None);
     }
 }

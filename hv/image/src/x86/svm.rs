@@ -24,12 +24,16 @@ use bulkhead_arch_x86_64::guest_paging::PagingMode;
 use bulkhead_arch_x86_64::npt;
 use bulkhead_arch_x86_64::passthrough;
 use bulkhead_arch_x86_64::svm::bitmaps::{IoPermissionMap, MsrPermissionMap};
-use bulkhead_arch_x86_64::svm::exit::{IoDirection, IoioInfo, NestedPageFault, PendingEvent, SvmExit};
+use bulkhead_arch_x86_64::svm::exit::{
+    CPUID_EDX_NRIP_SAVE, IoDirection, IoioInfo, NestedPageFault, PendingEvent, SvmExit, next_rip_length,
+};
 use bulkhead_arch_x86_64::svm::guest::{self as svm_guest, SvmGuest, fill_64bit_guest};
 use bulkhead_arch_x86_64::svm::vmcb::Vmcb;
 use bulkhead_config::MemoryAttribute;
 use bulkhead_core::partition::{ConsoleSink, Partition, StopReason};
 
+/// CPUID leaf of the SVM feature bits (AMD APM Vol. 3 Appendix E).
+const SVM_FEATURES_LEAF: u32 = 0x8000_000a;
 /// The power-on PAT value, given to the guest as its gPAT.
 const DEFAULT_PAT: u64 = 0x0007_0406_0007_0406;
 /// ASID 0 is the host's; partition `i` gets ASID `i + 1`, so that no two
@@ -103,6 +107,8 @@ struct SvmCpu<'a> {
     vmcb: &'a mut Vmcb,
     registers: &'a mut GuestRegisters,
     npt: &'a NestedTable,
+    /// The CPU writes nRIP on instruction intercepts (never under QEMU TCG).
+    nrip_save: bool,
 }
 
 impl GuestCpu for SvmCpu<'_> {
@@ -218,6 +224,11 @@ impl GuestCpu for SvmCpu<'_> {
     fn configured_memory_type(&self, attr: MemoryAttribute) -> u8 {
         npt::pat_entry(npt::HOST_PAT, npt::pat_index(super::partition::memory_type(attr)))
     }
+
+    fn instruction_length(&self) -> Option<u64> {
+        let exit = SvmExit::from_code(self.vmcb.control.exitcode);
+        next_rip_length(exit, self.vmcb.save.rip, self.vmcb.control.next_rip, self.nrip_save)
+    }
 }
 
 /// The neutral exit for the #VMEXIT recorded in `vmcb`.
@@ -327,6 +338,7 @@ fn run_loop(
     state: &mut ExitState,
 ) -> Result<(), String> {
     let vmcb_ptr = vmcb_pa as *mut Vmcb;
+    let nrip_save = cpu::cpuid(SVM_FEATURES_LEAF, 0)[3] & CPUID_EDX_NRIP_SAVE != 0;
     loop {
         // SAFETY: SVM is enabled on this CPU; the VMCB was filled by
         // `fill_64bit_guest` with an NPT mapping only the partition's RAM
@@ -339,7 +351,7 @@ fn run_loop(
         vmcb.control.eventinj = 0;
         let interrupted = PendingEvent::from_exitintinfo(vmcb.control.exitintinfo);
         let exit = exit_of(vmcb, registers);
-        let mut guest_cpu = SvmCpu { vmcb, registers, npt };
+        let mut guest_cpu = SvmCpu { vmcb, registers, npt, nrip_save };
         if exits::handle(partition, &mut guest_cpu, state, exit) == Next::Stop {
             break;
         }
