@@ -3,3 +3,4 @@
 //! - [`gtt::VirtualGtt`]: a partition's virtual global GTT.
 
 pub mod gtt;
+pub mod scan;
