@@ -3,7 +3,8 @@
 //! The UEFI loader, the hypervisor, the test guests and the host tools are
 //! separate programs that must agree on a few numbers: the layout of the
 //! boot information the loader hands to the hypervisor, the files on the EFI
-//! system partition, the hypercall ABI and the exit codes a QEMU run ends with.
+//! system partition, the hypercall ABI, the exit codes a QEMU run ends with, and the GPU's
+//! GTT entry and command formats.
 //! They live here, in one place, so that none of them is written twice.
 
 #![no_std]
@@ -11,4 +12,5 @@
 
 pub mod boot;
 pub mod exit;
+pub mod gpu;
 pub mod hypercall;

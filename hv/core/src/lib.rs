@@ -18,6 +18,7 @@ pub mod boot_config;
 pub mod bootargs;
 pub mod devices;
 pub mod dma;
+pub mod gpu;
 pub mod hypercall;
 pub mod linux;
 pub mod memmap;

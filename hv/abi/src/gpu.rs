@@ -1,0 +1,209 @@
+//! The GPU's formats, shared by the hypervisor's GPU mediator and the GPU
+//! model in `tools/` (DESIGN.md §5).
+//!
+//! The model follows Intel gen8 (Broadwell) conventions; the numbers below
+//! are the ones in the gen8 Programmer's Reference Manual (PRM):
+//! - GTT entries: Vol. 5 *Memory Views*, "Global Graphics Translation
+//!   Table (GGTT)" — 64-bit entries, bit 0 present, page address 38:12.
+//! - Commands: Vol. 2a *Command Reference: Instructions* — the header
+//!   dword's bits 31:29 name the client (MI, 2D blitter, ...), the opcode
+//!   follows, the low bits hold "DWord Length" (total dwords minus 2).
+//!
+//! Only what Bulkhead's model implements is here; everything else is
+//! rejected by the mediator's command scanner.
+
+/// The global GTT (graphics translation table) entry format.
+pub mod gtt {
+    /// Bytes in one GTT entry.
+    pub const ENTRY_SIZE: u64 = 8;
+    /// Bytes of memory one entry maps.
+    pub const PAGE_SIZE: u64 = 4096;
+    /// Bit 0: the entry is valid (PRM Vol. 5, GGTT entry "Valid").
+    pub const PRESENT: u64 = 1 << 0;
+    /// Bits 38:12: the physical page address (a 39-bit address space).
+    pub const ADDRESS_MASK: u64 = ((1 << 39) - 1) & !(PAGE_SIZE - 1);
+
+    /// The page address an entry holds (meaningful only if [`PRESENT`]).
+    pub const fn entry_address(entry: u64) -> u64 {
+        entry & ADDRESS_MASK
+    }
+
+    /// A present entry for `page`, or `None` if `page` is not 4 KiB aligned
+    /// or does not fit in bits 38:12.
+    pub const fn present_entry(page: u64) -> Option<u64> {
+        if page & !ADDRESS_MASK != 0 {
+            return None;
+        }
+        Some(page | PRESENT)
+    }
+}
+
+/// Ring and batch-buffer commands (PRM Vol. 2a).
+pub mod cmd {
+    /// Header bits 31:29: the command's client.
+    pub const CLIENT_SHIFT: u32 = 29;
+    /// Client 0: memory interface (MI_*) commands.
+    pub const CLIENT_MI: u32 = 0;
+    /// Client 2: 2D (blitter) commands.
+    pub const CLIENT_2D: u32 = 2;
+    /// Client 3: render (GFXPIPE) commands; not implemented by the model.
+    pub const CLIENT_RENDER: u32 = 3;
+
+    /// MI header bits 28:23: the MI opcode.
+    pub const MI_OPCODE_SHIFT: u32 = 23;
+    /// MI opcode field width mask (after shifting).
+    pub const MI_OPCODE_MASK: u32 = 0x3f;
+    /// 2D header bits 28:22: the blitter opcode.
+    pub const BLT_OPCODE_SHIFT: u32 = 22;
+    /// 2D opcode field width mask (after shifting).
+    pub const BLT_OPCODE_MASK: u32 = 0x7f;
+
+    /// MI_NOOP (1 dword). Bit 22 would write the NOPID register.
+    pub const MI_NOOP: u32 = 0x00;
+    /// MI_NOOP bit 22: "Identification Number Register Write Enable".
+    pub const MI_NOOP_WRITE_NOPID: u32 = 1 << 22;
+    /// MI_USER_INTERRUPT (1 dword): raises the engine's user interrupt.
+    pub const MI_USER_INTERRUPT: u32 = 0x02;
+    /// MI_WAIT_FOR_EVENT: waits on display events; privileged.
+    pub const MI_WAIT_FOR_EVENT: u32 = 0x03;
+    /// MI_ARB_ON_OFF: arbitration control; privileged.
+    pub const MI_ARB_ON_OFF: u32 = 0x08;
+    /// MI_BATCH_BUFFER_END (1 dword): returns from a batch buffer.
+    pub const MI_BATCH_BUFFER_END: u32 = 0x0a;
+    /// MI_DISPLAY_FLIP: display control; privileged.
+    pub const MI_DISPLAY_FLIP: u32 = 0x14;
+    /// MI_SET_CONTEXT: switches the hardware context; privileged.
+    pub const MI_SET_CONTEXT: u32 = 0x18;
+    /// MI_SEMAPHORE_SIGNAL: writes another engine's registers; privileged.
+    pub const MI_SEMAPHORE_SIGNAL: u32 = 0x1b;
+    /// MI_SEMAPHORE_WAIT: polls memory.
+    pub const MI_SEMAPHORE_WAIT: u32 = 0x1c;
+    /// MI_STORE_DATA_IMM: stores 1 or 2 immediate dwords to memory.
+    pub const MI_STORE_DATA_IMM: u32 = 0x20;
+    /// MI_STORE_DATA_INDEX: stores into the hardware status page.
+    pub const MI_STORE_DATA_INDEX: u32 = 0x21;
+    /// MI_LOAD_REGISTER_IMM: writes registers; privileged.
+    pub const MI_LOAD_REGISTER_IMM: u32 = 0x22;
+    /// MI_UPDATE_GTT: writes GTT entries; privileged.
+    pub const MI_UPDATE_GTT: u32 = 0x23;
+    /// MI_STORE_REGISTER_MEM: copies a register to memory.
+    pub const MI_STORE_REGISTER_MEM: u32 = 0x24;
+    /// MI_FLUSH_DW: flush with an optional post-sync write.
+    pub const MI_FLUSH_DW: u32 = 0x26;
+    /// MI_LOAD_REGISTER_MEM: loads a register from memory; privileged.
+    pub const MI_LOAD_REGISTER_MEM: u32 = 0x29;
+    /// MI_LOAD_REGISTER_REG: copies register to register; privileged.
+    pub const MI_LOAD_REGISTER_REG: u32 = 0x2a;
+    /// MI_BATCH_BUFFER_START: runs commands from a batch buffer.
+    pub const MI_BATCH_BUFFER_START: u32 = 0x31;
+
+    /// MI_STORE_DATA_IMM bit 22: "Use Global GTT" (else per-process GTT).
+    pub const SDI_USE_GLOBAL_GTT: u32 = 1 << 22;
+    /// MI_STORE_DATA_IMM bit 21: "Store Qword" (two data dwords).
+    pub const SDI_STORE_QWORD: u32 = 1 << 21;
+    /// MI_STORE_DATA_IMM bits 9:0: DWord Length (2 = one dword, 3 = qword).
+    pub const SDI_LENGTH_MASK: u32 = 0x3ff;
+
+    /// MI_BATCH_BUFFER_START bit 22: "Second Level Batch Buffer" (a call
+    /// that returns at MI_BATCH_BUFFER_END; without it, a jump).
+    pub const BBS_SECOND_LEVEL: u32 = 1 << 22;
+    /// MI_BATCH_BUFFER_START bit 8: "Address Space Indicator" (1 = PPGTT).
+    pub const BBS_PPGTT: u32 = 1 << 8;
+    /// MI_BATCH_BUFFER_START bits 7:0: DWord Length (1: 3 dwords, 48-bit address).
+    pub const BBS_LENGTH_MASK: u32 = 0xff;
+
+    /// XY_COLOR_BLT: fills a rectangle with a solid colour (7 dwords).
+    pub const XY_COLOR_BLT: u32 = 0x50;
+    /// XY_SRC_COPY_BLT: copies a rectangle (10 dwords).
+    pub const XY_SRC_COPY_BLT: u32 = 0x53;
+    /// 2D header bits 7:0: DWord Length.
+    pub const BLT_LENGTH_MASK: u32 = 0xff;
+    /// 2D header bit 21: write the alpha channel (32 bpp).
+    pub const BLT_WRITE_ALPHA: u32 = 1 << 21;
+    /// 2D header bit 20: write the RGB channels (32 bpp).
+    pub const BLT_WRITE_RGB: u32 = 1 << 20;
+    /// 2D header bit 15: source is tiled (XY_SRC_COPY_BLT).
+    pub const BLT_SRC_TILED: u32 = 1 << 15;
+    /// 2D header bit 11: destination is tiled.
+    pub const BLT_DST_TILED: u32 = 1 << 11;
+    /// Blit dword 1 bit 30: clipping enabled (only ever shrinks the blit).
+    pub const BLT_CLIPPING: u32 = 1 << 30;
+    /// Blit dword 1 bits 25:24: colour depth.
+    pub const BLT_DEPTH_SHIFT: u32 = 24;
+    /// Colour depth field mask (after shifting).
+    pub const BLT_DEPTH_MASK: u32 = 0x3;
+    /// Blit dword 1 bits 23:16: raster operation.
+    pub const BLT_ROP_MASK: u32 = 0xff << 16;
+    /// Blit dword 1 / source pitch dword bits 15:0: pitch in bytes (linear).
+    pub const BLT_PITCH_MASK: u32 = 0xffff;
+
+    /// Bytes per pixel for each colour depth code: 8 bpp, 16 bpp 565,
+    /// 16 bpp 1555, 32 bpp.
+    pub const BLT_BYTES_PER_PIXEL: [u32; 4] = [1, 2, 2, 4];
+
+    /// Dwords in each command the model implements (DWord Length + 2).
+    pub const MI_STORE_DATA_IMM_DWORDS: usize = 4;
+    /// MI_STORE_DATA_IMM with Store Qword.
+    pub const MI_STORE_DATA_IMM_QWORD_DWORDS: usize = 5;
+    /// MI_BATCH_BUFFER_START (gen8, 48-bit address).
+    pub const MI_BATCH_BUFFER_START_DWORDS: usize = 3;
+    /// XY_COLOR_BLT (gen8, 48-bit address).
+    pub const XY_COLOR_BLT_DWORDS: usize = 7;
+    /// XY_SRC_COPY_BLT (gen8, 48-bit addresses).
+    pub const XY_SRC_COPY_BLT_DWORDS: usize = 10;
+
+    /// Graphics addresses are 48 bits: the high address dword holds 47:32.
+    pub const ADDRESS_HIGH_MASK: u32 = 0xffff;
+
+    /// The client of a command header.
+    pub const fn client(header: u32) -> u32 {
+        header >> CLIENT_SHIFT
+    }
+
+    /// The MI opcode of an MI header.
+    pub const fn mi_opcode(header: u32) -> u32 {
+        (header >> MI_OPCODE_SHIFT) & MI_OPCODE_MASK
+    }
+
+    /// The 2D opcode of a blitter header.
+    pub const fn blt_opcode(header: u32) -> u32 {
+        (header >> BLT_OPCODE_SHIFT) & BLT_OPCODE_MASK
+    }
+
+    /// An MI header with `opcode` and `flags` (flags include the length).
+    pub const fn mi(opcode: u32, flags: u32) -> u32 {
+        (CLIENT_MI << CLIENT_SHIFT) | (opcode << MI_OPCODE_SHIFT) | flags
+    }
+
+    /// A 2D header with `opcode` and `flags` (flags include the length).
+    pub const fn blt(opcode: u32, flags: u32) -> u32 {
+        (CLIENT_2D << CLIENT_SHIFT) | (opcode << BLT_OPCODE_SHIFT) | flags
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtt_entries_hold_39_bit_page_addresses() {
+        assert_eq!(gtt::ADDRESS_MASK, 0x7f_ffff_f000);
+        assert_eq!(gtt::present_entry(0x12_3456_7000), Some(0x12_3456_7001));
+        assert_eq!(gtt::present_entry(0x80_0000_0000), None, "bit 39");
+        assert_eq!(gtt::present_entry(0x1001), None, "unaligned");
+        assert_eq!(gtt::entry_address(0xffff_ffff_ffff_ffff), 0x7f_ffff_f000);
+    }
+
+    #[test]
+    fn headers_match_the_prm_encodings() {
+        // Values as i915 emits them for gen8.
+        assert_eq!(cmd::mi(cmd::MI_BATCH_BUFFER_START, 1), 0x1880_0001);
+        assert_eq!(cmd::mi(cmd::MI_STORE_DATA_IMM, cmd::SDI_USE_GLOBAL_GTT | 2), 0x1040_0002);
+        assert_eq!(cmd::mi(cmd::MI_USER_INTERRUPT, 0), 0x0100_0000);
+        assert_eq!(cmd::mi(cmd::MI_BATCH_BUFFER_END, 0), 0x0500_0000);
+        assert_eq!(cmd::blt(cmd::XY_COLOR_BLT, 5), 0x5400_0005);
+        assert_eq!(cmd::blt(cmd::XY_SRC_COPY_BLT, 8), 0x54c0_0008);
+        assert_eq!(cmd::mi_opcode(0x1100_0001), cmd::MI_LOAD_REGISTER_IMM);
+        assert_eq!(cmd::blt_opcode(0x54c0_0008), cmd::XY_SRC_COPY_BLT);
+    }
+}
