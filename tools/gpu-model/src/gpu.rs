@@ -358,7 +358,7 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
         let mut row = vec![0u8; row_bytes];
         // Copy bottom-up when the destination is after the source so an overlapping copy
         // within one surface reads rows before overwriting them.
-        let bottom_up = dst.address > src.address;
+        let bottom_up = pixel_address(dst, rect.x1, rect.y1)? > pixel_address(src, src_x, src_y)?;
         for i in 0..height {
             let i = if bottom_up { height - 1 - i } else { i };
             let from = pixel_address(src, src_x, src_y.saturating_add(i))?;
