@@ -144,6 +144,8 @@ impl Server {
                 let _ = send(&other.stream, i64::from(id), Some(fd.as_fd()));
             }
         }
+        // From now on the model only reads the socket to notice a hang-up, without blocking.
+        stream.set_nonblocking(true)?;
         self.peers.push(Peer { id, stream, vectors });
         Ok(id)
     }

@@ -1,6 +1,6 @@
-//! Shared file mappings: the ivshmem BAR file and the guest's RAM file. The only `unsafe` of the
-//! crate besides none: mapping, unmapping and accessing memory another process (QEMU, hence the
-//! guest) writes concurrently.
+//! Shared file mappings: the ivshmem BAR file and the guest's RAM file. Together with the
+//! SCM_RIGHTS receive in [`crate::ivshmem`], the crate's only `unsafe`: mapping, unmapping and
+//! accessing memory another process (QEMU, hence the guest) writes concurrently.
 //!
 //! Accesses are volatile and byte-wise (no Rust references into the mapping), because the guest
 //! may change any byte at any time; the one read-modify-write (INT_STATUS) is an atomic OR.
@@ -103,8 +103,8 @@ impl View {
     }
 
     fn ptr(&self, at: usize) -> *mut u8 {
-        // SAFETY (of the pointer arithmetic): callers pass `at` from `checked_range` against
-        // `self.len`, and the view lies inside the mapping, so the result is in bounds.
+        // SAFETY: callers pass `at` from `checked_range` against `self.len`, and the view lies
+        // inside the mapping, so the offset pointer stays in bounds of the mapped allocation.
         unsafe { self.mapping.base.as_ptr().add(self.offset + at) }
     }
 }

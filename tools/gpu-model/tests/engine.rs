@@ -165,6 +165,8 @@ fn store_data_imm_writes_a_dword_and_a_qword() {
     assert_eq!(reg(&g, RING_HEAD), reg(&g, RING_TAIL));
 }
 
+// One parameter per field of the command, in its order: clearer than a struct here.
+#[allow(clippy::too_many_arguments)]
 fn color_blt(depth: u32, pitch: u32, x1: u16, y1: u16, x2: u16, y2: u16, dst: u64, color: u32) -> [u32; 7] {
     [
         blt_instr(XY_COLOR_BLT, 5) | BLT_WRITE_ALPHA | BLT_WRITE_RGB,
@@ -203,6 +205,7 @@ fn color_blt_fills_exactly_the_rectangle() {
     assert_eq!(row, [0xab, 0xab, 0xab, 0]);
 }
 
+#[allow(clippy::too_many_arguments)] // as for color_blt
 fn src_copy(pitch: u32, x1: u16, y1: u16, x2: u16, y2: u16, dst: u64, sx: u16, sy: u16, spitch: u32, src: u64) -> [u32; 10] {
     [
         blt_instr(XY_SRC_COPY_BLT, 8) | BLT_WRITE_ALPHA | BLT_WRITE_RGB,
@@ -509,7 +512,7 @@ fn random_rings_never_panic() {
         for page in 0..64 {
             let entry = match r.below(5) {
                 0 => (RAM_BASE + r.below(RAM_SIZE as u64 / PAGE_SIZE) * PAGE_SIZE) | GTT_PRESENT,
-                1 => r.below(LOCAL_SIZE as u64 / PAGE_SIZE) * PAGE_SIZE | GTT_PRESENT | GTT_LOCAL_MEMORY,
+                1 => (r.below(LOCAL_SIZE as u64 / PAGE_SIZE) * PAGE_SIZE) | GTT_PRESENT | GTT_LOCAL_MEMORY,
                 2 => r.next(),
                 _ => 0,
             };
