@@ -49,6 +49,9 @@ struct Args {
     /// doorbells).
     #[arg(long, default_value_t = 100)]
     poll_ms: u16,
+    /// Log every doorbell and interrupt.
+    #[arg(long)]
+    verbose: bool,
 }
 
 fn parse_u64(text: &str) -> Result<u64, String> {
@@ -137,7 +140,9 @@ fn run(args: &Args) -> std::io::Result<()> {
             server.disconnect(id);
         }
         for v in 0..doorbell_count {
-            server.take_doorbell(v);
+            if server.take_doorbell(v) && args.verbose {
+                eprintln!("gpu-model: doorbell {v}");
+            }
         }
         // Doorbell or poll tick: run the ring until it is idle, stopped or faulted.
         loop {
@@ -152,7 +157,13 @@ fn run(args: &Args) -> std::io::Result<()> {
                     u64::from(r(FAULT_COMMAND_ADDRESS_HI)) << 32 | u64::from(r(FAULT_COMMAND_ADDRESS_LO)),
                 );
             }
+            if args.verbose && outcome.commands > 0 {
+                eprintln!("gpu-model: {} ring commands", outcome.commands);
+            }
             if outcome.interrupt {
+                if args.verbose {
+                    eprintln!("gpu-model: interrupt (vector {INTERRUPT_VECTOR})");
+                }
                 server.interrupt_all(INTERRUPT_VECTOR);
             }
             if !outcome.more {
