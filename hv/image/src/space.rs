@@ -6,14 +6,11 @@ use crate::platform::Platform;
 use alloc::format;
 use alloc::string::String;
 use bulkhead_arch_aarch64::stage2::{S2Access, S2MemoryType, Stage2Error, Stage2Table};
-use bulkhead_config::{Backing, Config, MemoryAttribute, Permissions};
+use bulkhead_config::{Config, MemoryAttribute, Permissions};
 use bulkhead_core::address::{Gpa, Hpa};
 use bulkhead_core::address_space::{AddressSpace, CpuView, Region, RegionKind};
 use bulkhead_core::memmap::{self, MemoryKind};
 use bulkhead_drivers::pl011::Pl011;
-
-/// Largest alignment worth asking the frame allocator for: a level-2 block.
-const BLOCK_2M: u64 = 2 << 20;
 
 /// The partition's regions: its memory (allocated, or checked when given by
 /// host address) and its passed-through devices.
@@ -27,30 +24,10 @@ pub fn build(
     memory: &Memory,
 ) -> Result<AddressSpace, String> {
     let mut space = AddressSpace::new();
-    for (i, region) in config.memory.iter().enumerate() {
-        let hpa = match region.backing {
-            Backing::Allocate => {
-                let align = region.size.min(BLOCK_2M).next_power_of_two();
-                memory::alloc_frames(region.size, align)
-                    .ok_or_else(|| format!("memory[{i}]: cannot allocate {:#x} bytes", region.size))?
-            }
-            Backing::Host(base) => {
-                let end = base.checked_add(region.size).ok_or_else(|| format!("memory[{i}].backing wraps"))?;
-                check_host_range(memory, base, end).map_err(|e| format!("memory[{i}].backing: {e}"))?;
-                Hpa::new(base)
-            }
-        };
-        space
-            .add_region(Region {
-                gpa: Gpa::new(region.guest),
-                hpa,
-                size: region.size,
-                attr: region.attr,
-                perms: region.perms,
-                kind: RegionKind::Ram,
-                dma: region.dma,
-            })
-            .map_err(|e| format!("memory[{i}]: {e:?}"))?;
+    let placed = crate::guest_memory::add_ram_regions(&mut space, config, memory::alloc_frames, |base, end| {
+        check_host_range(memory, base, end)
+    })?;
+    for (i, (region, hpa)) in config.memory.iter().zip(placed).enumerate() {
         log::debug!("partition {}: memory[{i}] IPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
     }
     for (i, passthrough) in config.passthrough.iter().enumerate() {

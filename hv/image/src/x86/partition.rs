@@ -14,7 +14,7 @@ use bulkhead_arch_x86_64::{Access as NptAccess, EntryFormat, Ept, MapError, Memo
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use bulkhead_config::{
-    Backing, FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE, VIRTUAL_PCI_ECAM_BASE, VIRTUAL_PCI_ECAM_SIZE,
+    FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE, VIRTUAL_PCI_ECAM_BASE, VIRTUAL_PCI_ECAM_SIZE,
 };
 use bulkhead_core::devices::ioapic::{
     IoApicWindow, LocalApicWindow, VIRTUAL_IOAPIC_BASE, VIRTUAL_IOAPIC_SIZE, VIRTUAL_LAPIC_BASE, VIRTUAL_LAPIC_SIZE, VirtualIoApic,
@@ -241,28 +241,10 @@ pub fn build(
         return Err(String::from("passthrough: device assignment is not implemented on x86_64 yet"));
     }
     let mut space = AddressSpace::new();
-    for (i, region) in config.memory.iter().enumerate() {
-        let hpa = match region.backing {
-            Backing::Allocate => memory::alloc_frames(region.size, region.size.min(PAGE_2M).next_power_of_two())
-                .ok_or_else(|| format!("memory[{i}]: cannot allocate {:#x} bytes", region.size))?,
-            Backing::Host(base) => {
-                let end = base.checked_add(region.size).ok_or_else(|| format!("memory[{i}].backing wraps"))?;
-                memory::check_host_backing(host_map, hv_image, base, end)
-                    .map_err(|e| format!("memory[{i}].backing: {e}"))?;
-                Hpa::new(base)
-            }
-        };
-        space
-            .add_region(Region {
-                gpa: Gpa::new(region.guest),
-                hpa,
-                size: region.size,
-                attr: region.attr,
-                perms: region.perms,
-                kind: RegionKind::Ram,
-                dma: region.dma,
-            })
-            .map_err(|e| format!("memory[{i}]: {e:?}"))?;
+    let placed = crate::guest_memory::add_ram_regions(&mut space, config, memory::alloc_frames, |base, end| {
+        memory::check_host_backing(host_map, hv_image, base, end)
+    })?;
+    for (i, (region, hpa)) in config.memory.iter().zip(placed).enumerate() {
         log::info!("partition {}: memory[{i}] GPA {:#x} -> {hpa:?}, {:#x} bytes", config.name, region.guest, region.size);
     }
     // Assigned PCI functions: their BARs join the address space before the
