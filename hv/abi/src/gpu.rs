@@ -181,6 +181,144 @@ pub mod cmd {
     }
 }
 
+/// The virtual GPU a partition sees (DESIGN.md §5): a PCI function in its
+/// virtual configuration space with a trapped register BAR and a memory BAR
+/// over its share of the GPU's local memory. Guest drivers and the
+/// hypervisor's mediator both use these numbers.
+///
+/// Register BAR (BAR0, 2 MiB, trapped), 32-bit registers unless noted:
+///
+/// | offset | name | access | meaning |
+/// |---|---|---|---|
+/// | 0x0000 | GPU_ID | RO | `"BHGP"` |
+/// | 0x0004 | GPU_VERSION | RO | 1 |
+/// | 0x0008/0x000c | LMEM_SIZE_LO/HI | RO | bytes of local memory in BAR2 |
+/// | 0x0010 | GTT_BASE | RO | offset of its GTT in this BAR (0x10_0000) |
+/// | 0x0014 | GTT_SIZE | RO | entries in its GTT |
+/// | 0x0100 | INT_STATUS | RW1C | [`INT_USER`], [`INT_FAULT`], [`INT_REJECTED`] |
+/// | 0x0104 | INT_ENABLE | RW | status bits that raise its interrupt |
+/// | 0x0108 | SEQNO | RO | +1 per completed MI_USER_INTERRUPT of its own |
+/// | 0x0200.. | FAULT_* | RO, FAULT_STATUS W0 | a GPU fault while running its work (model codes) |
+/// | 0x1000.. | information page | RO | see `INFO_*` |
+/// | 0x22030 | RING_TAIL | RW | writing it submits `[RING_HEAD, RING_TAIL)` |
+/// | 0x22034 | RING_HEAD | RO | advanced when submitted work completes or is rejected |
+/// | 0x22038 | RING_START | RW | graphics address of its ring (inside its range, 4 KiB aligned) |
+/// | 0x2203c | RING_CTL | RW | bit 0 enable, bits 12..20 pages − 1 |
+/// | 0x10_0000.. | GTT | RW, 4 or 8 bytes | its own GTT entries, read back as written |
+///
+/// GTT entries: bit 0 present; bit 1 [`GTT_LOCAL_MEMORY`]: the page address
+/// (bits 12..38) is an offset into its BAR2 local memory; else it is a
+/// guest-physical address of its own RAM. Entries naming anything else
+/// are pointed at a scratch page (and counted in [`INFO_GTT_REFUSED`]).
+/// Entry `i` translates graphics address `INFO_GRAPHICS_BASE + i * 4096`;
+/// commands must use graphics addresses inside
+/// `[INFO_GRAPHICS_BASE, INFO_GRAPHICS_BASE + GTT_SIZE * 4096)`.
+pub mod vgpu {
+    /// PCI vendor ID of the virtual function ("BH", a private ID: the
+    /// function exists only inside Bulkhead partitions).
+    pub const VENDOR_ID: u16 = 0x4248;
+    /// PCI device ID of the virtual function.
+    pub const DEVICE_ID: u16 = 0x0001;
+    /// PCI class code (display controller, other).
+    pub const CLASS_CODE: u32 = 0x03_80_00;
+    /// Size of the register BAR (BAR0).
+    pub const REGISTER_BAR_SIZE: u64 = 2 << 20;
+
+    /// "BHGP".
+    pub const GPU_ID: u64 = 0x0000;
+    /// Value of [`GPU_ID`].
+    pub const GPU_ID_VALUE: u32 = u32::from_le_bytes(*b"BHGP");
+    /// Interface version.
+    pub const GPU_VERSION: u64 = 0x0004;
+    /// Value of [`GPU_VERSION`].
+    pub const GPU_VERSION_VALUE: u32 = 1;
+    /// Local memory bytes, low half.
+    pub const LMEM_SIZE_LO: u64 = 0x0008;
+    /// Local memory bytes, high half.
+    pub const LMEM_SIZE_HI: u64 = 0x000c;
+    /// Offset of the GTT in the register BAR.
+    pub const GTT_BASE: u64 = 0x0010;
+    /// Entries in the partition's GTT.
+    pub const GTT_SIZE: u64 = 0x0014;
+    /// Interrupt status; write 1s to clear.
+    pub const INT_STATUS: u64 = 0x0100;
+    /// Interrupt enable.
+    pub const INT_ENABLE: u64 = 0x0104;
+    /// Completed MI_USER_INTERRUPTs of this partition.
+    pub const SEQNO: u64 = 0x0108;
+    /// INT_STATUS bit 0: work with MI_USER_INTERRUPT completed.
+    pub const INT_USER: u32 = 1 << 0;
+    /// INT_STATUS bit 1: the GPU faulted on this partition's work (FAULT_*).
+    pub const INT_FAULT: u32 = 1 << 1;
+    /// INT_STATUS bit 2: the mediator rejected a submission (INFO_SUBMIT_*).
+    pub const INT_REJECTED: u32 = 1 << 2;
+    /// GPU fault code (the model's codes); write 0 to clear.
+    pub const FAULT_STATUS: u64 = 0x0200;
+    /// Header of the faulting command.
+    pub const FAULT_COMMAND: u64 = 0x0204;
+    /// Faulting graphics address, low half.
+    pub const FAULT_ADDRESS_LO: u64 = 0x0208;
+    /// Faulting graphics address, high half.
+    pub const FAULT_ADDRESS_HI: u64 = 0x020c;
+
+    /// Information page: "BHVI".
+    pub const INFO_MAGIC: u64 = 0x1000;
+    /// Value of [`INFO_MAGIC`].
+    pub const INFO_MAGIC_VALUE: u32 = u32::from_le_bytes(*b"BHVI");
+    /// Graphics address of its GTT entry 0, low half.
+    pub const INFO_GRAPHICS_BASE_LO: u64 = 0x1008;
+    /// Graphics address of its GTT entry 0, high half.
+    pub const INFO_GRAPHICS_BASE_HI: u64 = 0x100c;
+    /// Its interrupt: the SPI INTID on arm64, the I/O APIC pin on x86_64.
+    pub const INFO_INTERRUPT: u64 = 0x1018;
+    /// Reason code of the last rejected submission (0: none); see `REJECT_*`.
+    pub const INFO_SUBMIT_ERROR: u64 = 0x1020;
+    /// Byte offset in its ring of the rejected command.
+    pub const INFO_SUBMIT_ERROR_OFFSET: u64 = 0x1024;
+    /// Header dword of the rejected command.
+    pub const INFO_SUBMIT_ERROR_HEADER: u64 = 0x1028;
+    /// Submissions rejected so far.
+    pub const INFO_REJECTED: u64 = 0x102c;
+    /// Submissions accepted so far.
+    pub const INFO_SUBMITTED: u64 = 0x1030;
+    /// GTT writes that were pointed at the scratch page so far.
+    pub const INFO_GTT_REFUSED: u64 = 0x1034;
+
+    /// Ring tail (write: submit).
+    pub const RING_TAIL: u64 = 0x22030;
+    /// Ring head.
+    pub const RING_HEAD: u64 = 0x22034;
+    /// Ring start (graphics address).
+    pub const RING_START: u64 = 0x22038;
+    /// Ring control.
+    pub const RING_CTL: u64 = 0x2203c;
+    /// RING_CTL bit 0.
+    pub const RING_CTL_ENABLE: u32 = 1 << 0;
+    /// RING_CTL bits 12..20: ring pages − 1.
+    pub const RING_CTL_PAGES_MASK: u32 = 0x001f_f000;
+    /// RING_HEAD / RING_TAIL byte offset bits.
+    pub const RING_OFFSET_MASK: u32 = 0x001f_fffc;
+
+    /// Offset of the GTT in the register BAR.
+    pub const GTT_OFFSET: u64 = 0x10_0000;
+    /// GTT entry bit 1: the page is in local memory (gen12 `GGTT_PTE_LM`).
+    pub const GTT_LOCAL_MEMORY: u64 = 1 << 1;
+
+    /// Rejection: a command the mediator does not allow (privileged or unknown).
+    pub const REJECT_FORBIDDEN: u32 = 1;
+    /// Rejection: a command addresses memory outside the partition's share.
+    pub const REJECT_OUTSIDE_SHARE: u32 = 2;
+    /// Rejection: a malformed command (length, depth, truncated).
+    pub const REJECT_MALFORMED: u32 = 3;
+    /// Rejection: batch nesting or the scan budget exceeded.
+    pub const REJECT_TOO_DEEP: u32 = 4;
+    /// Rejection: the ring registers are invalid (disabled, start outside
+    /// its range, tail beyond the ring, unaligned).
+    pub const REJECT_RING: u32 = 5;
+    /// Rejection: too much work already queued for this partition.
+    pub const REJECT_BUSY: u32 = 6;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

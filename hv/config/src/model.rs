@@ -308,6 +308,19 @@ pub const VGIC_REDISTRIBUTOR_BASE: u64 = 0x080a_0000;
 pub const VIRTUAL_PCI_ECAM_BASE: u64 = 0x3f00_0000;
 /// Size of that window.
 pub const VIRTUAL_PCI_ECAM_SIZE: u64 = 0x10_0000;
+/// Guest-physical address of a partition's virtual GPU register BAR
+/// ([`bulkhead_abi`]'s `gpu::vgpu` register map, 2 MiB, trapped).
+pub const VIRTUAL_GPU_REGISTERS_BASE: u64 = 0x3e00_0000;
+/// Guest-physical address of a partition's virtual GPU memory BAR: its
+/// share of the GPU's local memory, mapped directly.
+pub const VIRTUAL_GPU_MEMORY_BASE: u64 = 0x3800_0000;
+/// Largest local-memory share a virtual GPU's memory BAR can show.
+pub const VIRTUAL_GPU_MEMORY_MAX: u64 = 0x400_0000;
+/// The virtual GPU's interrupt on arm64: an SPI of the partition's vGIC.
+pub const VIRTUAL_GPU_SPI: u32 = 90;
+/// The virtual GPU's interrupt on x86_64: a pin of the partition's virtual
+/// I/O APIC.
+pub const VIRTUAL_GPU_IOAPIC_PIN: u8 = 20;
 /// Guest-physical address of every partition's verdict register (a 4 KiB
 /// window), where a guest without hypercalls reports its test result.
 pub const VERDICT_REGISTER_BASE: u64 = 0x0a00_0000;
