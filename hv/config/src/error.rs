@@ -165,6 +165,16 @@ pub enum ErrorKind {
     UnknownDevice(String),
     /// A PCI address that is not `BB:DD.F` on segment 0.
     BadBdf(String),
+    /// A virtual GPU field out of its allowed range.
+    GpuField {
+        /// The value given.
+        value: u64,
+        /// What is allowed.
+        allowed: &'static str,
+    },
+    /// The virtual GPU's memory BAR attribute is normal-wb (cacheable
+    /// aliases of device memory lose coherency with the GPU).
+    GpuCacheable,
     /// The PCI function is already given to a partition.
     PciTaken {
         /// The function.
@@ -330,6 +340,10 @@ impl fmt::Display for ErrorKind {
             ErrorKind::UnknownDevice(name) => write!(f, "the platform has no device '{name}'"),
             ErrorKind::BadBdf(text) => {
                 write!(f, "'{text}' is not a PCI function address BB:DD.F (hexadecimal, segment 0)")
+            }
+            ErrorKind::GpuField { value, allowed } => write!(f, "{value:#x} is not allowed here: {allowed}"),
+            ErrorKind::GpuCacheable => {
+                write!(f, "the GPU's local memory may not be mapped normal-wb; use normal-nc (write-combining) or a device attribute")
             }
             ErrorKind::PciTaken { bdf, other } => write!(f, "PCI function {bdf} is already given to partition '{other}'"),
             ErrorKind::BadPortRange { base, size } => {

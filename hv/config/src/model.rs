@@ -143,7 +143,50 @@ pub struct Partition {
     /// domain holding only the partition's `dma = true` regions.
     #[serde(default)]
     pub pci: Vec<PciFunction>,
+    /// The partition's virtual GPU, a mediated share of the machine's GPU
+    /// (DESIGN.md §5); none if absent.
+    #[serde(default)]
+    pub gpu: Option<VirtualGpu>,
 }
+
+/// A partition's share of the GPU.
+///
+/// ```toml
+/// [partition.gpu]
+/// gtt_entries = 2048          # its global GTT: 2048 entries = 8 MiB of graphics addresses
+/// local_memory = 0x40_0000    # bytes of the GPU's local memory, its memory BAR
+/// weight = 2                  # scheduling weight: submissions in a row while others wait
+/// attr = "normal-nc"          # memory BAR attribute (x86_64: write-combining)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualGpu {
+    /// Entries in its global GTT, each mapping 4 KiB of graphics addresses.
+    pub gtt_entries: u32,
+    /// Bytes of local memory, page-aligned, at most [`VIRTUAL_GPU_MEMORY_MAX`].
+    pub local_memory: u64,
+    /// Scheduling weight, 1..=[`VIRTUAL_GPU_MAX_WEIGHT`].
+    #[serde(default = "default_gpu_weight")]
+    pub weight: u32,
+    /// How the partition maps its memory BAR: `normal-nc` (write-combining
+    /// on x86_64) or a device attribute.
+    #[serde(default = "default_gpu_attr")]
+    pub attr: MemoryAttribute,
+}
+
+fn default_gpu_weight() -> u32 {
+    1
+}
+
+fn default_gpu_attr() -> MemoryAttribute {
+    MemoryAttribute::NormalNc
+}
+
+/// Largest scheduling weight of a virtual GPU.
+pub const VIRTUAL_GPU_MAX_WEIGHT: u32 = 16;
+/// Most GTT entries one virtual GPU may have (its register BAR holds the
+/// GTT in 1 MiB: 128 Ki entries).
+pub const VIRTUAL_GPU_MAX_GTT_ENTRIES: u32 = 128 * 1024;
 
 /// A PCI function given to a partition.
 ///
@@ -309,8 +352,10 @@ pub const VIRTUAL_PCI_ECAM_BASE: u64 = 0x3f00_0000;
 /// Size of that window.
 pub const VIRTUAL_PCI_ECAM_SIZE: u64 = 0x10_0000;
 /// Guest-physical address of a partition's virtual GPU register BAR
-/// ([`bulkhead_abi`]'s `gpu::vgpu` register map, 2 MiB, trapped).
+/// (the `gpu::vgpu` register map of `bulkhead-abi`, 2 MiB, trapped).
 pub const VIRTUAL_GPU_REGISTERS_BASE: u64 = 0x3e00_0000;
+/// Size of that BAR.
+pub const VIRTUAL_GPU_REGISTERS_SIZE: u64 = 0x20_0000;
 /// Guest-physical address of a partition's virtual GPU memory BAR: its
 /// share of the GPU's local memory, mapped directly.
 pub const VIRTUAL_GPU_MEMORY_BASE: u64 = 0x3800_0000;

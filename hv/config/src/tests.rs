@@ -43,6 +43,7 @@ fn partition(name: &str, cpu: u32) -> Partition {
         console: Console::Hypercall,
         io_ports: Vec::new(),
         pci: Vec::new(),
+        gpu: None,
     }
 }
 

@@ -17,6 +17,7 @@
 //! | `passthrough[i]` | known device, in one partition only, not reserved, guest range free, attribute allowed by [`crate::MemoryAttribute::may_map`] |
 //! | `interrupts[i]` | SPI, not a line of a device the partition does not have, in one partition only |
 //! | `pci[i].bdf` | `BB:DD.F` on segment 0, each function in one partition only |
+//! | `gpu` | `gtt_entries` 1..=131072, `local_memory` page-aligned and at most 64 MiB, `weight` 1..=16, `attr` not `normal-wb` |
 //! | `io_ports[i]` | non-empty, below 0x10000, none of [`crate::HYPERVISOR_PORTS`], each port in one partition only |
 //!
 //! Global errors come first, then each partition's in file order. A
@@ -271,6 +272,7 @@ impl<'a> Checker<'a> {
         self.interrupts(scope, p, earlier);
         self.io_ports(scope, p, earlier);
         self.pci(scope, p, earlier);
+        self.gpu(scope, p);
     }
 
     fn cpus(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
@@ -479,6 +481,28 @@ impl<'a> Checker<'a> {
         }
     }
 
+    fn gpu(&mut self, scope: Scope<'_>, p: &Partition) {
+        let Some(gpu) = &p.gpu else { return };
+        let entries = u64::from(gpu.gtt_entries);
+        if entries == 0 || entries > u64::from(crate::model::VIRTUAL_GPU_MAX_GTT_ENTRIES) {
+            self.push(scope, "gpu.gtt_entries".into(), ErrorKind::GpuField { value: entries, allowed: "1 to 131072 entries" });
+        }
+        let memory = gpu.local_memory;
+        if memory == 0 || !memory.is_multiple_of(PAGE_SIZE) || memory > crate::model::VIRTUAL_GPU_MEMORY_MAX {
+            self.push(scope, "gpu.local_memory".into(), ErrorKind::GpuField {
+                value: memory,
+                allowed: "a non-zero multiple of 4 KiB, at most 64 MiB",
+            });
+        }
+        let weight = u64::from(gpu.weight);
+        if weight == 0 || weight > u64::from(crate::model::VIRTUAL_GPU_MAX_WEIGHT) {
+            self.push(scope, "gpu.weight".into(), ErrorKind::GpuField { value: weight, allowed: "1 to 16" });
+        }
+        if gpu.attr == crate::MemoryAttribute::NormalWb {
+            self.push(scope, "gpu.attr".into(), ErrorKind::GpuCacheable);
+        }
+    }
+
     fn io_ports(&mut self, scope: Scope<'_>, p: &Partition, earlier: &[Partition]) {
         // The first port two ranges share, if any.
         let overlap_of = |a: &crate::PortRange, b: &crate::PortRange| {
@@ -615,7 +639,9 @@ fn overlap(a: u64, a_size: u64, b: u64, b_size: u64) -> bool {
 }
 
 /// The guest-physical windows of the devices the hypervisor emulates for
-/// partition `p`: its virtual GIC, and the emulated UART if it has one.
+/// partition `p`: its virtual GIC, the virtual PCI configuration space,
+/// APICs and GPU if it has PCI functions or a GPU, and the emulated UART if
+/// it has one.
 pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
     let vcpus = p.cpus.len().max(1) as u64;
     let mut windows = alloc::vec![
@@ -623,7 +649,7 @@ pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
         ("the virtual GIC redistributors", crate::model::VGIC_REDISTRIBUTOR_BASE, 0x2_0000 * vcpus),
         ("the verdict register", crate::model::VERDICT_REGISTER_BASE, 0x1000),
     ];
-    if !p.pci.is_empty() {
+    if !p.pci.is_empty() || p.gpu.is_some() {
         windows.push(("the virtual PCI configuration space", crate::model::VIRTUAL_PCI_ECAM_BASE, crate::model::VIRTUAL_PCI_ECAM_SIZE));
         // x86_64 takes the functions' INTx through these two; the
         // configuration does not say the architecture, and on arm64 both
@@ -631,6 +657,10 @@ pub fn emulated_windows(p: &Partition) -> Vec<(&'static str, u64, u64)> {
         // leaves unused, so they are reserved for every partition with `pci`.
         windows.push(("the virtual I/O APIC", crate::model::VIRTUAL_IOAPIC_BASE, crate::model::VIRTUAL_APIC_WINDOW_SIZE));
         windows.push(("the virtual local APIC", crate::model::VIRTUAL_LAPIC_BASE, crate::model::VIRTUAL_APIC_WINDOW_SIZE));
+    }
+    if p.gpu.is_some() {
+        windows.push(("the virtual GPU's registers", crate::model::VIRTUAL_GPU_REGISTERS_BASE, crate::model::VIRTUAL_GPU_REGISTERS_SIZE));
+        windows.push(("the virtual GPU's memory", crate::model::VIRTUAL_GPU_MEMORY_BASE, crate::model::VIRTUAL_GPU_MEMORY_MAX));
     }
     if p.console == crate::model::Console::Pl011 {
         windows.push(("the emulated UART", crate::model::EMULATED_UART_BASE, 0x1000));

@@ -70,6 +70,7 @@ mod tests {
             console: Default::default(),
             io_ports: alloc::vec![],
             pci: alloc::vec![],
+            gpu: None,
         }
     }
 
