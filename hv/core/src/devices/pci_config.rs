@@ -252,6 +252,47 @@ impl MmioDevice for VirtualEcam {
     }
 }
 
+/// The configuration registers of a function that exists only inside a
+/// partition (the virtual GPU): fixed identity, a command register the
+/// guest owns, one interrupt pin. BARs are the [`VirtualFunction`]'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyntheticFunction {
+    vendor: u16,
+    device: u16,
+    /// Class code (24 bits) and revision.
+    class_revision: u32,
+    command: u16,
+    /// Interrupt pin (1 = INTA#, 0 = none).
+    pin: u8,
+}
+
+impl SyntheticFunction {
+    /// A function with this identity and `class_code` (24 bits), revision 1,
+    /// interrupt pin INTA#.
+    pub fn new(vendor: u16, device: u16, class_code: u32) -> SyntheticFunction {
+        SyntheticFunction { vendor, device, class_revision: (class_code & 0xff_ffff) << 8 | 1, command: 0, pin: 1 }
+    }
+}
+
+impl ConfigAccess for SyntheticFunction {
+    fn read32(&mut self, offset: u16) -> u32 {
+        match u64::from(offset) {
+            offset::VENDOR_DEVICE => u32::from(self.device) << 16 | u32::from(self.vendor),
+            offset::COMMAND_STATUS => u32::from(self.command),
+            offset::CLASS_REVISION => self.class_revision,
+            offset::SUBSYSTEM => u32::from(self.device) << 16 | u32::from(self.vendor),
+            offset::INTERRUPT => u32::from(self.pin) << 8,
+            _ => 0,
+        }
+    }
+
+    fn write32(&mut self, offset: u16, value: u32) {
+        if u64::from(offset) == offset::COMMAND_STATUS {
+            self.command = value as u16 & COMMAND_GUEST_BITS;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +399,28 @@ mod tests {
         e.write(0, 0x3c, AccessSize::Byte, 0x2a);
         assert_eq!(read(&mut e, 0x3c, AccessSize::Half), 0x012a);
         assert!(writes.lock().is_empty());
+    }
+
+    #[test]
+    fn a_synthetic_function_shows_its_identity_and_keeps_its_bars_fixed() {
+        let bar = VirtualBar { index: 0, kind: BarKind::Memory32 { prefetchable: false }, guest: 0x3e00_0000, size: 0x20_0000 };
+        let memory = VirtualBar { index: 2, kind: BarKind::Memory64 { prefetchable: true }, guest: 0x3800_0000, size: 0x40_0000 };
+        let mut ecam = VirtualEcam::new(alloc::vec![VirtualFunction::new(
+            Box::new(SyntheticFunction::new(0x4248, 0x0001, 0x03_80_00)),
+            alloc::vec![bar, memory],
+        )]);
+        assert_eq!(ecam.read(0, 0x00, AccessSize::Word), 0x0001_4248);
+        assert_eq!(ecam.read(0, 0x08, AccessSize::Word), 0x0380_0001);
+        assert_eq!(ecam.read(0, 0x3d, AccessSize::Byte), 1, "INTA#");
+        ecam.write(0, 0x04, AccessSize::Half, 0xffff);
+        assert_eq!(ecam.read(0, 0x04, AccessSize::Half), u64::from(COMMAND_GUEST_BITS));
+        assert_eq!(ecam.read(0, 0x10, AccessSize::Word), 0x3e00_0000);
+        assert_eq!(ecam.read(0, 0x18, AccessSize::Word), 0x3800_000c);
+        ecam.write(0, 0x10, AccessSize::Word, 0x1000_0000);
+        assert_eq!(ecam.read(0, 0x10, AccessSize::Word), 0x3e00_0000, "moves are refused");
+        assert_eq!(ecam.refused_moves(), 1);
+        ecam.write(0, 0x18, AccessSize::Word, 0xffff_ffff);
+        assert_eq!(ecam.read(0, 0x18, AccessSize::Word), u64::from(!(0x40_0000u32 - 1) | 0xc), "size mask with the 64-bit prefetchable flags");
+        assert_eq!(ecam.read(0, 0x1000, AccessSize::Word), 0xffff_ffff, "no device 1");
     }
 }
