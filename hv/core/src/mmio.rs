@@ -63,6 +63,14 @@ pub trait MmioDevice: Send {
 
     /// A store of the low bytes of `value`.
     fn write(&mut self, vcpu: VcpuId, offset: u64, size: AccessSize, value: u64);
+
+    /// A store by a partition whose address space is `space`: devices whose
+    /// stores name guest memory (the virtual GPU's GTT) check them through
+    /// it (rule 1: one address space gives every view). Others ignore it.
+    fn write_in(&mut self, space: &crate::address_space::AddressSpace, vcpu: VcpuId, offset: u64, size: AccessSize, value: u64) {
+        let _ = space;
+        self.write(vcpu, offset, size, value);
+    }
 }
 
 /// Why a device could not be added.
@@ -137,6 +145,19 @@ impl MmioBus {
     pub fn read(&mut self, vcpu: VcpuId, gpa: Gpa, size: AccessSize) -> Option<u64> {
         let (slot, offset) = self.find(gpa, size)?;
         Some(slot.device.read(vcpu, offset, size) & size.mask())
+    }
+
+    /// A store by the partition whose address space is `space` (see
+    /// [`MmioDevice::write_in`]); `false` when no device claims the whole
+    /// access.
+    pub fn write_in(&mut self, space: &crate::address_space::AddressSpace, vcpu: VcpuId, gpa: Gpa, size: AccessSize, value: u64) -> bool {
+        match self.find(gpa, size) {
+            Some((slot, offset)) => {
+                slot.device.write_in(space, vcpu, offset, size, value & size.mask());
+                true
+            }
+            None => false,
+        }
     }
 
     /// A store; `false` when no device claims the whole access.

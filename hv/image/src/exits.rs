@@ -169,7 +169,7 @@ fn emulate_mmio(partition: &mut Partition, shared: &Shared, runnable: &mut Runna
     let vcpu_index = runnable.interrupts.vcpu;
     let claimed = if access.write {
         let value = register(&runnable.vcpu, access.register);
-        partition.bus.write(vcpu_index, access.gpa, access.size, value)
+        partition.bus.write_in(&partition.space, vcpu_index, access.gpa, access.size, value)
     } else {
         match partition.bus.read(vcpu_index, access.gpa, access.size) {
             Some(raw) => {

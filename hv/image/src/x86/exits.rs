@@ -678,7 +678,7 @@ fn emulate_mmio(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut E
                 StoreSource::Register(slot) => slot.read(cpu.gpr(slot.gpr)),
                 StoreSource::Immediate(value) => value,
             };
-            if !partition.bus.write(vcpu, Gpa::new(gpa), size, value) {
+            if !partition.bus.write_in(&partition.space, vcpu, Gpa::new(gpa), size, value) {
                 return Mmio::Refused(String::from("the access crosses the device's window"));
             }
             if let Some(code) = state.verdict.lock().take() {
