@@ -207,6 +207,8 @@ const SVR_APIC_ENABLE: u32 = 1 << 8;
 /// ICR delivery modes with level assert (bit 14), physical destination.
 const ICR_INIT: u32 = 0x0000_4500;
 const ICR_STARTUP: u32 = 0x0000_4600;
+/// ICR delivery mode fixed (0), level assert (bit 14), physical destination.
+const ICR_FIXED: u32 = 0x0000_4000;
 /// ICR delivery status: the IPI is not yet sent.
 const ICR_PENDING: u32 = 1 << 12;
 
@@ -310,6 +312,16 @@ impl LocalApic {
                 Ok(())
             }
         }
+    }
+
+    /// Sends a fixed interrupt with `vector` to the CPU `apic_id`: the
+    /// hypervisor's way to wake a CPU waiting in HLT or make it leave its
+    /// guest, so that it looks at state another CPU changed.
+    ///
+    /// # Errors
+    /// [`IpiTimeout`] when the APIC never reports the IPI as sent.
+    pub fn send_fixed(&self, apic_id: u32, vector: u8) -> Result<(), IpiTimeout> {
+        self.send(apic_id, ICR_FIXED | u32::from(vector))
     }
 
     /// Sends INIT, waits, then two STARTUP IPIs with `vector` to the CPU
