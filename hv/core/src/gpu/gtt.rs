@@ -699,7 +699,7 @@ mod tests {
         for local in [
             LocalMemory { offset: 0x800, size: 0x1000 },
             LocalMemory { offset: 0, size: 0x800 },
-            LocalMemory { offset: u64::MAX & !0xfff, size: 0x2000 },
+            LocalMemory { offset: !0xfff, size: 0x2000 },
             LocalMemory { offset: 0x80_0000_0000, size: 0x1000 },
         ] {
             assert_eq!(gtt().with_local_memory(local).unwrap_err(), GttConfigError::BadLocalMemory(local));

@@ -52,3 +52,4 @@
 
 pub mod gtt;
 pub mod scan;
+pub mod sched;
