@@ -53,3 +53,4 @@
 pub mod gtt;
 pub mod scan;
 pub mod sched;
+pub mod vgpu;
