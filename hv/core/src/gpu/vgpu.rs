@@ -865,9 +865,10 @@ fn place(shadows: &[ShadowBatch], placement: &mut dyn ShadowPlacement) -> Result
     let sizes: Vec<u64> = shadows.iter().map(|s| s.dwords.len() as u64 * DWORD_BYTES).collect();
     let addresses = placement.place(&sizes).ok_or(Failure::NoShadowSpace)?;
     let valid = addresses.len() == sizes.len()
-        && addresses.iter().zip(&sizes).all(|(&address, &size)| {
-            address.is_multiple_of(DWORD_BYTES) && address.checked_add(size).is_some_and(|end| end <= GRAPHICS_ADDRESS_LIMIT)
-        });
+        && addresses
+            .iter()
+            .zip(&sizes)
+            .all(|(&address, &size)| address.is_multiple_of(DWORD_BYTES) && address.checked_add(size).is_some_and(|end| end <= GRAPHICS_ADDRESS_LIMIT));
     if valid { Ok(addresses) } else { Err(Failure::NoShadowSpace) }
 }
 
@@ -930,15 +931,7 @@ mod tests {
     }
 
     fn region(gpa: u64, hpa: u64, size: u64, kind: RegionKind) -> Region {
-        Region {
-            gpa: Gpa::new(gpa),
-            hpa: Hpa::new(hpa),
-            size,
-            attr: MemoryAttribute::NormalWb,
-            perms: Permissions::parse("rw").unwrap(),
-            kind,
-            dma: true,
-        }
+        Region { gpa: Gpa::new(gpa), hpa: Hpa::new(hpa), size, attr: MemoryAttribute::NormalWb, perms: Permissions::parse("rw").unwrap(), kind, dma: true }
     }
 
     impl Rig {
@@ -1237,7 +1230,10 @@ mod tests {
         // A blit outside the partition's graphics range; the offset is in
         // the guest's ring, after the head.
         let blit = color(G_END - 512);
-        assert_eq!(rejected(&rig.submit_at(24, &[0, 0, blit[0], blit[1], blit[2], blit[3], blit[4], blit[5], blit[6], 0])), (vgpu::REJECT_OUTSIDE_SHARE, 32, blit[0]));
+        assert_eq!(
+            rejected(&rig.submit_at(24, &[0, 0, blit[0], blit[1], blit[2], blit[3], blit[4], blit[5], blit[6], 0])),
+            (vgpu::REJECT_OUTSIDE_SHARE, 32, blit[0])
+        );
         // Malformed, and too deep.
         assert_eq!(rejected(&rig.submit_at(64, &[BBE, 0])).0, vgpu::REJECT_MALFORMED);
         let mut deep = bbs(G0, cmd::BBS_SECOND_LEVEL).to_vec();
@@ -1264,13 +1260,13 @@ mod tests {
     #[test]
     fn bad_ring_registers_are_rejected_without_consuming_anything() {
         let cases: [(u32, u32, u64); 7] = [
-            (RING, 0, 8),                                          // disabled
-            (RING + 0x800, vgpu::RING_CTL_ENABLE, 8),              // start misaligned
-            ((G0 - 4096) as u32, vgpu::RING_CTL_ENABLE, 8),        // start below the range
+            (RING, 0, 8),                                               // disabled
+            (RING + 0x800, vgpu::RING_CTL_ENABLE, 8),                   // start misaligned
+            ((G0 - 4096) as u32, vgpu::RING_CTL_ENABLE, 8),             // start below the range
             ((G_END - 4096) as u32, vgpu::RING_CTL_ENABLE | 0x1000, 8), // two pages, the second outside
-            (RING, vgpu::RING_CTL_ENABLE, 4),                      // tail not qword aligned
-            (RING, vgpu::RING_CTL_ENABLE, RING_BYTES),             // tail beyond the ring
-            (RING, vgpu::RING_CTL_ENABLE, 0x40_0000),              // tail beyond the offset bits
+            (RING, vgpu::RING_CTL_ENABLE, 4),                           // tail not qword aligned
+            (RING, vgpu::RING_CTL_ENABLE, RING_BYTES),                  // tail beyond the ring
+            (RING, vgpu::RING_CTL_ENABLE, 0x40_0000),                   // tail beyond the offset bits
         ];
         for (n, (start, ctl, tail)) in cases.into_iter().enumerate() {
             let mut rig = Rig::new();
