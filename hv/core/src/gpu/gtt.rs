@@ -16,6 +16,12 @@
 //! partition's limit refuses — makes the real entry point at the scratch
 //! page.
 //!
+//! An entry with [`vgpu::GTT_LOCAL_MEMORY`] set names instead an offset
+//! into the partition's share of the GPU's local memory (its BAR2). That
+//! offset is checked against the share's size and relocated by the share's
+//! real offset ([`LocalMemory`]); local memory belongs to the GPU, not to
+//! any partition's RAM, so nothing is pinned for it.
+//!
 //! Guests may write an entry as two 4-byte halves, in either order. The
 //! guest-visible value changes at once, but the real entry changes only
 //! when both halves have been written since the last complete entry: a
@@ -28,7 +34,7 @@ use crate::pinning::{PinError, PinnedPages};
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
-use bulkhead_abi::gpu::gtt;
+use bulkhead_abi::gpu::{gtt, vgpu};
 use core::fmt;
 
 /// Bytes in one GTT entry.
@@ -81,6 +87,29 @@ pub enum GttConfigError {
     },
     /// The scratch page is not 4 KiB aligned or does not fit a GTT entry.
     BadScratch(Hpa),
+    /// The local-memory share is not 4 KiB aligned, or its end overflows
+    /// or does not fit in a GTT entry's address bits.
+    BadLocalMemory(LocalMemory),
+}
+
+/// A partition's share of the GPU's local memory: bytes
+/// `[offset, offset + size)` of the real local memory. The guest sees it
+/// as its BAR2, starting at offset 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalMemory {
+    /// Real local-memory offset of the share's first byte.
+    pub offset: u64,
+    /// Bytes in the share (0: the partition has no local memory).
+    pub size: u64,
+}
+
+/// What a present real GTT entry of the partition maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A host page of the partition's RAM (pinned).
+    Ram(Hpa),
+    /// A page of local memory, at this real local-memory offset.
+    Local(u64),
 }
 
 /// Why a present entry was pointed at the scratch page instead.
@@ -98,6 +127,9 @@ pub enum Invalid {
     NotEncodable(Hpa),
     /// The partition's pin limit (or count) refused the page.
     Pin(PinError),
+    /// A local-memory entry whose page does not lie wholly inside the
+    /// partition's share of local memory (the guest's offset).
+    OutsideLocalMemory(u64),
 }
 
 impl fmt::Display for Invalid {
@@ -108,6 +140,7 @@ impl fmt::Display for Invalid {
             Invalid::NotReadWrite(iova) => write!(f, "{iova} is not readable and writable"),
             Invalid::NotEncodable(hpa) => write!(f, "host page {hpa} does not fit in a GTT entry"),
             Invalid::Pin(e) => write!(f, "{e}"),
+            Invalid::OutsideLocalMemory(offset) => write!(f, "local-memory offset {offset:#x} is outside the partition's share"),
         }
     }
 }
@@ -126,8 +159,8 @@ pub struct RealGttUpdate {
 pub enum EntryState {
     /// The guest cleared the present bit: scratch page, nothing to report.
     NotPresent,
-    /// The host page the entry maps (pinned).
-    Mapped(Hpa),
+    /// What the entry maps (a RAM page is pinned).
+    Mapped(Target),
     /// The guest's entry was refused: scratch page; the caller logs why.
     Refused(Invalid),
 }
@@ -182,12 +215,14 @@ pub struct VirtualGtt {
     base: u64,
     /// What the guest wrote, entry by entry.
     guest: Vec<u64>,
-    /// The host page each entry has pinned.
-    pinned: Vec<Option<Hpa>>,
+    /// What each entry maps (RAM pages are pinned).
+    mapped: Vec<Option<Target>>,
     /// Entries with one half written since they were last complete.
     halves: BTreeMap<u64, u8>,
     /// The real entry for the scratch page.
     scratch: u64,
+    /// The partition's share of local memory.
+    local: LocalMemory,
 }
 
 impl VirtualGtt {
@@ -208,7 +243,39 @@ impl VirtualGtt {
             return Err(bad_slice);
         }
         let scratch_entry = gtt::present_entry(scratch.raw()).ok_or(GttConfigError::BadScratch(scratch))?;
-        Ok(VirtualGtt { base, guest: vec![0; count], pinned: vec![None; count], halves: BTreeMap::new(), scratch: scratch_entry })
+        Ok(VirtualGtt {
+            base,
+            guest: vec![0; count],
+            mapped: vec![None; count],
+            halves: BTreeMap::new(),
+            scratch: scratch_entry,
+            local: LocalMemory::default(),
+        })
+    }
+
+    /// Gives the partition its share of local memory (none by default, so
+    /// every local-memory entry is refused). Call before the guest runs.
+    ///
+    /// # Errors
+    /// [`GttConfigError::BadLocalMemory`] if the share is not page
+    /// aligned or its last page cannot be encoded in an entry.
+    pub fn with_local_memory(mut self, local: LocalMemory) -> Result<VirtualGtt, GttConfigError> {
+        let bad = GttConfigError::BadLocalMemory(local);
+        if !local.offset.is_multiple_of(gtt::PAGE_SIZE) || !local.size.is_multiple_of(gtt::PAGE_SIZE) {
+            return Err(bad);
+        }
+        let end = local.offset.checked_add(local.size).ok_or(bad)?;
+        if local.size > 0 {
+            let last = end.checked_sub(gtt::PAGE_SIZE).ok_or(bad)?;
+            gtt::present_entry(last).ok_or(bad)?;
+        }
+        self.local = local;
+        Ok(self)
+    }
+
+    /// The partition's share of local memory.
+    pub fn local_memory(&self) -> LocalMemory {
+        self.local
     }
 
     /// Entries the guest sees.
@@ -235,10 +302,12 @@ impl VirtualGtt {
         self.scratch
     }
 
-    /// The host page guest entry `index` maps, if any.
-    pub fn mapped_page(&self, index: u64) -> Option<Hpa> {
+    /// What guest entry `index` maps, if anything (not present, refused
+    /// and out-of-range entries map nothing: the scratch page is not the
+    /// partition's memory).
+    pub fn mapped_page(&self, index: u64) -> Option<Target> {
         let index = usize::try_from(index).ok()?;
-        self.pinned.get(index).copied().flatten()
+        self.mapped.get(index).copied().flatten()
     }
 
     fn index(&self, offset: u64, size: u8) -> Result<usize, GttError> {
@@ -309,6 +378,11 @@ impl VirtualGtt {
         let value = self.guest[index];
         let state = if value & gtt::PRESENT == 0 {
             EntryState::NotPresent
+        } else if value & vgpu::GTT_LOCAL_MEMORY != 0 {
+            match self.local_page(gtt::entry_address(value)) {
+                Some(real) => EntryState::Mapped(Target::Local(real)),
+                None => EntryState::Refused(Invalid::OutsideLocalMemory(gtt::entry_address(value))),
+            }
         } else {
             match validate_page(space, Iova::new(gtt::entry_address(value))) {
                 Err(invalid) => EntryState::Refused(invalid),
@@ -316,25 +390,27 @@ impl VirtualGtt {
                 // Pin the new page before the old one is unpinned, so that
                 // rewriting an entry with the same page never releases it.
                 Ok(hpa) => match pins.pin(hpa) {
-                    Ok(_) => EntryState::Mapped(hpa),
+                    Ok(_) => EntryState::Mapped(Target::Ram(hpa)),
                     Err(e) => EntryState::Refused(Invalid::Pin(e)),
                 },
             }
         };
         let new = match state {
-            EntryState::Mapped(hpa) => Some(hpa),
+            EntryState::Mapped(target) => Some(target),
             _ => None,
         };
-        if let Some(old) = core::mem::replace(&mut self.pinned[index], new) {
+        if let Some(Target::Ram(old)) = core::mem::replace(&mut self.mapped[index], new) {
             // The only failure is NotPinned: the caller already released
             // the partition's pins (`release_all` at a stop), so there is
             // nothing left to drop.
             let _ = pins.unpin(old);
         }
         let value = match new {
-            // Only the present bit and the address go to the hardware: the
-            // guest's other bits (cache control) are not passed through.
-            Some(hpa) => hpa.raw() | gtt::PRESENT,
+            // Only the present bit, the local-memory bit and the address go
+            // to the hardware: the guest's other bits (cache control) are
+            // not passed through.
+            Some(Target::Ram(hpa)) => hpa.raw() | gtt::PRESENT,
+            Some(Target::Local(real)) => real | vgpu::GTT_LOCAL_MEMORY | gtt::PRESENT,
             None => self.scratch,
         };
         // `index < entries` and `base + entries` was checked in `new`.
@@ -342,14 +418,28 @@ impl VirtualGtt {
         GttWrite::Update { update, state }
     }
 
+    /// The real local-memory offset of the page at guest local-memory
+    /// offset `offset` (page aligned), if the whole page lies in the share.
+    /// Encodability was checked for the share's last page in
+    /// [`VirtualGtt::with_local_memory`].
+    fn local_page(&self, offset: u64) -> Option<u64> {
+        let end = offset.checked_add(gtt::PAGE_SIZE)?;
+        if end > self.local.size {
+            return None;
+        }
+        self.local.offset.checked_add(offset)
+    }
+
     /// Forgets every entry (the partition restarts): unpins every page and
     /// clears the guest's view. The caller then fills
     /// [`VirtualGtt::real_indices`] with [`VirtualGtt::scratch_entry`] and
     /// invalidates the GPU's GTT caches.
     pub fn reset(&mut self, pins: &mut PinnedPages) {
-        for page in self.pinned.iter_mut().filter_map(Option::take) {
-            // As in `apply`: NotPinned means the pins were already released.
-            let _ = pins.unpin(page);
+        for target in self.mapped.iter_mut().filter_map(Option::take) {
+            if let Target::Ram(page) = target {
+                // As in `apply`: NotPinned means the pins were already released.
+                let _ = pins.unpin(page);
+            }
         }
         self.guest.fill(0);
         self.halves.clear();
@@ -404,14 +494,14 @@ mod tests {
     #[test]
     fn a_valid_entry_is_translated_into_the_slice_and_pinned() {
         let (mut gtt, space, mut pins) = setup();
-        let result = gtt.write64(&space, &mut pins, 3 * 8, 0x4000_2000 | gtt::PRESENT | 0x6).unwrap();
+        let result = gtt.write64(&space, &mut pins, 3 * 8, 0x4000_2000 | gtt::PRESENT | 0x4).unwrap();
         let hpa = Hpa::new(0x1_0000_2000);
-        assert_eq!(result, update(3, 0x1_0000_2001, EntryState::Mapped(hpa)));
+        assert_eq!(result, update(3, 0x1_0000_2001, EntryState::Mapped(Target::Ram(hpa))));
         assert!(pins.is_pinned(hpa));
-        assert_eq!(gtt.mapped_page(3), Some(hpa));
+        assert_eq!(gtt.mapped_page(3), Some(Target::Ram(hpa)));
         // The guest reads back exactly what it wrote, flag bits included.
-        assert_eq!(gtt.read64(3 * 8), Ok(0x4000_2007));
-        assert_eq!(gtt.read32(3 * 8), Ok(0x4000_2007));
+        assert_eq!(gtt.read64(3 * 8), Ok(0x4000_2005));
+        assert_eq!(gtt.read32(3 * 8), Ok(0x4000_2005));
         assert_eq!(gtt.read32(3 * 8 + 4), Ok(0));
         assert_eq!(gtt.graphics_range(), 0x10_0000..0x11_0000);
         assert_eq!(gtt.real_indices(), 0x100..0x110);
@@ -466,10 +556,10 @@ mod tests {
         assert_eq!(gtt.read64(0), Ok(0x4000_1001), "the guest sees its half at once");
         assert_eq!(pins.pinned(), 0, "nothing validated yet");
         let hpa = Hpa::new(0x1_0000_1000);
-        assert_eq!(gtt.write32(&space, &mut pins, 4, 0), Ok(update(0, hpa.raw() | 1, EntryState::Mapped(hpa))));
+        assert_eq!(gtt.write32(&space, &mut pins, 4, 0), Ok(update(0, hpa.raw() | 1, EntryState::Mapped(Target::Ram(hpa)))));
         // High then low.
         assert_eq!(gtt.write32(&space, &mut pins, 8 + 4, 0), Ok(GttWrite::Held { index: 1 }));
-        assert_eq!(gtt.write32(&space, &mut pins, 8, 0x4000_3001), Ok(update(1, 0x1_0000_3001, EntryState::Mapped(Hpa::new(0x1_0000_3000)))));
+        assert_eq!(gtt.write32(&space, &mut pins, 8, 0x4000_3001), Ok(update(1, 0x1_0000_3001, EntryState::Mapped(Target::Ram(Hpa::new(0x1_0000_3000))))));
         // The same half twice is still half an entry.
         assert_eq!(gtt.write32(&space, &mut pins, 16, 0x4000_3001), Ok(GttWrite::Held { index: 2 }));
         assert_eq!(gtt.write32(&space, &mut pins, 16, 0x4000_4001), Ok(GttWrite::Held { index: 2 }));
@@ -499,13 +589,13 @@ mod tests {
         assert!(!pins.is_pinned(a));
         // ...while rewriting the same page never releases it, even at the limit.
         gtt.write64(&space, &mut pins, 0, 0x4000_0001).unwrap();
-        let same = gtt.write64(&space, &mut pins, 0, 0x4000_0003).unwrap();
+        let same = gtt.write64(&space, &mut pins, 0, 0x4000_0005).unwrap();
         assert!(matches!(same, GttWrite::Update { state: EntryState::Mapped(_), .. }));
         assert_eq!(pins.references(a), 1);
         let mut pins2 = PinnedPages::new("q", 4);
         let (mut gtt2, _, _) = setup();
         gtt2.write64(&space, &mut pins2, 0, 0x4000_0001).unwrap();
-        gtt2.write64(&space, &mut pins2, 0, 0x4000_0003).unwrap();
+        gtt2.write64(&space, &mut pins2, 0, 0x4000_0005).unwrap();
         assert_eq!(pins2.references(a), 1);
         // Moving with room to spare: old released, new pinned.
         gtt2.write64(&space, &mut pins2, 0, 0x4000_5001).unwrap();
@@ -550,5 +640,71 @@ mod tests {
         assert_eq!(pins.pinned(), 0);
         assert_eq!((gtt.read64(0), gtt.read64(16)), (Ok(0), Ok(0)));
         assert_eq!(gtt.write32(&space, &mut pins, 20, 0), Ok(GttWrite::Held { index: 2 }), "held halves forgotten");
+    }
+
+    /// Local memory share: real offsets 0x40_0000..0x48_0000 (512 KiB).
+    const LOCAL: LocalMemory = LocalMemory { offset: 0x40_0000, size: 0x8_0000 };
+    const LM: u64 = vgpu::GTT_LOCAL_MEMORY | gtt::PRESENT;
+
+    #[test]
+    fn local_memory_entries_are_relocated_into_the_share_without_pinning() {
+        let (gtt, space, mut pins) = setup();
+        let mut gtt = gtt.with_local_memory(LOCAL).unwrap();
+        // First and last page of the share.
+        let first = gtt.write64(&space, &mut pins, 0, LM).unwrap();
+        assert_eq!(first, update(0, 0x40_0000 | LM, EntryState::Mapped(Target::Local(0x40_0000))));
+        let last = gtt.write64(&space, &mut pins, 8, 0x7_f000 | LM | 0x40).unwrap();
+        assert_eq!(last, update(1, 0x47_f000 | LM, EntryState::Mapped(Target::Local(0x47_f000))));
+        assert_eq!(gtt.mapped_page(1), Some(Target::Local(0x47_f000)));
+        assert_eq!(gtt.read64(8), Ok(0x7_f000 | LM | 0x40), "reads back as written");
+        assert_eq!(pins.pinned(), 0);
+        // One page past the end, far past, and an overflowing offset.
+        for (n, offset) in [0x8_0000u64, 0x7f_ffff_f000, 0x1_0000_0000].into_iter().enumerate() {
+            let index = 2 + n as u64;
+            assert_eq!(
+                gtt.write64(&space, &mut pins, index * 8, offset | LM),
+                Ok(update(index, SCRATCH_ENTRY, EntryState::Refused(Invalid::OutsideLocalMemory(offset)))),
+                "{offset:#x}"
+            );
+            assert_eq!(gtt.mapped_page(index), None);
+        }
+        // A RAM entry replaced by a local one releases its pin; the reverse pins.
+        gtt.write64(&space, &mut pins, 0, 0x4000_0001).unwrap();
+        assert_eq!(pins.pinned(), 1);
+        gtt.write64(&space, &mut pins, 0, 0x1000 | LM).unwrap();
+        assert_eq!(pins.pinned(), 0);
+        assert_eq!(gtt.mapped_page(0), Some(Target::Local(0x40_1000)));
+        gtt.reset(&mut pins);
+        assert_eq!(gtt.mapped_page(1), None);
+    }
+
+    #[test]
+    fn without_local_memory_every_local_entry_is_refused() {
+        let (mut gtt, space, mut pins) = setup();
+        assert_eq!(
+            gtt.write64(&space, &mut pins, 0, LM),
+            Ok(update(0, SCRATCH_ENTRY, EntryState::Refused(Invalid::OutsideLocalMemory(0))))
+        );
+        // The LM bit wins over a valid RAM address: it is never read as RAM.
+        assert_eq!(
+            gtt.write64(&space, &mut pins, 8, 0x4000_0000 | LM),
+            Ok(update(1, SCRATCH_ENTRY, EntryState::Refused(Invalid::OutsideLocalMemory(0x4000_0000))))
+        );
+        assert_eq!(pins.pinned(), 0);
+    }
+
+    #[test]
+    fn bad_local_memory_shares_are_configuration_errors() {
+        let gtt = || VirtualGtt::new(0, 1, SCRATCH).unwrap();
+        for local in [
+            LocalMemory { offset: 0x800, size: 0x1000 },
+            LocalMemory { offset: 0, size: 0x800 },
+            LocalMemory { offset: !0xfff, size: 0x2000 },
+            LocalMemory { offset: 0x80_0000_0000, size: 0x1000 },
+        ] {
+            assert_eq!(gtt().with_local_memory(local).unwrap_err(), GttConfigError::BadLocalMemory(local));
+        }
+        assert!(gtt().with_local_memory(LocalMemory { offset: 0x7f_ffff_f000, size: 0x1000 }).is_ok());
+        assert!(gtt().with_local_memory(LocalMemory::default()).is_ok());
     }
 }

@@ -3,52 +3,78 @@
 //! access. The GPU driver performs the decisions.
 //!
 //! ```text
-//! guest GTT write (trapped) --> gtt::VirtualGtt --> RealGttUpdate --> driver writes
-//!   offset, 4 or 8 bytes         validate through      (slice base      the real GTT,
-//!                                the device view,       + index, value)  flushes GTT caches
-//!                                pin, or scratch
+//!                         vgpu::VirtualGpu (one per partition, register BAR)
+//! guest BAR0 access ----> read / write(WriteContext, offset, size, value) -> WriteEffect
+//!  (trapped)               |
+//!   GTT window, 4/8 B  --> gtt::VirtualGtt: validate (RAM via device view + pin,
+//!                          local memory via its share), or scratch
+//!                          --> WriteEffect.gtt_updates: driver writes real GTT, flushes
+//!   INT_*/FAULT_*/INFO --> registers (RW1C status, enable, counters)
+//!   RING_TAIL          --> check ring registers --> copy [consumed, tail) (join wrap)
+//!                          through GttMemory (PhysicalReader: image's RAM / local reads)
+//!                          --> scan::scan over a Snapshot --> shadow batches + relocated
+//!                          MI_BATCH_BUFFER_START (ShadowPlacement gives addresses)
+//!                          --> WriteEffect.submission, or .rejection (INFO_SUBMIT_*)
 //!
-//! guest ring tail write ------> copy head..tail ----> scan::scan --------> driver copies the
-//!                               out of guest RAM       every command and    scanned copy into the
-//!                               (join a wrap)          batch inside the     shadow ring in the
-//!                                                      Share                partition's slice, submits
+//! Submission --> sched::Scheduler (weighted round-robin over partitions)
+//!            --> driver copies shadows + commands into the real ring, runs them
+//!            --> on completion: VirtualGpu::complete(fault) --> HEAD, SEQNO, INT_*
+//!            --> driver sets the partition's interrupt line to the returned level
 //! ```
 //!
 //! - [`gtt::VirtualGtt`] gives the partition a GTT of its configured size
 //!   that reads back what it wrote, and turns each complete entry into one
 //!   entry of the partition's slice of the real GTT: the partition's own
 //!   DMA-capable RAM (validated through its [`AddressSpace`](crate::address_space::AddressSpace),
-//!   rule 1, and pinned in its [`PinnedPages`](crate::pinning::PinnedPages), rule 3), or the
+//!   rule 1, and pinned in its [`PinnedPages`](crate::pinning::PinnedPages), rule 3), a page
+//!   of its share of local memory ([`gtt::LocalMemory`], no pinning), or the
 //!   scratch page. Guest graphics addresses are real graphics addresses:
 //!   guest entry `i` maps real graphics address `(base + i) * 4096`, and
 //!   the information registers tell the guest its range
-//!   ([`gtt::VirtualGtt::graphics_range`]), so commands need no relocation.
+//!   ([`gtt::VirtualGtt::graphics_range`]), so commands need no relocation
+//!   except batch starts, which are pointed at frozen shadow copies.
 //! - [`scan::scan`] accepts a run of ring commands only if every command is
 //!   allowed and everything it (and every batch buffer it starts) touches
 //!   lies inside the partition's [`scan::Share`].
+//! - [`vgpu::VirtualGpu`] is the whole register BAR: it owns the partition's
+//!   `VirtualGtt`, turns RING_TAIL writes into checked [`vgpu::Submission`]s
+//!   (ring copy + shadow batches, nothing left in guest-writable memory), and
+//!   keeps RING_HEAD, SEQNO and the interrupt status in step with completions.
+//! - [`sched::Scheduler`] picks which partition's submission the GPU runs
+//!   next, by weight.
 //!
-//! What the caller (the hypervisor's GPU driver and virtual GPU) must do:
+//! What the caller (the image's GPU driver and trap handler) must do:
 //! - Before the partition runs, fill its real-GTT slice with
 //!   [`gtt::VirtualGtt::scratch_entry`]; on a restart, call
-//!   [`gtt::VirtualGtt::reset`] and do that again.
+//!   [`vgpu::VirtualGpu::reset`], [`sched::Scheduler::drop_partition`], and
+//!   fill the slice again.
+//! - Route every trapped BAR0 access to [`vgpu::VirtualGpu::read`] /
+//!   [`vgpu::VirtualGpu::write`] with the access's size; never pre-filter.
 //! - Write every [`gtt::RealGttUpdate`] returned, then invalidate the GPU's
-//!   GTT caches before the partition's next submission; log
-//!   [`gtt::EntryState::Refused`] and [`gtt::GttError`] (rate-limited: a
-//!   guest controls how many there are).
+//!   GTT caches before the partition's next submission runs; log
+//!   [`gtt::EntryState::Refused`] and [`vgpu::SubmitRejection`]s
+//!   (rate-limited: a guest controls how many there are).
+//! - Implement [`vgpu::PhysicalReader`] (host RAM through the direct map,
+//!   local memory through the driver's BAR mapping) and
+//!   [`vgpu::ShadowPlacement`] (shadow-batch space in graphics memory only
+//!   the hypervisor maps, e.g. a hypervisor slice of the real GTT; freed
+//!   when the submission completes).
+//! - For each [`vgpu::Submission`]: queue it in the scheduler; when it runs,
+//!   copy each [`vgpu::ShadowBatch`] to its address, then the commands into
+//!   the real ring, and submit. When the GPU finishes it (or faults on it,
+//!   after the driver recovered the real ring), call
+//!   [`vgpu::VirtualGpu::complete`] — completions arrive in submission
+//!   order per partition — and set the partition's interrupt line to the
+//!   level returned (also after every write: [`vgpu::WriteEffect::interrupt_asserted`]).
 //! - Pages are unpinned as soon as an entry stops referencing them, before
 //!   the caller has written the hardware. That is safe because a
 //!   partition's pages are never handed to anyone else while it runs; a
 //!   design that reuses pages at run time must defer the unpin until the
-//!   GTT flush.
-//! - Scan a *copy* of the ring and submit that copy. Batch buffers stay in
-//!   guest memory, which the guest can change after the scan: until the
-//!   caller copies each [`scan::BatchSpan`] into shadow batch buffers (and
-//!   points the copied MI_BATCH_BUFFER_START commands at them), submit only
-//!   while the partition cannot write them (or accept that a batch is
-//!   checked, not frozen).
-//! - Give the scanner a [`scan::BatchMemory`] that reads graphics addresses
-//!   through the partition's own GTT entries ([`gtt::VirtualGtt::mapped_page`]),
-//!   never the real GTT as a whole.
+//!   GTT flush. Likewise a submission's data pages may be remapped by the
+//!   guest while it is queued: the GPU then writes the newly mapped page of
+//!   the same partition, never anyone else's.
 
 pub mod gtt;
 pub mod scan;
+pub mod sched;
+pub mod vgpu;

@@ -277,7 +277,7 @@ fn check_range(share: &Share, start: u64, len: u64) -> Result<(), Reason> {
 
 /// The dwords a command has, from its header (PRM Vol. 2a: DWord Length is
 /// the total minus 2), or why it is refused at sight.
-fn command_dwords(header: u32) -> Result<usize, Reason> {
+pub(crate) fn command_dwords(header: u32) -> Result<usize, Reason> {
     match cmd::client(header) {
         cmd::CLIENT_MI => match cmd::mi_opcode(header) {
             cmd::MI_NOOP | cmd::MI_USER_INTERRUPT | cmd::MI_BATCH_BUFFER_END => Ok(1),
