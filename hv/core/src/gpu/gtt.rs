@@ -253,6 +253,19 @@ impl VirtualGtt {
         })
     }
 
+    /// The same GTT with `entry` (a present real entry, e.g. one naming a
+    /// page of the GPU's local memory) as its scratch entry.
+    ///
+    /// # Errors
+    /// [`GttConfigError::BadScratch`] if `entry` is not present.
+    pub fn with_scratch_entry(mut self, entry: u64) -> Result<VirtualGtt, GttConfigError> {
+        if entry & gtt::PRESENT == 0 {
+            return Err(GttConfigError::BadScratch(Hpa::new(gtt::entry_address(entry))));
+        }
+        self.scratch = entry;
+        Ok(self)
+    }
+
     /// Gives the partition its share of local memory (none by default, so
     /// every local-memory entry is refused). Call before the guest runs.
     ///
@@ -706,5 +719,12 @@ mod tests {
         }
         assert!(gtt().with_local_memory(LocalMemory { offset: 0x7f_ffff_f000, size: 0x1000 }).is_ok());
         assert!(gtt().with_local_memory(LocalMemory::default()).is_ok());
+    }
+
+    #[test]
+    fn a_local_memory_scratch_entry_replaces_the_ram_one() {
+        let gtt = VirtualGtt::new(16, 4, Hpa::new(0x1000)).unwrap();
+        assert_eq!(gtt.clone().with_scratch_entry(0x3).unwrap().scratch_entry(), 0x3);
+        assert!(gtt.with_scratch_entry(0x2000).is_err(), "not present");
     }
 }
