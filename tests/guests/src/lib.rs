@@ -22,6 +22,7 @@ pub mod fault;
 pub mod gic;
 pub mod edu;
 pub mod hv;
+pub mod intx;
 #[cfg(target_arch = "aarch64")]
 pub mod mmu;
 pub mod pattern;
