@@ -21,6 +21,7 @@ pub mod fault;
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
 pub mod edu;
+pub mod gpu;
 pub mod hv;
 pub mod intx;
 #[cfg(target_arch = "aarch64")]
