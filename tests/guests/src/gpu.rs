@@ -53,6 +53,62 @@ pub mod layout {
     /// Where `gpu-client` leaves its final image (see
     /// [`super::commands::final_pixel`]).
     pub const FINAL_IMAGE: u64 = RAM_BASE + 0xc0_0000;
+
+    /// Checks that the program (code, data, stack) ends below [`WORK`];
+    /// returns where it ends otherwise.
+    ///
+    /// # Errors
+    /// The end of the program's stack.
+    pub fn check_program_below_work() -> Result<(), u64> {
+        #[cfg(target_os = "none")]
+        {
+            unsafe extern "C" {
+                static __stack_top: u8;
+            }
+            let end = core::ptr::addr_of!(__stack_top) as u64;
+            if end > WORK {
+                return Err(end);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Pixels a check found wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadPixels {
+    /// How many.
+    pub count: u32,
+    /// The first one's column.
+    pub x: u32,
+    /// The first one's row.
+    pub y: u32,
+    /// What it held.
+    pub found: u32,
+    /// What it should have held.
+    pub expected: u32,
+}
+
+/// Checks every pixel of the 32 bpp surface at guest-physical `address`
+/// (its RAM or its local-memory BAR) against `expected(x, y)`.
+///
+/// # Errors
+/// [`BadPixels`] when any differs.
+pub fn check_surface(address: u64, pitch: u32, width: u32, height: u32, expected: impl Fn(u32, u32) -> u32) -> Result<(), BadPixels> {
+    let mut bad: Option<BadPixels> = None;
+    for y in 0..height {
+        for x in 0..width {
+            let found = ram_read32(address + u64::from(y) * u64::from(pitch) + 4 * u64::from(x));
+            let want = expected(x, y);
+            if found != want {
+                match bad.as_mut() {
+                    Some(bad) => bad.count += 1,
+                    None => bad = Some(BadPixels { count: 1, x, y, found, expected: want }),
+                }
+            }
+        }
+    }
+    bad.map_or(Ok(()), Err)
 }
 
 /// Why the GPU could not be used, or work did not finish.
@@ -455,6 +511,9 @@ impl Gpu {
     /// [`GpuError::Ring`], [`GpuError::Timeout`], [`GpuError::InterruptLost`],
     /// [`GpuError::Interrupt`] (no interrupt enabled).
     pub fn run(&mut self, dwords: &[u32]) -> Result<Outcome, GpuError> {
+        if let Some(intx) = self.intx.as_mut() {
+            intx.resync();
+        }
         self.submit(dwords)?;
         self.wait()
     }

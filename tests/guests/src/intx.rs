@@ -130,6 +130,13 @@ impl Intx {
         ARRIVED.load(Ordering::SeqCst)
     }
 
+    /// Counts every interrupt taken so far as expected: the next
+    /// [`Intx::next`] waits for one taken after this call (for devices
+    /// whose work may raise more than one).
+    pub fn resync(&mut self) {
+        self.expected = ARRIVED.load(Ordering::SeqCst);
+    }
+
     /// Waits until the next expected interrupt has been taken or `deadline`
     /// (a counter value) passed; returns the status bits acknowledged since
     /// the last call (possibly from more than one interrupt).
@@ -137,7 +144,7 @@ impl Intx {
     /// # Errors
     /// [`IntxError::Lost`].
     pub fn next(&mut self, deadline: u64) -> Result<u32, IntxError> {
-        self.expected = self.expected.max(ARRIVED.load(Ordering::SeqCst)) + 1;
+        self.expected += 1;
         LIMIT.store(self.expected + STORM, Ordering::SeqCst);
         let expected = self.expected;
         while !arch::wait(|| ARRIVED.load(Ordering::SeqCst) >= expected) {
