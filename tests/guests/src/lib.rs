@@ -13,7 +13,7 @@
 //! programs that use only [`hv`], [`pattern`], [`time`] (its counter),
 //! [`println!`] and [`guest_main!`] build for both architectures.
 
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_arch = "aarch64")]
