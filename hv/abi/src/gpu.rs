@@ -366,8 +366,8 @@ pub mod bench {
     /// GTT entry writes timed by the guest's trapped-GTT-write measurement.
     pub const GTT_WRITES: u32 = 1024;
 
-    const _: () = assert!(BLITS % BLITS_PER_SUBMISSION == 0, "whole submissions");
-    const _: () = assert!(SURFACE_BYTES % super::gtt::PAGE_SIZE == 0, "whole pages");
+    const _: () = assert!(BLITS.is_multiple_of(BLITS_PER_SUBMISSION), "whole submissions");
+    const _: () = assert!(SURFACE_BYTES.is_multiple_of(super::gtt::PAGE_SIZE), "whole pages");
     const _: () = assert!(WIDTH <= 0x7fff && HEIGHT <= 0x7fff && PITCH <= 0x7fff, "fits the blit fields");
 }
 
