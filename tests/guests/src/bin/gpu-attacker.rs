@@ -156,7 +156,7 @@ impl Attacker {
         let outcome = self.run(list.as_slice())?;
         let head = self.gpu.read(vgpu::RING_HEAD) & vgpu::RING_OFFSET_MASK;
         let tail = self.gpu.ring_tail().unwrap_or(0);
-        let bad_offset = start + 4 * marker.len() as u32;
+        let bad_offset = (start + 4 * marker.len() as u32) % (RING_PAGES * PAGE as u32);
         let mut ok = true;
         match outcome {
             Outcome::Rejected { code: found, offset, header, .. } => {
