@@ -319,6 +319,58 @@ pub mod vgpu {
     pub const REJECT_BUSY: u32 = 6;
 }
 
+/// The GPU blit benchmark's workload, in one place for both of its sides:
+/// the hypervisor's direct run (its own driver on the real GTT and ring)
+/// and the guest's mediated run (`gpu-bench` through its virtual GPU).
+/// Both do exactly this:
+///
+/// - two 32 bpp linear surfaces of [`WIDTH`] × [`HEIGHT`] pixels, pitch
+///   [`PITCH`], both in GPU local memory: the source at local-memory offset
+///   [`SOURCE_OFFSET`], the destination at [`DESTINATION_OFFSET`] (offsets
+///   into the local memory the runner owns: the whole of it for the direct
+///   side, its BAR2 share for a partition), mapped through consecutive GTT
+///   entries;
+/// - [`BLITS`] XY_SRC_COPY_BLT (ROP 0xCC) of the whole source onto the
+///   whole destination, issued in [`SUBMISSIONS`] submissions of
+///   [`BLITS_PER_SUBMISSION`] blits each, every submission followed by one
+///   MI_USER_INTERRUPT in the same ring write (one RING_TAIL write per
+///   submission); the next submission is written after the previous one's
+///   completion interrupt;
+/// - timed from the first submission's RING_TAIL write to the last
+///   completion, reported per blit.
+pub mod bench {
+    /// Blits in one measurement.
+    pub const BLITS: u32 = 64;
+    /// Surface width in pixels.
+    pub const WIDTH: u32 = 256;
+    /// Surface height in rows.
+    pub const HEIGHT: u32 = 256;
+    /// Bytes per pixel (32 bpp, colour depth code 3).
+    pub const BYTES_PER_PIXEL: u32 = 4;
+    /// Bytes per row.
+    pub const PITCH: u32 = WIDTH * BYTES_PER_PIXEL;
+    /// Bytes of one surface, and bytes one blit copies.
+    pub const SURFACE_BYTES: u64 = PITCH as u64 * HEIGHT as u64;
+    /// Blits per submission (one RING_TAIL write, one completion interrupt).
+    pub const BLITS_PER_SUBMISSION: u32 = 16;
+    /// Submissions in one measurement.
+    pub const SUBMISSIONS: u32 = BLITS / BLITS_PER_SUBMISSION;
+    /// Local-memory offset of the source surface.
+    pub const SOURCE_OFFSET: u64 = 0;
+    /// Local-memory offset of the destination surface.
+    pub const DESTINATION_OFFSET: u64 = SURFACE_BYTES;
+    /// Local memory the workload needs.
+    pub const LOCAL_MEMORY_BYTES: u64 = DESTINATION_OFFSET + SURFACE_BYTES;
+    /// GTT entries the two surfaces need.
+    pub const GTT_ENTRIES: u64 = LOCAL_MEMORY_BYTES / super::gtt::PAGE_SIZE;
+    /// GTT entry writes timed by the guest's trapped-GTT-write measurement.
+    pub const GTT_WRITES: u32 = 1024;
+
+    const _: () = assert!(BLITS.is_multiple_of(BLITS_PER_SUBMISSION), "whole submissions");
+    const _: () = assert!(SURFACE_BYTES.is_multiple_of(super::gtt::PAGE_SIZE), "whole pages");
+    const _: () = assert!(WIDTH <= 0x7fff && HEIGHT <= 0x7fff && PITCH <= 0x7fff, "fits the blit fields");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,5 +395,12 @@ mod tests {
         assert_eq!(cmd::blt(cmd::XY_SRC_COPY_BLT, 8), 0x54c0_0008);
         assert_eq!(cmd::mi_opcode(0x1100_0001), cmd::MI_LOAD_REGISTER_IMM);
         assert_eq!(cmd::blt_opcode(0x54c0_0008), cmd::XY_SRC_COPY_BLT);
+    }
+
+    #[test]
+    fn the_bench_workload_is_whole_submissions_of_one_surface_each() {
+        assert_eq!(bench::SURFACE_BYTES, 256 * 1024);
+        assert_eq!(bench::SUBMISSIONS * bench::BLITS_PER_SUBMISSION, bench::BLITS);
+        assert_eq!(bench::GTT_ENTRIES, 128);
     }
 }

@@ -13,7 +13,7 @@
 //! programs that use only [`hv`], [`pattern`], [`time`] (its counter),
 //! [`println!`] and [`guest_main!`] build for both architectures.
 
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_arch = "aarch64")]
@@ -21,7 +21,9 @@ pub mod fault;
 #[cfg(target_arch = "aarch64")]
 pub mod gic;
 pub mod edu;
+pub mod gpu;
 pub mod hv;
+pub mod intx;
 #[cfg(target_arch = "aarch64")]
 pub mod mmu;
 pub mod pattern;

@@ -83,40 +83,38 @@ const LANDING: u64 = 0x400;
 /// Bytes per transfer.
 const LEN: usize = 64;
 
-/// The edu's INTx taken through the partition's virtual GIC.
-#[cfg(target_arch = "aarch64")]
+/// The edu's INTx, taken through the shared plumbing of
+/// [`bulkhead_test_guests::intx`]: on arm64 as an SPI of the partition's
+/// virtual GIC, on x86_64 through its virtual I/O APIC.
 mod intx {
     use bulkhead_test_guests::edu::{DMA_DONE, Edu, Interrupts};
-    use bulkhead_test_guests::{gic, println, time};
-    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use bulkhead_test_guests::intx::{self as shared, IntxError};
+    use bulkhead_test_guests::println;
+    use core::sync::atomic::{AtomicU64, Ordering};
 
-    /// The INTID the edu's INTx arrives as. The interrupt line byte of the
-    /// virtual configuration space is guest scratch (as on hardware, where
-    /// firmware fills it), so the number is the test's knowledge: QEMU
-    /// `virt`'s host bridge maps INTA of device 1, where the edu sits, to
-    /// SPI 4 = INTID 36 (its `interrupt-map`, swizzle included). The
-    /// hypervisor logs the number it passes through ("INTx of its PCI
-    /// function(s) is interrupt 36"), and the scenario expects both.
-    pub const INTID: u32 = 36;
-    /// Priority given to it (any value above the priority mask 0xff).
-    const PRIORITY: u8 = 0x80;
+    /// The INTID the edu's INTx arrives as on arm64. The interrupt line
+    /// byte of the virtual configuration space is guest scratch (as on
+    /// hardware, where firmware fills it), so the number is the test's
+    /// knowledge: QEMU `virt`'s host bridge maps INTA of device 1, where
+    /// the edu sits, to SPI 4 = INTID 36 (its `interrupt-map`, swizzle
+    /// included). The hypervisor logs the number it passes through ("INTx
+    /// of its PCI function(s) is interrupt 36"), and the scenario expects
+    /// both.
+    #[cfg(target_arch = "aarch64")]
+    pub const LINE: u32 = 36;
+    /// The virtual I/O APIC pin the edu's INTx arrives at on x86_64: the
+    /// host GSI. QEMU `q35`'s ICH9 routes INTA of device 1, where the edu
+    /// sits, to PIRQ F = GSI 21 (the ACPI `_PRT` says so to an OS that
+    /// reads AML; this test's knowledge). The hypervisor logs the pin it
+    /// wires ("INTA is GSI 21"), and the scenario expects both.
+    #[cfg(not(target_arch = "aarch64"))]
+    pub const LINE: u32 = 21;
     /// The status bit raised by hand: one the edu never sets itself (it
     /// uses 0x1 for the factorial and [`DMA_DONE`] for transfers).
     const MANUAL: u32 = 1 << 16;
     /// Hand-raised interrupts: the second one can only arrive if the
     /// acknowledge deasserted the level-sensitive line in between.
     const RAISES: u32 = 2;
-    /// Seconds to wait for an interrupt before calling it lost (the DMA
-    /// completion comes ~100 ms of virtual time after the start).
-    const WAIT_SECONDS: u64 = 2;
-    /// Milliseconds without a further interrupt after one was taken: a
-    /// line left asserted would be taken again at once after the EOI.
-    const QUIET_MS: u64 = 20;
-    /// Interrupts the handler takes at most before it disables the SPI:
-    /// far more than the test raises, so only a line that will not go
-    /// down (an interrupt storm) reaches it, and `main` gets to report it
-    /// instead of the guest spinning in its handler.
-    const STORM: u32 = 64;
     /// Failure codes.
     const FAIL_SETUP: u64 = 7;
     const FAIL_LOST: u64 = 8;
@@ -125,266 +123,47 @@ mod intx {
 
     /// The edu's BAR, for the handler (it cannot borrow `main`'s `Edu`).
     static BAR: AtomicU64 = AtomicU64::new(0);
-    /// Interrupts taken from the edu. Plain loads and stores, no
-    /// read-modify-write atomics: with the MMU off, memory is Device memory,
-    /// where exclusives are not guaranteed to work; only the handler
-    /// writes while interrupts are unmasked.
-    static ARRIVED: AtomicU32 = AtomicU32::new(0);
-    /// The status bits the handler found and acknowledged since the last
-    /// [`Intx::next`].
-    static SEEN: AtomicU32 = AtomicU32::new(0);
-    /// The last INTID that was not the edu's (0: none).
-    static STRAY: AtomicU32 = AtomicU32::new(0);
 
-    fn on_interrupt(intid: u32) {
-        if intid != INTID {
-            STRAY.store(intid, Ordering::SeqCst);
-            return;
-        }
+    /// Reads and acknowledges the edu's interrupt status.
+    fn acknowledge() -> u32 {
         let edu = Interrupts::at(BAR.load(Ordering::SeqCst));
         let status = edu.status();
-        // Acknowledged at the device before the EOI that follows this
-        // handler: the line is level-sensitive and forwarded with the
-        // hardware bit, so the EOI deactivates the physical SPI too and a
-        // line still high would be taken again at once.
         edu.acknowledge(status);
-        SEEN.store(SEEN.load(Ordering::SeqCst) | status, Ordering::SeqCst);
-        let arrived = ARRIVED.load(Ordering::SeqCst) + 1;
-        ARRIVED.store(arrived, Ordering::SeqCst);
-        if arrived >= STORM {
-            gic::disable_spi(INTID);
-        }
+        status
+    }
+
+    /// How the interrupt arrives, as the lines print it.
+    fn arrival() -> &'static str {
+        if cfg!(target_arch = "aarch64") { "interrupt 36" } else { "vector 0x41" }
     }
 
     /// The interrupts expected so far.
     pub struct Intx {
-        expected: u32,
+        shared: shared::Intx,
     }
 
     impl Intx {
-        /// Enables the edu's SPI at the virtual GIC and INTx at the device,
-        /// and unmasks IRQs.
+        /// Enables the edu's line and INTx at the device.
         pub fn start(edu: &Edu) -> Result<Intx, u64> {
             BAR.store(edu.bar(), Ordering::SeqCst);
-            gic::init(on_interrupt).map_err(|e| {
-                println!("GIC: {e}");
-                FAIL_SETUP
-            })?;
-            gic::set_spi_priority(INTID, PRIORITY);
-            if !gic::try_enable_spi(INTID) {
-                println!("interrupt {INTID} (the edu's INTx) did not stay enabled: not this partition's");
-                return Err(FAIL_SETUP);
-            }
+            let shared = shared::Intx::start(LINE, true, acknowledge).map_err(|_| FAIL_SETUP)?;
             edu.enable_intx();
-            gic::enable_irqs();
-            Ok(Intx { expected: 0 })
+            Ok(Intx { shared })
         }
 
         /// Waits for the next interrupt, checks it carried `bits` and that
         /// no further one follows; returns the status it carried.
         fn next(&mut self, what: &str, bits: u32) -> Result<u32, u64> {
-            self.expected += 1;
-            let deadline = time::counter() + WAIT_SECONDS * time::frequency();
-            while ARRIVED.load(Ordering::SeqCst) < self.expected {
-                if time::counter() > deadline {
-                    println!("INTx from the edu did not arrive within {WAIT_SECONDS} s after {what}");
-                    return Err(FAIL_LOST);
+            let status = self.shared.next_alone().map_err(|e| match e {
+                IntxError::Repeated(more) => {
+                    println!("INTx from the edu taken {more} more time(s) after {what} was acknowledged");
+                    FAIL_REPEATED
                 }
-                core::hint::spin_loop();
-            }
-            time::delay_ms(QUIET_MS);
-            let arrived = ARRIVED.load(Ordering::SeqCst);
-            if arrived != self.expected {
-                println!("INTx from the edu taken {} more time(s) after {what} was acknowledged", arrived - self.expected);
-                return Err(FAIL_REPEATED);
-            }
-            gic::disable_irqs();
-            let status = SEEN.load(Ordering::SeqCst);
-            SEEN.store(0, Ordering::SeqCst);
-            gic::enable_irqs();
-            if status != bits {
-                println!("INTx from the edu after {what} carried status {status:#x}, not {bits:#x}");
-                return Err(FAIL_STATUS);
-            }
-            Ok(status)
-        }
-
-        /// Raises the interrupt by hand [`RAISES`] times, each taken,
-        /// acknowledged and ended before the next.
-        pub fn raise(&mut self, edu: &Edu) -> Result<(), u64> {
-            for round in 1..=RAISES {
-                edu.interrupts().raise(MANUAL);
-                let status = self.next("a raise", MANUAL)?;
-                println!(
-                    "INTx from the edu arrived as interrupt {INTID}: raise {round} of {RAISES} (status {status:#x}), acknowledged"
-                );
-            }
-            Ok(())
-        }
-
-        /// The interrupt of a transfer started with completion interrupts on.
-        pub fn dma_done(&mut self, what: &str) -> Result<(), u64> {
-            let status = self.next(what, DMA_DONE)?;
-            println!("INTx from the edu arrived as interrupt {INTID}: {what} done (status {status:#x}), acknowledged");
-            Ok(())
-        }
-
-        /// Masks IRQs again; reports an interrupt that was not the edu's.
-        pub fn finish(self) -> Result<(), u64> {
-            gic::disable_irqs();
-            match STRAY.load(Ordering::SeqCst) {
-                0 => Ok(()),
-                other => {
-                    println!("unexpected interrupt {other}");
-                    Err(FAIL_STATUS)
-                }
-            }
-        }
-    }
-}
-
-/// The edu's INTx taken through the partition's virtual I/O APIC.
-#[cfg(target_arch = "x86_64")]
-mod intx {
-    use bulkhead_test_guests::edu::{DMA_DONE, Edu, Interrupts};
-    use bulkhead_test_guests::{println, time, x86_trap};
-    use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-
-    /// The virtual I/O APIC pin the edu's INTx arrives at: the host GSI.
-    /// QEMU `q35`'s ICH9 routes INTA of device 1, where the edu sits, to
-    /// PIRQ F = GSI 21 (the ACPI `_PRT` says so to an OS that reads AML;
-    /// this test's knowledge). The hypervisor logs the pin it wires
-    /// ("INTA is GSI 21"), and the scenario expects both.
-    pub const PIN: u32 = 21;
-    /// The vector the guest gives it (any of 32-255).
-    pub const VECTOR: u8 = 0x41;
-    /// The virtual I/O APIC: IOREGSEL and IOWIN.
-    const IOREGSEL: u64 = 0xfec0_0000;
-    const IOWIN: u64 = 0xfec0_0010;
-    /// I/O APIC registers: version, redirection entry `PIN` (low dword).
-    const IOAPIC_VERSION: u32 = 0x01;
-    const REDIRECTION_LOW: u32 = 0x10 + 2 * PIN;
-    /// Redirection entry bits: active low, remote IRR, level, masked.
-    const POLARITY_LOW: u32 = 1 << 13;
-    const REMOTE_IRR: u32 = 1 << 14;
-    const LEVEL: u32 = 1 << 15;
-    const MASKED: u32 = 1 << 16;
-    /// The local APIC's EOI register.
-    const LAPIC_EOI: u64 = 0xfee0_00b0;
-    /// The status bit raised by hand: one the edu never sets itself.
-    const MANUAL: u32 = 1 << 16;
-    /// Hand-raised interrupts: the second one can only arrive if the
-    /// acknowledge deasserted the level-sensitive line in between.
-    const RAISES: u32 = 2;
-    /// Time-stamp counter ticks to wait for an interrupt: 4 s at 1 GHz
-    /// (x86 has no architectural way to ask the TSC's rate; QEMU's runs at
-    /// the host's, 1-5 GHz).
-    const WAIT_TICKS: u64 = 4_000_000_000;
-    /// Ticks without a further interrupt after one was taken: at least
-    /// 20 ms on any TSC up to 5 GHz.
-    const QUIET_TICKS: u64 = 100_000_000;
-    /// Interrupts the handler takes at most before it masks the pin (an
-    /// interrupt storm: the line will not go down).
-    const STORM: u32 = 64;
-    /// Failure codes (as on arm64).
-    const FAIL_SETUP: u64 = 7;
-    const FAIL_LOST: u64 = 8;
-    const FAIL_STATUS: u64 = 9;
-    const FAIL_REPEATED: u64 = 10;
-
-    static BAR: AtomicU64 = AtomicU64::new(0);
-    static ARRIVED: AtomicU32 = AtomicU32::new(0);
-    static SEEN: AtomicU32 = AtomicU32::new(0);
-
-    fn write32(address: u64, value: u32) {
-        // SAFETY: a volatile store to the partition's emulated APIC windows.
-        unsafe { core::ptr::write_volatile(address as *mut u32, value) };
-    }
-
-    fn read32(address: u64) -> u32 {
-        // SAFETY: a volatile load from the partition's emulated APIC windows.
-        unsafe { core::ptr::read_volatile(address as *const u32) }
-    }
-
-    fn ioapic_read(register: u32) -> u32 {
-        write32(IOREGSEL, register);
-        read32(IOWIN)
-    }
-
-    fn ioapic_write(register: u32, value: u32) {
-        write32(IOREGSEL, register);
-        write32(IOWIN, value);
-    }
-
-    /// The device vector's handler: acknowledges at the device first (the
-    /// line is level-triggered: still high at the EOI, it would be taken
-    /// again at once), then ends the interrupt at the local APIC.
-    fn on_interrupt() {
-        let edu = Interrupts::at(BAR.load(Ordering::SeqCst));
-        let status = edu.status();
-        edu.acknowledge(status);
-        SEEN.store(SEEN.load(Ordering::SeqCst) | status, Ordering::SeqCst);
-        let arrived = ARRIVED.load(Ordering::SeqCst) + 1;
-        ARRIVED.store(arrived, Ordering::SeqCst);
-        if arrived >= STORM {
-            ioapic_write(REDIRECTION_LOW, u32::from(VECTOR) | LEVEL | POLARITY_LOW | MASKED);
-        }
-        write32(LAPIC_EOI, 0);
-    }
-
-    /// The interrupts expected so far.
-    pub struct Intx {
-        expected: u32,
-    }
-
-    impl Intx {
-        /// Installs the IDT and the handler, programs and unmasks the pin,
-        /// enables INTx at the device and interrupts at the CPU.
-        pub fn start(edu: &Edu) -> Result<Intx, u64> {
-            BAR.store(edu.bar(), Ordering::SeqCst);
-            x86_trap::install();
-            x86_trap::set_interrupt_handler(VECTOR, on_interrupt);
-            let version = ioapic_read(IOAPIC_VERSION);
-            let pins = ((version >> 16) & 0xff) + 1;
-            if pins <= PIN {
-                println!("virtual I/O APIC version register {version:#x}: no pin {PIN}");
-                return Err(FAIL_SETUP);
-            }
-            let entry = u32::from(VECTOR) | LEVEL | POLARITY_LOW;
-            ioapic_write(REDIRECTION_LOW + 1, 0);
-            ioapic_write(REDIRECTION_LOW, entry);
-            let back = ioapic_read(REDIRECTION_LOW);
-            if back & !REMOTE_IRR != entry {
-                println!("virtual I/O APIC pin {PIN} reads back {back:#x}, not {entry:#x}");
-                return Err(FAIL_SETUP);
-            }
-            println!("virtual I/O APIC: {pins} pins, pin {PIN} -> vector {VECTOR:#x}, level, unmasked");
-            edu.enable_intx();
-            x86_trap::enable_interrupts();
-            Ok(Intx { expected: 0 })
-        }
-
-        /// Waits (HLT) for the next interrupt, checks it carried `bits`
-        /// and that no further one follows; returns the status it carried.
-        fn next(&mut self, what: &str, bits: u32) -> Result<u32, u64> {
-            self.expected += 1;
-            let expected = self.expected;
-            let deadline = time::counter() + WAIT_TICKS;
-            while !x86_trap::wait_for_interrupt(|| ARRIVED.load(Ordering::SeqCst) >= expected) {
-                if time::counter() > deadline {
+                _ => {
                     println!("INTx from the edu did not arrive in time after {what}");
-                    return Err(FAIL_LOST);
+                    FAIL_LOST
                 }
-            }
-            time::wait_ticks(QUIET_TICKS);
-            let arrived = ARRIVED.load(Ordering::SeqCst);
-            if arrived != expected {
-                println!("INTx from the edu taken {} more time(s) after {what} was acknowledged", arrived - expected);
-                return Err(FAIL_REPEATED);
-            }
-            x86_trap::disable_interrupts();
-            let status = SEEN.swap(0, Ordering::SeqCst);
-            x86_trap::enable_interrupts();
+            })?;
             if status != bits {
                 println!("INTx from the edu after {what} carried status {status:#x}, not {bits:#x}");
                 return Err(FAIL_STATUS);
@@ -399,7 +178,8 @@ mod intx {
                 edu.interrupts().raise(MANUAL);
                 let status = self.next("a raise", MANUAL)?;
                 println!(
-                    "INTx from the edu arrived as vector {VECTOR:#x}: raise {round} of {RAISES} (status {status:#x}), acknowledged"
+                    "INTx from the edu arrived as {}: raise {round} of {RAISES} (status {status:#x}), acknowledged",
+                    arrival()
                 );
             }
             Ok(())
@@ -408,14 +188,18 @@ mod intx {
         /// The interrupt of a transfer started with completion interrupts on.
         pub fn dma_done(&mut self, what: &str) -> Result<(), u64> {
             let status = self.next(what, DMA_DONE)?;
-            println!("INTx from the edu arrived as vector {VECTOR:#x}: {what} done (status {status:#x}), acknowledged");
+            println!("INTx from the edu arrived as {}: {what} done (status {status:#x}), acknowledged", arrival());
             Ok(())
         }
 
-        /// Masks interrupts again.
+        /// Masks interrupts again; reports an interrupt that was not the edu's.
         pub fn finish(self) -> Result<(), u64> {
-            x86_trap::disable_interrupts();
-            Ok(())
+            self.shared.finish().map_err(|e| {
+                if let IntxError::Stray(intid) = e {
+                    println!("unexpected interrupt {intid}");
+                }
+                FAIL_STATUS
+            })
         }
     }
 }
