@@ -407,11 +407,11 @@ impl Gpu {
     }
 
     /// Points the ring at `pages` pages at graphics address `start`, with
-    /// HEAD = TAIL = 0, and enables it: disable, program, enable.
+    /// HEAD = TAIL = `head`, and enables it: disable, program, enable.
     ///
     /// # Errors
     /// [`GpuError::Busy`] while the ring runs; a bad start or size.
-    pub fn program_ring(&mut self, start: u64, pages: u32) -> Result<(), GpuError> {
+    pub fn program_ring(&mut self, start: u64, pages: u32, head: u32) -> Result<(), GpuError> {
         let start32 = u32::try_from(start).ok().filter(|s| u64::from(*s).is_multiple_of(PAGE_SIZE));
         let Some(start32) = start32.filter(|_| (1..=MAX_RING_PAGES).contains(&pages)) else {
             return Err(GpuError::BadRing { start, pages });
@@ -419,12 +419,15 @@ impl Gpu {
         if self.status().busy() {
             return Err(GpuError::Busy);
         }
+        if !head.is_multiple_of(TAIL_ALIGN) || head >= pages * PAGE_SIZE as u32 {
+            return Err(GpuError::BadTail(head));
+        }
         let r = self.registers;
         r.ring_ctl.write(RING_CTL::ENABLE::CLEAR);
         fence(Ordering::SeqCst);
         r.ring_start.set(start32);
-        r.ring_head.set(0);
-        r.ring_tail.set(0);
+        r.ring_head.set(head);
+        r.ring_tail.set(head);
         fence(Ordering::SeqCst);
         r.ring_ctl.write(RING_CTL::ENABLE::SET + RING_CTL::PAGES_MINUS_ONE.val(pages - 1));
         fence(Ordering::SeqCst);
