@@ -209,6 +209,11 @@ fn direct_path(page: &RamPage) -> Result<(), String> {
     log::info!("gpu selftest: MI_STORE_DATA_IMM into RAM and the fence page, MI_USER_INTERRUPT ok");
     #[cfg(target_arch = "x86_64")]
     {
+        // The MSI follows the status update through QEMU's event loop.
+        let (limit, start) = (TIMEOUT_MS * ticks_per_ms(), now());
+        while gpu_hw::interrupts() == 0 && now().wrapping_sub(start) < limit {
+            between_polls();
+        }
         let taken = gpu_hw::interrupts();
         if taken == 0 {
             return Err(String::from("no MSI-X interrupt arrived for MI_USER_INTERRUPT"));

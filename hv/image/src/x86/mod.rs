@@ -199,7 +199,11 @@ fn gpu_init(rsdp: u64, tables: &paging::Live) {
         return;
     }
     // SAFETY: our page tables map the local APIC uncached.
-    let apic_id = unsafe { LocalApic::current() }.id();
+    let apic = unsafe { LocalApic::current() };
+    // Software-enable the local APIC now (as `backend::enable_this_cpu`
+    // does later, idempotently): the self-test takes the MSI before that.
+    apic.set_spurious_vector(idt::SPURIOUS_VECTOR);
+    let apic_id = apic.id();
     match intx::claim_gpu_vector(apic_id).map_err(|e| e.to_string()).and_then(|(address, data)| {
         crate::gpu_hw::enable_msi(&mut ecam, address, data).map(|()| (address, data)).map_err(|e| e.to_string())
     }) {
