@@ -56,6 +56,42 @@ pub mod offset {
     pub const HEADER_TYPE: u16 = 0x0c;
     /// BAR 0; BAR n is at `BAR0 + 4 * n`.
     pub const BAR0: u16 = 0x10;
+    /// Capabilities pointer (bits 7:0) of a type 0 header (§6.7).
+    pub const CAPABILITIES: u16 = 0x34;
+}
+
+/// Status register bit 4 (the upper half of the command word): the
+/// function has a capability list (§6.2.3).
+const STATUS_CAPABILITY_LIST: u32 = 1 << (16 + 4);
+/// Capability pointers are dword aligned; the low two bits are reserved.
+const CAPABILITY_POINTER_MASK: u32 = 0xfc;
+/// Capability header: ID bits 7:0, next pointer bits 15:8.
+const CAPABILITY_ID_MASK: u32 = 0xff;
+/// Shift of the next pointer in a capability header.
+const CAPABILITY_NEXT_SHIFT: u32 = 8;
+/// At most this many capabilities are walked (a looping list stops here).
+const CAPABILITY_LIMIT: usize = 48;
+/// MSI-X Table Offset/BIR register: BAR indicator bits 2:0 (§6.8.2.4).
+pub const MSIX_BIR_MASK: u32 = 0x7;
+
+/// The configuration offset of `bdf`'s first capability with ID `id`,
+/// walking the list (bounded, so a looping list ends).
+pub fn find_capability(space: &impl ConfigSpace, bdf: Bdf, id: u8) -> Option<u16> {
+    if space.read32(bdf, offset::COMMAND) & STATUS_CAPABILITY_LIST == 0 {
+        return None;
+    }
+    let mut pointer = space.read32(bdf, offset::CAPABILITIES) & CAPABILITY_POINTER_MASK;
+    for _ in 0..CAPABILITY_LIMIT {
+        if pointer == 0 {
+            return None;
+        }
+        let header = space.read32(bdf, pointer as u16);
+        if header & CAPABILITY_ID_MASK == u32::from(id) {
+            return Some(pointer as u16);
+        }
+        pointer = (header >> CAPABILITY_NEXT_SHIFT) & CAPABILITY_POINTER_MASK;
+    }
+    None
 }
 
 /// Vendor ID read from a function that does not exist.
@@ -504,6 +540,19 @@ mod tests {
         // Sizing happened with decoding off.
         let edu_writes: Vec<_> = space.writes.iter().filter(|w| w.0 == bdf("00:01.0")).collect();
         assert_eq!(edu_writes[0], &(bdf("00:01.0"), offset::COMMAND, 0x4), "memory and I/O decode off, bus master kept");
+    }
+
+    #[test]
+    fn capabilities_are_found_and_loops_end() {
+        let mut space = FakeSpace::default();
+        space.add(bdf("00:02.0"), 0x1af4, 0x1110, 0x05_00_00, 0, &[]);
+        let (words, _) = space.functions.get_mut(&bdf("00:02.0")).unwrap();
+        words[0x34 / 4] = 0x40;
+        words[0x40 / 4] = 0x0000_5009; // vendor-specific, next 0x50
+        words[0x50 / 4] = 0x0001_4011; // MSI-X, next 0x40: a loop
+        assert_eq!(find_capability(&space, bdf("00:02.0"), 0x11), Some(0x50));
+        assert_eq!(find_capability(&space, bdf("00:02.0"), 0x05), None, "the loop ends");
+        assert_eq!(find_capability(&space, bdf("00:03.0"), 0x11), None);
     }
 
     #[test]

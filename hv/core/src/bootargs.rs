@@ -8,6 +8,8 @@
 //! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
 //! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
 //! | `selftest=dma` | before partitions start, the hypervisor makes an unassigned `edu` PCI device DMA into its own memory and checks that the IOMMU (SMMUv3 on arm64, VT-d on x86_64) refused and recorded it |
+//! | `selftest=gpu` | before partitions start, the hypervisor drives the GPU model directly (its own ring, GTT entries and memory): blits, a store to RAM, a user interrupt, and a deliberate fault it recovers from; `gpu selftest: ... ok` lines, a failure ends the run |
+//! | `bench=gpu` | before partitions start, the hypervisor times direct XY_SRC_COPY_BLTs in the GPU's local memory and prints a `gpu bench direct:` line |
 //! | `bench=dma` | before partitions start, the hypervisor times DMA map/unmap in a scratch IOMMU domain (SMMUv3 or VT-d) and prints `bench:` lines |
 //!
 //! Unknown words are reported, not ignored silently.
@@ -85,13 +87,17 @@ pub struct BootArgs {
     pub dma_selftest: bool,
     /// Run the DMA map/unmap benchmark (`bench=dma`).
     pub dma_bench: bool,
+    /// Run the GPU direct-path self-test (`selftest=gpu`).
+    pub gpu_selftest: bool,
+    /// Run the GPU direct blit benchmark (`bench=gpu`).
+    pub gpu_bench: bool,
     /// Words that were not understood, for the boot log.
     pub unknown: Vec<String>,
 }
 
 impl Default for BootArgs {
     fn default() -> Self {
-        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, dma_bench: false, unknown: Vec::new() }
+        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, dma_bench: false, gpu_selftest: false, gpu_bench: false, unknown: Vec::new() }
     }
 }
 
@@ -148,6 +154,14 @@ impl BootArgs {
                     args.dma_bench = true;
                     true
                 }
+                Some(("selftest", "gpu")) => {
+                    args.gpu_selftest = true;
+                    true
+                }
+                Some(("bench", "gpu")) => {
+                    args.gpu_bench = true;
+                    true
+                }
                 _ => false,
             };
             if !understood {
@@ -187,6 +201,9 @@ mod tests {
         assert!(BootArgs::parse("bench=dma").dma_bench);
         assert_eq!(BootArgs::parse("bench=dmax").unknown, ["bench=dmax"]);
         assert!(!BootArgs::parse("selftest=dma").dma_bench);
+        assert!(BootArgs::parse("selftest=gpu").gpu_selftest);
+        assert!(BootArgs::parse("bench=gpu").gpu_bench);
+        assert!(!BootArgs::parse("selftest=dma").gpu_selftest);
     }
 
     #[test]

@@ -47,6 +47,9 @@ mod setup;
 #[cfg(target_arch = "aarch64")]
 mod space;
 // x86_64 (QEMU `q35`): its own entry path, see the module.
+mod gpu_hw;
+mod gpu_selftest;
+mod gpu_workload;
 mod guest_memory;
 mod host_backing;
 mod loaded;
@@ -111,8 +114,50 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     if args.dma_bench {
         dma_bench::run(platform.firmware.pa_bits);
     }
+    gpu_init(&platform, &functions);
+    if args.gpu_selftest
+        && let Err(reason) = gpu_selftest::run()
+    {
+        log::error!("gpu selftest: FAILED: {reason}");
+        platform::finish(ExitCode::BootFailure);
+    }
+    if args.gpu_bench {
+        gpu_selftest::bench();
+    }
     let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory, &functions);
     run::start(slots, platform)
+}
+
+/// Brings up the GPU if bus 0 has one. Its BARs are mapped by
+/// `memory::init` (the PCI memory windows, as Device memory); MSI-X stays
+/// off on arm64 (no ITS yet; the SMMU would abort the MSI write), so
+/// completions are polled ([`gpu_hw::poll`]).
+#[cfg(target_arch = "aarch64")]
+fn gpu_init(platform: &platform::Platform, functions: &[bulkhead_drivers::pci::Function]) {
+    let function = match bulkhead_drivers::gpu::find(functions) {
+        None => return,
+        Some(Err(e)) => {
+            log::error!("GPU: {e}");
+            return;
+        }
+        Some(Ok(function)) => function,
+    };
+    let mapped = |address: u64, size: u64| {
+        platform.pci.as_ref().is_some_and(|host| {
+            host.windows.iter().any(|&(base, len)| base <= address && address + size <= base + len)
+        })
+    };
+    for bar in [function.registers, function.msix, function.shared] {
+        if !mapped(bar.address, bar.size) {
+            log::error!("GPU {}: BAR{} at {:#x} is outside the mapped PCI windows", function.bdf, bar.index, bar.address);
+            return;
+        }
+    }
+    let Some(mut ecam) = pci::ecam(platform) else { return };
+    match gpu_hw::init(function, &mut ecam) {
+        Ok(_) => log::info!("GPU {}: MSI-X off on arm64 (no ITS yet): completions by polling", function.bdf),
+        Err(reason) => log::error!("GPU {}: {reason}", function.bdf),
+    }
 }
 
 /// Reports a hypervisor panic and ends the run with [`ExitCode::HypervisorFault`].

@@ -91,9 +91,11 @@ pub fn init(boot_info: &BootInfo, platform: &Platform, host_backed: &[(u64, u64)
     if let Some(pci) = &platform.pci {
         let ecam = pci.ecam_size.min(crate::pci::ECAM_MAPPED_BUSES * bulkhead_drivers::pci::ECAM_BUS_SIZE);
         idmap.map(pci.ecam, ecam, El2Memory::Device).map_err(|e| format!("mapping PCI ECAM: {e:?}"))?;
-        // BARs the hypervisor itself touches (the DMA self-test's edu) lie
-        // in the 32-bit window; a window the map cannot take is skipped.
-        for &(base, size) in pci.windows.iter().filter(|(base, _)| *base < 1 << 32) {
+        // BARs the hypervisor itself touches (the DMA self-test's edu, the
+        // GPU); a window the map cannot take is skipped.
+        // The 64-bit window too: the GPU's 64-bit prefetchable shared-memory
+        // BAR lands there (one level-1 table of 1 GiB blocks).
+        for &(base, size) in &pci.windows {
             if let Err(e) = idmap.map(base, size, El2Memory::Device) {
                 log::warn!("PCI memory window {base:#x}+{size:#x} not mapped: {e:?}");
             }

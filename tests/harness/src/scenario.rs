@@ -50,6 +50,10 @@ pub struct Scenario {
     /// Type this on the console once a line containing the trigger appears:
     /// `(trigger, text)`.
     pub input: Option<(&'static str, &'static str)>,
+    /// Attach the GPU model (`tools/gpu-model`) as an `ivshmem-doorbell`
+    /// device, with guest RAM in a shared file the model maps; the runner
+    /// starts the model before QEMU and stops it afterwards.
+    pub gpu: bool,
 }
 
 impl Scenario {
@@ -71,6 +75,7 @@ impl Scenario {
         overwrite: &[],
         skip_build_validation: false,
         input: None,
+        gpu: false,
     };
 
     /// Whether `filter` selects this scenario (substring of the name; the

@@ -17,6 +17,21 @@ use std::time::{Duration, Instant};
 /// How long the model gets to create its socket.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Guest RAM of the QEMU command lines in `bulkhead_harness::qemu` (`-m 1G`).
+pub const QEMU_RAM_MIB: u64 = 1024;
+
+/// Builds the model (host, debug profile) and returns its binary.
+///
+/// # Errors
+/// When cargo fails.
+pub fn build(ws: &Workspace) -> Result<PathBuf> {
+    let status = ws.cargo().args(["build", "--quiet", "-p", "gpu-model"]).status().context("building gpu-model")?;
+    if !status.success() {
+        bail!("building gpu-model failed");
+    }
+    Ok(ws.target_dir().join("debug").join("gpu-model"))
+}
+
 /// The chardev / memory-backend IDs on the QEMU command line.
 const CHARDEV_ID: &str = "gpu";
 const RAM_BACKEND_ID: &str = "gpu-ram";
@@ -110,11 +125,13 @@ impl GpuModel {
     /// When the build fails, the model cannot start, exits early or does not create its socket
     /// within [`START_TIMEOUT`].
     pub fn start(&self, ws: &Workspace) -> Result<RunningModel> {
-        let status = ws.cargo().args(["build", "--quiet", "-p", "gpu-model"]).status().context("building gpu-model")?;
-        if !status.success() {
-            bail!("building gpu-model failed");
-        }
-        self.start_program(&ws.target_dir().join("debug").join("gpu-model"))
+        self.start_program(&build(ws)?)
+    }
+
+    /// The model for a scenario or run called `name` on `arch` (QEMU's `-m` is 1 GiB on both
+    /// machines), its files under `target/xtask/gpu/NAME/`.
+    pub fn for_run(ws: &Workspace, arch: Arch, name: &str) -> GpuModel {
+        GpuModel::for_arch(arch, &ws.xtask_dir().join("gpu").join(name), QEMU_RAM_MIB)
     }
 
     /// Start `program` (the model binary) with [`GpuModel::model_args`].

@@ -82,6 +82,9 @@ struct BuildArgs {
     /// Boot arguments for the hypervisor (written to bulkhead/bootargs.txt).
     #[arg(long, value_name = "TEXT")]
     bootargs: Option<String>,
+    /// `run` only: attach the GPU model (tools/gpu-model) as an ivshmem-doorbell device.
+    #[arg(long)]
+    gpu: bool,
 }
 
 /// Architecture and profile.
@@ -155,7 +158,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => {
             let options = build_options(&args.target)?;
             setup::ensure(&ws, setup::Verbosity::Quiet)?;
-            run::run(&ws, &options, &args.config_file(), args.bootargs.as_deref())
+            run::run(&ws, &options, &args.config_file(), args.bootargs.as_deref(), args.gpu)
         }
         Command::Bench(target) => {
             let options = build_options(&target)?;

@@ -13,6 +13,7 @@
 use crate::build::{self, BuildOptions};
 use crate::config;
 use crate::esp::{self, EspSpec};
+use crate::gpu_model::GpuModel;
 use crate::paths::Workspace;
 use anyhow::{Context, Result};
 use bulkhead_config::Config;
@@ -39,6 +40,7 @@ pub fn run(
     options: &BuildOptions,
     config_file: &Path,
     bootargs: Option<&str>,
+    gpu: bool,
 ) -> Result<ExitCode> {
     let compiled = config::compile(&ws.resolve(config_file), &config_file.display().to_string())?;
     let artifacts = build::build_images(ws, options)?;
@@ -53,8 +55,16 @@ pub fn run(
     let spec = EspSpec::for_config(config_file, &compiled, bootargs.as_deref());
     let esp_dir = esp::assemble(ws, &artifacts, &spec)?;
     let smp = cpus_needed(&compiled.config);
-    let qemu = QemuCommand::for_arch(options.arch, &esp_dir, smp)
+    let mut qemu = QemuCommand::for_arch(options.arch, &esp_dir, smp)
         .with_context(|| format!("{} is not supported yet", options.arch))?;
+    // The model starts before QEMU and is stopped when `_model` drops.
+    let _model = if gpu {
+        let model = GpuModel::for_run(ws, options.arch, "run");
+        qemu.args.extend(model.qemu_args());
+        Some(model.start(ws)?)
+    } else {
+        None
+    };
     if options.arch == Arch::X86_64 {
         copy_ovmf_vars(&esp_dir).with_context(|| format!("copying {OVMF_VARS}"))?;
     }

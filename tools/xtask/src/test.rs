@@ -10,6 +10,7 @@
 
 use crate::build::{self, Artifacts, BuildOptions, Profile};
 use crate::config;
+use crate::gpu_model::{self, GpuModel};
 use crate::esp::{self, EspSpec};
 use crate::paths::Workspace;
 use crate::run::{cpus_needed, install_interrupt_handler};
@@ -20,7 +21,7 @@ use bulkhead_harness::qemu::{copy_ovmf_vars, hypervisor_exit_code};
 use bulkhead_harness::runner::{self, Ending, RunOptions};
 use bulkhead_harness::{Arch, QemuCommand, SCENARIOS, Scenario, Verdict, judge};
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -53,6 +54,8 @@ struct Job {
     arch: Arch,
     qemu: QemuCommand,
     log: PathBuf,
+    /// The GPU model to start before QEMU, and its binary.
+    gpu: Option<(GpuModel, PathBuf)>,
 }
 
 /// What one job came to.
@@ -90,6 +93,17 @@ pub fn test(ws: &Workspace, arches: &[Arch], profile: Profile, filter: &str, uni
         tally.passed += counts.passed;
         tally.failed += counts.failed;
     }
+    let gpu_model = if selected.iter().any(|s| s.gpu) {
+        match gpu_model::build(ws) {
+            Ok(binary) => Some(binary),
+            Err(err) => {
+                println!("xtask: {err:#}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut jobs = Vec::new();
     for &arch in arches {
         let of_arch: Vec<&'static Scenario> = selected.iter().copied().filter(|s| s.arch == arch).collect();
@@ -97,7 +111,7 @@ pub fn test(ws: &Workspace, arches: &[Arch], profile: Profile, filter: &str, uni
             continue;
         }
         match build::build_images(ws, &BuildOptions { arch, profile }) {
-            Ok(artifacts) => jobs.extend(prepare(ws, &artifacts, &of_arch, &mut tally)),
+            Ok(artifacts) => jobs.extend(prepare(ws, &artifacts, &of_arch, gpu_model.as_deref(), &mut tally)),
             Err(err) => {
                 println!("xtask: {arch} build failed: {err:#}");
                 for scenario in of_arch {
@@ -121,11 +135,12 @@ fn prepare(
     ws: &Workspace,
     artifacts: &Artifacts,
     selected: &[&'static Scenario],
+    gpu_model: Option<&Path>,
     tally: &mut Tally,
 ) -> Vec<Job> {
     let mut jobs = Vec::new();
     for &scenario in selected {
-        match prepare_one(ws, artifacts, scenario) {
+        match prepare_one(ws, artifacts, scenario, gpu_model) {
             Ok(job) => jobs.push(job),
             Err(err) => tally.fail(scenario.name, &format!("{err:#}")),
         }
@@ -133,7 +148,7 @@ fn prepare(
     jobs
 }
 
-fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenario) -> Result<Job> {
+fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenario, gpu_model: Option<&Path>) -> Result<Job> {
     let compiled = if scenario.skip_build_validation {
         config::compile_unchecked(&ws.root.join(scenario.config), scenario.config)?
     } else {
@@ -149,16 +164,25 @@ fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenari
     };
     let esp_dir = esp::assemble(ws, artifacts, &spec)?;
     let smp = scenario.smp.max(cpus_needed(&compiled.config));
-    let qemu = QemuCommand::for_arch(artifacts.arch, &esp_dir, smp)
+    let mut qemu = QemuCommand::for_arch(artifacts.arch, &esp_dir, smp)
         .with_context(|| format!("{} is not supported yet", artifacts.arch))?;
     if artifacts.arch == Arch::X86_64 {
         copy_ovmf_vars(&esp_dir).context("copying the OVMF variable store")?;
     }
+    let gpu = if scenario.gpu {
+        let binary = gpu_model.context("the GPU model was not built")?;
+        let model = GpuModel::for_run(ws, artifacts.arch, scenario.name);
+        qemu.args.extend(model.qemu_args());
+        Some((model, binary.to_path_buf()))
+    } else {
+        None
+    };
     Ok(Job {
         scenario,
         arch: artifacts.arch,
         qemu,
         log: ws.log_path(scenario.name),
+        gpu,
     })
 }
 
@@ -207,7 +231,24 @@ fn run_job(job: Job) -> Finished {
         input: scenario.input.map(|(trigger, text)| (trigger, text.as_bytes())),
         ..RunOptions::default()
     };
-    match runner::run(&job.qemu, &options) {
+    // The model first: it creates the RAM file and listens before QEMU connects.
+    let model = match job.gpu.as_ref().map(|(model, binary)| model.start_program(binary)).transpose() {
+        Ok(model) => model,
+        Err(err) => {
+            return Finished {
+                scenario,
+                verdict: Verdict::Fail(format!("cannot start the GPU model: {err:#}")),
+                elapsed: Duration::ZERO,
+                lines: Vec::new(),
+                log: job.log,
+            };
+        }
+    };
+    let result = runner::run(&job.qemu, &options);
+    if let Some(model) = model {
+        model.stop();
+    }
+    match result {
         Ok(outcome) => Finished {
             scenario,
             verdict: judge(scenario, &hypervisor_ending(job.arch, outcome.ending, &outcome.lines), &outcome.lines),

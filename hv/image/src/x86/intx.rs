@@ -37,6 +37,33 @@ const IOAPIC_PAGE: u64 = 0x1000;
 const VECTOR_COUNT: usize = (DEVICE_VECTORS.end - DEVICE_VECTORS.start) as usize;
 /// "No GSI" in [`VECTOR_GSI`].
 const NO_GSI: u32 = u32::MAX;
+/// Owner mark in [`VECTOR_OWNER`] of the vector the hypervisor's own GPU
+/// uses (an MSI, no GSI).
+const GPU_OWNER: usize = usize::MAX - 1;
+/// The GPU's MSI vector (0: none).
+static GPU_VECTOR: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+/// MSI message address: `0xfee` in bits 31:20, destination APIC ID in
+/// bits 19:12, physical destination mode, no redirection hint (Intel SDM
+/// Vol. 3A §11.11.1, "Message Address Register Format").
+const MSI_ADDRESS_BASE: u64 = 0xfee0_0000;
+/// MSI address: destination APIC ID shift.
+const MSI_DESTINATION_SHIFT: u32 = 12;
+
+/// Claims a device vector for the hypervisor's GPU's MSI, aimed at the CPU
+/// with `apic_id` (fixed delivery, edge: message data = the vector, SDM
+/// §11.11.2); returns the MSI address and data. Its handler calls
+/// [`crate::gpu_hw::on_gpu_interrupt`].
+///
+/// # Errors
+/// No device vector is left.
+pub fn claim_gpu_vector(apic_id: u32) -> Result<(u64, u32), String> {
+    let mut owners = VECTOR_OWNER.lock();
+    let free = owners.iter().position(|&o| o == usize::MAX).ok_or("no device vector left")?;
+    owners[free] = GPU_OWNER;
+    let vector = DEVICE_VECTORS.start + free as u8;
+    GPU_VECTOR.store(vector, Ordering::Release);
+    Ok((MSI_ADDRESS_BASE | (u64::from(apic_id as u8) << MSI_DESTINATION_SHIFT), u32::from(vector)))
+}
 
 /// One host I/O APIC.
 struct HostIoApic {
@@ -204,7 +231,9 @@ pub fn wait_for_interrupt() {
 /// The handler of every device vector (see the module documentation).
 #[unsafe(no_mangle)]
 fn bulkhead_x86_device_interrupt(vector: u8) {
-    if DEVICE_VECTORS.contains(&vector) {
+    if vector != 0 && vector == GPU_VECTOR.load(Ordering::Acquire) {
+        crate::gpu_hw::on_gpu_interrupt();
+    } else if DEVICE_VECTORS.contains(&vector) {
         let index = usize::from(vector - DEVICE_VECTORS.start);
         let gsi = VECTOR_GSI[index].load(Ordering::Acquire);
         if gsi != NO_GSI {

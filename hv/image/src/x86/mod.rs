@@ -28,7 +28,7 @@ mod svm;
 mod vmx;
 
 use alloc::format;
-use alloc::string::String;
+use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use bulkhead_abi::boot::BootInfo;
 use bulkhead_config::Config;
@@ -147,7 +147,69 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     if args.dma_selftest {
         iommu::dma_selftest(&IdentityMapped, boot_info.acpi_rsdp, &tables);
     }
+    gpu_init(boot_info.acpi_rsdp, &tables);
+    if args.gpu_selftest
+        && let Err(reason) = crate::gpu_selftest::run()
+    {
+        log::error!("gpu selftest: FAILED: {reason}");
+        finish(ExitCode::BootFailure);
+    }
+    if args.gpu_bench {
+        crate::gpu_selftest::bench();
+    }
     run_partitions(boot_info, &map, &cpus, trampoline, &tables, args.dma_bench)
+}
+
+/// Lets pending device interrupts (the GPU's MSI) in: a short STI window.
+pub fn take_device_interrupts() {
+    intx::take_interrupts();
+}
+
+/// Brings up the GPU if bus 0 has one: its BARs mapped uncached, the
+/// reserved layout written ([`crate::gpu_hw::init`]), MSI-X vector 0 on a
+/// host vector aimed at this CPU.
+fn gpu_init(rsdp: u64, tables: &paging::Live) {
+    let bus = match pci::bus0(&IdentityMapped, rsdp, tables) {
+        Ok(bus) => bus,
+        Err(reason) => {
+            log::info!("GPU: no PCI bus 0 ({reason})");
+            return;
+        }
+    };
+    let function = match bulkhead_drivers::gpu::find(bus.functions()) {
+        None => return,
+        Some(Err(e)) => {
+            log::error!("GPU: {e}");
+            return;
+        }
+        Some(Ok(function)) => function,
+    };
+    const PAGE: u64 = 4096;
+    for bar in [function.registers, function.msix, function.shared] {
+        let base = bar.address & !(PAGE - 1);
+        let end = (bar.address + bar.size).next_multiple_of(PAGE);
+        if let Err(reason) = paging::map_mmio(base, end - base, tables) {
+            log::error!("GPU {}: BAR{}: {reason}", function.bdf, bar.index);
+            return;
+        }
+    }
+    let mut ecam = bus.ecam();
+    if let Err(reason) = crate::gpu_hw::init(function, &mut ecam) {
+        log::error!("GPU {}: {reason}", function.bdf);
+        return;
+    }
+    // SAFETY: our page tables map the local APIC uncached.
+    let apic = unsafe { LocalApic::current() };
+    // Software-enable the local APIC now (as `backend::enable_this_cpu`
+    // does later, idempotently): the self-test takes the MSI before that.
+    apic.set_spurious_vector(idt::SPURIOUS_VECTOR);
+    let apic_id = apic.id();
+    match intx::claim_gpu_vector(apic_id).map_err(|e| e.to_string()).and_then(|(address, data)| {
+        crate::gpu_hw::enable_msi(&mut ecam, address, data).map(|()| (address, data)).map_err(|e| e.to_string())
+    }) {
+        Ok((address, data)) => log::info!("GPU {}: MSI-X vector 0 -> host vector {data:#x} (address {address:#x}) on APIC {apic_id}", function.bdf),
+        Err(reason) => log::error!("GPU {}: MSI-X: {reason}; completions by polling only", function.bdf),
+    }
 }
 
 /// Loads the configuration, builds and runs every partition, prints the
