@@ -266,6 +266,13 @@ impl Gpu {
         self.local_size
     }
 
+    /// Where local memory starts in the address space BAR2 is mapped in
+    /// (its physical address when, as in the hypervisor, BAR2 is
+    /// identity-mapped).
+    pub fn local_address(&self) -> u64 {
+        self.local as u64
+    }
+
     /// A present GTT entry for the local-memory page at `offset`.
     ///
     /// # Errors

@@ -53,6 +53,8 @@ pub struct Info {
     pub gtt_entries: u32,
     /// Local memory bytes.
     pub local_size: u64,
+    /// Host-physical address of local memory (inside BAR2).
+    pub local_address: u64,
 }
 
 /// One completion check's result.
@@ -108,7 +110,7 @@ pub fn init(function: GpuFunction, space: &mut impl ConfigSpace) -> Result<Info,
         entry.and_then(|e| gpu.write_gtt(index, e)).map_err(|e| format!("GTT entry {index}: {e}"))?;
     }
     gpu.fill_local(SCRATCH_OFFSET, 2 * PAGE_SIZE, 0).map_err(|e| format!("{e}"))?;
-    let info = Info { function, gtt_entries: gpu.gtt_entries(), local_size: gpu.local_size() };
+    let info = Info { function, gtt_entries: gpu.gtt_entries(), local_size: gpu.local_size(), local_address: gpu.local_address() };
     GPU.call_once(|| Mutex::new(State { gpu, info, scratch_entry, next_free: ALLOCATOR_START, ring: None }));
     log::info!(
         "GPU {}: registers BAR0 {:#x}, MSI-X BAR1 {:#x}, shared BAR2 {:#x} (+{:#x}); {} GTT entries, {} MiB local memory; \

@@ -50,6 +50,7 @@ mod space;
 mod gpu_hw;
 mod gpu_selftest;
 mod gpu_workload;
+mod vgpu;
 mod guest_memory;
 mod host_backing;
 mod loaded;

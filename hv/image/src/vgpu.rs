@@ -92,7 +92,7 @@ pub struct Share {
 pub fn plan(config: &Config, info: &gpu_hw::Info) -> Result<Vec<Option<Share>>, String> {
     let mut next_entry = u64::from(gpu_hw::RESERVED_ENTRIES);
     let mut next_local = gpu_hw::RESERVED_BYTES;
-    let local_base = info.function.shared.address + gpu_hw::LOCAL_MEMORY_OFFSET;
+    let local_base = info.local_address;
     let mut shares = Vec::with_capacity(config.partitions.len());
     for p in &config.partitions {
         let Some(gpu) = &p.gpu else {
@@ -287,7 +287,7 @@ pub fn init(config: &Config, shares: &[Option<Share>], info: &gpu_hw::Info) -> R
             slots,
             scheduler: Scheduler::new(&weights),
             running: None,
-            local_base: info.function.shared.address + gpu_hw::LOCAL_MEMORY_OFFSET,
+            local_base: info.local_address,
             local_size: info.local_size,
         })
     });
