@@ -558,9 +558,7 @@ mod tests {
         words[0x40 / 4] = 0x0001_5001;
         words[0x50 / 4] = 0x0080_0005;
         writable[0x50 / 4] = 0x0071_0000;
-        for w in 0x54 / 4..=0x5c / 4 {
-            writable[w] = u32::MAX;
-        }
+        writable[0x54 / 4..=0x5c / 4].fill(u32::MAX);
         assert_eq!(find_capability(&space, edu, CAPABILITY_MSI), Some(0x50));
         assert_eq!(find_capability(&space, edu, CAPABILITY_MSIX), None);
         enable_msi(&mut space, edu, 0x50, 0x0809_0040, 3).unwrap();
