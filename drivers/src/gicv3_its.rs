@@ -396,6 +396,51 @@ pub const fn lpi_config_byte(priority: u8, enabled: bool) -> u8 {
     (priority & LPI_PRIORITY_MASK) | LPI_CONFIG_RES1 | if enabled { LPI_CONFIG_ENABLE } else { 0 }
 }
 
+/// The LPI configuration table (IHI 0069 §5.1.1): one byte per LPI from
+/// [`LPI_BASE`], shared by every redistributor. Only the CPU writes it;
+/// a change reaches a redistributor after `INV`/`INVALL` and `SYNC`
+/// (which [`Its::submit`] orders after the store).
+pub struct LpiConfigTable {
+    region: DmaRegion,
+    intid_bits: u32,
+}
+
+impl LpiConfigTable {
+    /// The table in `region` (4 KiB aligned, zeroed: every LPI disabled)
+    /// for INTIDs below `2^intid_bits`.
+    ///
+    /// # Errors
+    /// [`ItsError::Table`] if the region is smaller than
+    /// [`lpi_config_table_bytes`] or `intid_bits` gives no LPIs.
+    pub fn new(region: DmaRegion, intid_bits: u32) -> Result<LpiConfigTable, ItsError> {
+        let bytes = lpi_config_table_bytes(intid_bits);
+        if !(14..=32).contains(&intid_bits) || (region.size() as u64) < bytes {
+            return Err(ItsError::Table("LPI configuration"));
+        }
+        Ok(LpiConfigTable { region, intid_bits })
+    }
+
+    /// The `GICR_PROPBASER` value naming this table.
+    pub fn propbaser(&self) -> u64 {
+        propbaser_value(self.region.address(), self.intid_bits)
+    }
+
+    /// Sets LPI `intid`'s priority and enable.
+    ///
+    /// # Errors
+    /// [`ItsError::OutOfRange`] for an INTID that is no LPI of this table.
+    pub fn configure(&mut self, intid: u32, priority: u8, enabled: bool) -> Result<(), ItsError> {
+        if intid < LPI_BASE || u64::from(intid) >= 1u64 << self.intid_bits {
+            return Err(ItsError::OutOfRange("LPI", intid));
+        }
+        let index = (intid - LPI_BASE) as usize;
+        let (word, shift) = (index / 8, (index % 8) * 8);
+        let value = self.region.read(word) & !(0xff << shift);
+        self.region.write(word, value | (u64::from(lpi_config_byte(priority, enabled)) << shift));
+        Ok(())
+    }
+}
+
 /// An ITS operation that failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ItsError {
@@ -696,6 +741,30 @@ mod tests {
         assert_eq!(p, 0x4040_0000 | (0b01 << 10) | (0b111 << 7) | 13);
         let q = pendbaser_value(0x4050_0000);
         assert_eq!(q, (1 << 62) | 0x4050_0000 | (0b01 << 10) | (0b111 << 7));
+    }
+
+    #[test]
+    fn the_configuration_table_sets_one_byte_per_lpi() {
+        extern crate std;
+        let mut backing = std::vec![0u64; 8192 / 8];
+        // SAFETY: host memory owned by the test for the table's lifetime.
+        let region = unsafe { DmaRegion::new(backing.as_mut_ptr() as u64, 8192) };
+        assert!(LpiConfigTable::new(unsafe_region_copy(&region), 13).is_err(), "13 INTID bits hold no LPIs");
+        let mut table = LpiConfigTable::new(region, 14).unwrap();
+        table.configure(8192, 0xa0, true).unwrap();
+        table.configure(8194, 0x80, false).unwrap();
+        table.configure(8192 + 9, 0x10, true).unwrap();
+        assert_eq!(table.configure(8191, 0, true), Err(ItsError::OutOfRange("LPI", 8191)));
+        assert_eq!(table.configure(16384, 0, true), Err(ItsError::OutOfRange("LPI", 16384)));
+        assert_eq!(table.propbaser() & 0x1f, 13);
+        assert_eq!(backing[0], 0xa3 | (0x82 << 16));
+        assert_eq!(backing[1], 0x13 << 8, "priority 0x10, RES1, enabled");
+    }
+
+    /// A second handle on the same memory (the refused constructor never uses it).
+    fn unsafe_region_copy(region: &DmaRegion) -> DmaRegion {
+        // SAFETY: test only; the copy is dropped unused.
+        unsafe { DmaRegion::new(region.address(), region.size()) }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use alloc::vec::Vec;
 use bulkhead_arch_aarch64::gic as cpu_if;
 use bulkhead_drivers::gicv3::DEFAULT_PRIORITY;
 use bulkhead_drivers::gicv3_its::{
-    self, COMMAND_QUEUE_BYTES, ITT_ALIGN, Its, ItsCommand, ItsMemory, ItsRegisters, LPI_BASE, MAX_TABLE_PAGES,
+    self, COMMAND_QUEUE_BYTES, ITT_ALIGN, Its, ItsCommand, ItsMemory, ItsRegisters, LPI_BASE, LpiConfigTable, MAX_TABLE_PAGES,
     PENDING_TABLE_ALIGN, TABLE_PAGE_SIZE, TableKind,
 };
 use bulkhead_drivers::smmuv3::DmaRegion;
@@ -70,10 +70,8 @@ struct State {
     host: Option<crate::iommu::PciHost>,
     /// DeviceIDs below this fit the device table.
     device_limit: u32,
-    /// `GICR_PROPBASER` every redistributor gets.
-    propbaser: u64,
-    /// The LPI configuration table (one byte per LPI from 8192).
-    config_table: u64,
+    /// The LPI configuration table every redistributor gets.
+    config_table: LpiConfigTable,
     /// The next LPI to hand out.
     next_lpi: u32,
     /// DeviceIDs mapped to an ITT.
@@ -149,15 +147,13 @@ fn bring_up(platform: &Platform, node: crate::platform::ItsNode) -> Result<State
     let command_queue = region(COMMAND_QUEUE_BYTES as u64, TABLE_PAGE_SIZE, "command queue")?;
     let its = Its::init(registers, ItsMemory { command_queue, tables }).map_err(|e| format!("{e}"))?;
     let config_bytes = gicv3_its::lpi_config_table_bytes(INTID_BITS);
-    let config_table = crate::memory::alloc_frames(config_bytes, TABLE_PAGE_SIZE)
-        .ok_or("no memory for the LPI configuration table")?
-        .raw();
+    let config_table = LpiConfigTable::new(region(config_bytes, TABLE_PAGE_SIZE, "LPI configuration table")?, INTID_BITS)
+        .map_err(|e| format!("{e}"))?;
     Ok(State {
         its,
         phandle: node.phandle,
         host: platform.pci.clone(),
         device_limit,
-        propbaser: gicv3_its::propbaser_value(config_table, INTID_BITS),
         config_table,
         next_lpi: LPI_BASE,
         devices: Vec::new(),
@@ -186,7 +182,7 @@ fn try_enable_on_cpu(state: &mut State, cpu: usize) -> Result<(), String> {
     let pending_bytes = gicv3_its::lpi_pending_table_bytes(INTID_BITS);
     let pending = crate::memory::alloc_frames(pending_bytes.next_multiple_of(TABLE_PAGE_SIZE), PENDING_TABLE_ALIGN)
         .ok_or("no memory for the LPI pending table")?;
-    let propbaser = state.propbaser;
+    let propbaser = state.config_table.propbaser();
     let rdbase = crate::gic::with_redistributor(cpu, |r| {
         r.enable_lpis(propbaser, gicv3_its::pendbaser_value(pending.raw())).map(|()| state.its.rdbase(r))
     })
@@ -248,11 +244,8 @@ pub fn route(requester_id: u32, event: u32, cpu: usize) -> Result<MsiRoute, Stri
     }
     let intid = state.next_lpi;
     // The LPI's configuration byte before the ITS maps it; `submit`
-    // orders this store before the commands.
-    let byte = (state.config_table + u64::from(intid - LPI_BASE)) as *mut u8;
-    // SAFETY: inside the configuration table this module allocated
-    // (`intid` < 2^INTID_BITS, checked above); the redistributors only read it.
-    unsafe { byte.write_volatile(gicv3_its::lpi_config_byte(DEFAULT_PRIORITY, true)) };
+    // orders this store before the commands (the INV among them).
+    state.config_table.configure(intid, DEFAULT_PRIORITY, true).map_err(|e| format!("{e}"))?;
     let icid = cpu as u16;
     commands.extend([
         ItsCommand::mapti(device_id, event, intid, icid),
