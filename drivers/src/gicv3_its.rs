@@ -571,6 +571,9 @@ impl Its {
             if baser.read(GITS_BASER::SHAREABILITY) != SHARE_INNER {
                 return Err(ItsError::NotShareable("tables"));
             }
+            if baser.read_as_enum(GITS_BASER::PAGE_SIZE) != Some(GITS_BASER::PAGE_SIZE::Value::Size4K) {
+                return Err(ItsError::Table("4 KiB-page"));
+            }
         }
         gits.cbaser.set(cbaser_value(memory.command_queue.address(), memory.command_queue.size() as u64));
         if gits.cbaser.read(GITS_CBASER::SHAREABILITY) != SHARE_INNER {

@@ -70,6 +70,8 @@ struct State {
     host: Option<crate::iommu::PciHost>,
     /// DeviceIDs below this fit the device table.
     device_limit: u32,
+    /// EventID bits of each ITT: [`ITT_EVENT_BITS`], or fewer if the ITS has fewer.
+    event_bits: u32,
     /// The LPI configuration table every redistributor gets.
     config_table: LpiConfigTable,
     /// The next LPI to hand out.
@@ -154,6 +156,7 @@ fn bring_up(platform: &Platform, node: crate::platform::ItsNode) -> Result<State
         phandle: node.phandle,
         host: platform.pci.clone(),
         device_limit,
+        event_bits: ITT_EVENT_BITS.min(features.event_bits),
         config_table,
         next_lpi: LPI_BASE,
         devices: Vec::new(),
@@ -221,8 +224,8 @@ pub fn route(requester_id: u32, event: u32, cpu: usize) -> Result<MsiRoute, Stri
     if device_id >= state.device_limit {
         return Err(format!("DeviceID {device_id:#x} is beyond the device table ({:#x})", state.device_limit));
     }
-    if event >= 1 << ITT_EVENT_BITS {
-        return Err(format!("event {event} is beyond the {} events of an ITT", 1 << ITT_EVENT_BITS));
+    if event >= 1 << state.event_bits {
+        return Err(format!("event {event} is beyond the {} events of an ITT", 1u32 << state.event_bits));
     }
     let address = state.its.translater();
     if let Some(&(_, _, routed_cpu, intid)) = state.routes.iter().find(|r| r.0 == device_id && r.1 == event) {
@@ -237,10 +240,10 @@ pub fn route(requester_id: u32, event: u32, cpu: usize) -> Result<MsiRoute, Stri
     }
     let mut commands = Vec::new();
     if !state.devices.contains(&device_id) {
-        let bytes = state.its.features().itt_bytes(ITT_EVENT_BITS);
+        let bytes = state.its.features().itt_bytes(state.event_bits);
         let itt = crate::memory::alloc_frames(bytes.next_multiple_of(TABLE_PAGE_SIZE), TABLE_PAGE_SIZE.max(ITT_ALIGN))
             .ok_or("no memory for an ITT")?;
-        commands.push(ItsCommand::mapd(device_id, itt.raw(), ITT_EVENT_BITS));
+        commands.push(ItsCommand::mapd(device_id, itt.raw(), state.event_bits));
     }
     let intid = state.next_lpi;
     // The LPI's configuration byte before the ITS maps it; `submit`
