@@ -12,7 +12,7 @@
 use tock_registers::interfaces::{Readable, Writeable};
 use tock_registers::register_bitfields;
 use tock_registers::register_structs;
-use tock_registers::registers::{ReadOnly, ReadWrite};
+use tock_registers::registers::{ReadOnly, ReadWrite, WriteOnly};
 
 register_bitfields! [u64,
     /// The DMA command register at 0x98.
@@ -32,6 +32,11 @@ register_structs! {
     EduRegisters {
         (0x00 => identification: ReadOnly<u32>),
         (0x04 => _reserved0),
+        (0x24 => interrupt_status: ReadOnly<u32>),
+        (0x28 => _reserved1),
+        (0x60 => interrupt_raise: WriteOnly<u32>),
+        (0x64 => interrupt_acknowledge: WriteOnly<u32>),
+        (0x68 => _reserved2),
         (0x80 => dma_source: ReadWrite<u64>),
         (0x88 => dma_destination: ReadWrite<u64>),
         (0x90 => dma_count: ReadWrite<u64>),
@@ -84,5 +89,21 @@ impl Edu {
     /// Whether a transfer is still running.
     pub fn busy(&self) -> bool {
         self.registers.dma_command.is_set(DMA_CMD::START)
+    }
+
+    /// Raises the edu's interrupt with `status` bits set in its interrupt
+    /// status (an MSI when MSI is enabled, else INTA).
+    pub fn raise_interrupt(&self, status: u32) {
+        self.registers.interrupt_raise.set(status);
+    }
+
+    /// The interrupt status register.
+    pub fn interrupt_status(&self) -> u32 {
+        self.registers.interrupt_status.get()
+    }
+
+    /// Clears `status` bits of the interrupt status (INTA drops at 0).
+    pub fn acknowledge_interrupt(&self, status: u32) {
+        self.registers.interrupt_acknowledge.set(status);
     }
 }

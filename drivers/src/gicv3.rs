@@ -64,6 +64,9 @@ register_structs! {
         (0x0010 => _reserved0),
         (0x0014 => waker: ReadWrite<u32, GICR_WAKER::Register>),
         (0x0018 => _reserved1),
+        (0x0070 => propbaser: ReadWrite<u64>),
+        (0x0078 => pendbaser: ReadWrite<u64>),
+        (0x0080 => _reserved2),
         (0x10000 => @END),
     }
 }
@@ -84,6 +87,10 @@ register_structs! {
     }
 }
 
+/// `GICR_CTLR.EnableLPIs` (IHI 0069 §12.11.2).
+const GICR_CTLR_ENABLE_LPIS: u32 = 1 << 0;
+/// `GICR_TYPER.PLPIS`: physical LPIs supported (IHI 0069 §12.11.35).
+const GICR_TYPER_PLPIS: u64 = 1 << 0;
 /// Bytes of one redistributor (RD_base + SGI_base, GICv3 without VLPIs).
 pub const GICR_STRIDE: u64 = 0x2_0000;
 /// `GICR_TYPER.Last`: this is the last redistributor of the region.
@@ -104,6 +111,13 @@ pub enum GicError {
     NoRedistributor(u64),
     /// `GICR_WAKER.ChildrenAsleep` stayed set.
     RedistributorAsleep,
+    /// `GICR_TYPER.PLPIS` is clear: this redistributor has no physical LPIs.
+    NoLpis,
+    /// `GICR_CTLR.EnableLPIs` was set before the hypervisor gave the
+    /// redistributor its tables (they can no longer change).
+    LpisAlreadyEnabled,
+    /// `GICR_CTLR.EnableLPIs` did not stick.
+    LpisNotEnabled,
 }
 
 /// The physical distributor.
@@ -280,5 +294,45 @@ impl Gicr {
         if intid < 32 {
             self.sgi.icenabler0.set(1 << intid);
         }
+    }
+
+    /// `GICR_TYPER` (affinity, processor number, `PLPIS`).
+    pub fn typer(&self) -> u64 {
+        self.rd.typer.get()
+    }
+
+    /// The physical address of the RD_base frame (identity-mapped).
+    pub fn rd_base_address(&self) -> u64 {
+        core::ptr::from_ref(self.rd) as u64
+    }
+
+    /// Gives this redistributor the LPI configuration table (`propbaser`,
+    /// the same for every redistributor) and its own zeroed pending table
+    /// (`pendbaser`), then sets `GICR_CTLR.EnableLPIs`. Values from
+    /// `gicv3_its::{propbaser_value, pendbaser_value}`.
+    ///
+    /// # Errors
+    /// [`GicError::NoLpis`], [`GicError::LpisAlreadyEnabled`],
+    /// [`GicError::LpisNotEnabled`].
+    pub fn enable_lpis(&self, propbaser: u64, pendbaser: u64) -> Result<(), GicError> {
+        if self.typer() & GICR_TYPER_PLPIS == 0 {
+            return Err(GicError::NoLpis);
+        }
+        if self.rd.ctlr.get() & GICR_CTLR_ENABLE_LPIS != 0 {
+            return Err(GicError::LpisAlreadyEnabled);
+        }
+        self.rd.propbaser.set(propbaser);
+        self.rd.pendbaser.set(pendbaser);
+        // The tables' contents (zeroed, configured) before the enable.
+        #[cfg(all(target_arch = "aarch64", not(test)))]
+        // SAFETY: a barrier only orders memory accesses.
+        unsafe {
+            core::arch::asm!("dsb st", options(nostack, preserves_flags));
+        }
+        self.rd.ctlr.set(self.rd.ctlr.get() | GICR_CTLR_ENABLE_LPIS);
+        if self.rd.ctlr.get() & GICR_CTLR_ENABLE_LPIS == 0 {
+            return Err(GicError::LpisNotEnabled);
+        }
+        Ok(())
     }
 }

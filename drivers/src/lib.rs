@@ -12,6 +12,7 @@ extern crate alloc;
 
 pub mod edu;
 pub mod gicv3;
+pub mod gicv3_its;
 pub mod gpu;
 pub mod ioapic;
 pub mod pci;

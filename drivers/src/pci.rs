@@ -330,6 +330,64 @@ pub fn set_command(space: &mut impl ConfigSpace, bdf: Bdf, value: LocalRegisterC
     space.write32(bdf, offset::COMMAND, u32::from(value.get()));
 }
 
+/// Capability ID of MSI (PCI Local Bus 3.0 §6.8.1).
+pub const CAPABILITY_MSI: u8 = 0x05;
+/// Capability ID of MSI-X (PCI Local Bus 3.0 §6.8.2).
+pub const CAPABILITY_MSIX: u8 = 0x11;
+/// MSI Message Control (bits 31:16 of the capability's first word):
+/// MSI Enable.
+const MSI_CONTROL_ENABLE: u32 = 1 << 16;
+/// Message Control: Multiple Message Enable, bits 6:4 (one vector: 0).
+const MSI_CONTROL_MULTIPLE_ENABLE: u32 = 0b111 << (16 + 4);
+/// Message Control: 64-bit address capable.
+const MSI_CONTROL_64BIT: u32 = 1 << (16 + 7);
+/// Message Control: per-vector masking capable.
+const MSI_CONTROL_PER_VECTOR_MASK: u32 = 1 << (16 + 8);
+
+/// Why MSI could not be programmed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsiError {
+    /// The function has no MSI capability.
+    NoCapability,
+    /// The address needs 64 bits and the function has only 32.
+    AddressTooWide(u64),
+}
+
+/// Programs `bdf`'s MSI capability at `capability` with one vector:
+/// `address` and `data`, vector 0 unmasked, then sets MSI Enable.
+///
+/// # Errors
+/// [`MsiError::AddressTooWide`] for a 32-bit-only function and an address
+/// above 4 GiB.
+pub fn enable_msi(space: &mut impl ConfigSpace, bdf: Bdf, capability: u16, address: u64, data: u16) -> Result<(), MsiError> {
+    let header = space.read32(bdf, capability);
+    let wide = header & MSI_CONTROL_64BIT != 0;
+    if !wide && address >> 32 != 0 {
+        return Err(MsiError::AddressTooWide(address));
+    }
+    // Disabled while the message changes; one vector.
+    space.write32(bdf, capability, header & !(MSI_CONTROL_ENABLE | MSI_CONTROL_MULTIPLE_ENABLE));
+    space.write32(bdf, capability + 4, address as u32);
+    let data_at = if wide {
+        space.write32(bdf, capability + 8, (address >> 32) as u32);
+        capability + 12
+    } else {
+        capability + 8
+    };
+    space.write32(bdf, data_at, u32::from(data));
+    if header & MSI_CONTROL_PER_VECTOR_MASK != 0 {
+        space.write32(bdf, data_at + 4, 0);
+    }
+    space.write32(bdf, capability, (header & !MSI_CONTROL_MULTIPLE_ENABLE) | MSI_CONTROL_ENABLE);
+    Ok(())
+}
+
+/// Clears MSI Enable of the capability at `capability`.
+pub fn disable_msi(space: &mut impl ConfigSpace, bdf: Bdf, capability: u16) {
+    let header = space.read32(bdf, capability);
+    space.write32(bdf, capability, header & !MSI_CONTROL_ENABLE);
+}
+
 /// Reads `bdf`'s header; `None` if no function answers. BARs of a type 0
 /// header are sized (see [`size_bars`]).
 pub fn probe(space: &mut impl ConfigSpace, bdf: Bdf) -> Option<Function> {
@@ -496,6 +554,44 @@ mod tests {
         for bad in ["", "00:02", "00.02:0", "00:20.0", "00:02.8", "100:00.0", "0g:00.0", "00:02.00"] {
             assert_eq!(bad.parse::<Bdf>(), Err(BadBdf), "{bad}");
         }
+    }
+
+    #[test]
+    fn finds_the_msi_capability_and_programs_a_64_bit_message() {
+        let mut space = FakeSpace::default();
+        let edu = bdf("00:01.0");
+        space.add(edu, 0x1234, 0x11e8, 0x00_ff_00, 0, &[]);
+        let (words, writable) = space.functions.get_mut(&edu).unwrap();
+        words[0x34 / 4] = 0x40;
+        // 0x40: power management, next 0x50; 0x50: MSI, 64-bit, last.
+        words[0x40 / 4] = 0x0001_5001;
+        words[0x50 / 4] = 0x0080_0005;
+        writable[0x50 / 4] = 0x0071_0000;
+        writable[0x54 / 4..=0x5c / 4].fill(u32::MAX);
+        assert_eq!(find_capability(&space, edu, CAPABILITY_MSI), Some(0x50));
+        assert_eq!(find_capability(&space, edu, CAPABILITY_MSIX), None);
+        enable_msi(&mut space, edu, 0x50, 0x0809_0040, 3).unwrap();
+        let words = &space.functions[&edu].0;
+        assert_eq!(words[0x54 / 4], 0x0809_0040);
+        assert_eq!(words[0x58 / 4], 0);
+        assert_eq!(words[0x5c / 4], 3);
+        assert_eq!(words[0x50 / 4], 0x0081_0005, "enabled, one vector");
+        disable_msi(&mut space, edu, 0x50);
+        assert_eq!(space.functions[&edu].0[0x50 / 4], 0x0080_0005);
+    }
+
+    #[test]
+    fn a_capability_loop_ends_and_32_bit_msi_refuses_high_addresses() {
+        let mut space = FakeSpace::default();
+        let f = bdf("00:02.0");
+        space.add(f, 0x1234, 0x0001, 0, 0, &[]);
+        let (words, _) = space.functions.get_mut(&f).unwrap();
+        words[0x34 / 4] = 0x40;
+        words[0x40 / 4] = 0x0000_4009; // vendor-specific, pointing at itself
+        assert_eq!(find_capability(&space, f, CAPABILITY_MSI), None);
+        let (words, _) = space.functions.get_mut(&f).unwrap();
+        words[0x40 / 4] = 0x0000_0005; // 32-bit MSI
+        assert_eq!(enable_msi(&mut space, f, 0x40, 1 << 32, 0), Err(MsiError::AddressTooWide(1 << 32)));
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub const VIRTUAL_TIMER_INTID: u32 = 27;
 /// INTIDs 1020..=1023 are special: 1023 means "nothing pending".
 pub const SPURIOUS_INTID: u32 = 1023;
 
+/// Whether an acknowledged INTID is one of the special INTIDs 1020-1023
+/// (IHI 0069 §2.2.1: nothing to handle, no EOI). LPIs (8192 and up) lie
+/// above them, so "at least 1020" is not a test for "nothing pending".
+pub const fn is_special_intid(intid: u32) -> bool {
+    intid >= SPURIOUS_INTID - 3 && intid <= SPURIOUS_INTID
+}
+
 macro_rules! sysreg_rw {
     ($read:ident, $write:ident, $name:literal) => {
         /// Reads the register named in the function.
@@ -283,5 +290,18 @@ mod tests {
         assert!(!request.all_but_self);
         assert!(SgiRequest::decode(1 << 40).all_but_self);
         assert_eq!(SgiRequest::decode(sgi1r(1, 1, 2, 3, 0)).affinity, 0x01_0203);
+    }
+}
+
+#[cfg(test)]
+mod special_intid_tests {
+    use super::*;
+
+    #[test]
+    fn special_intids_are_1020_to_1023_and_lpis_are_not() {
+        assert!(!is_special_intid(1019));
+        assert!((1020..=1023).all(is_special_intid));
+        assert!(!is_special_intid(8192));
+        assert!(!is_special_intid(27));
     }
 }

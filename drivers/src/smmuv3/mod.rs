@@ -259,13 +259,13 @@ impl DmaRegion {
         self.words * 8
     }
 
-    fn write(&mut self, word: usize, value: u64) {
+    pub(crate) fn write(&mut self, word: usize, value: u64) {
         assert!(word < self.words, "DMA region word {word} out of {}", self.words);
         // SAFETY: in bounds (checked above) of memory the region owns.
         unsafe { self.base.as_ptr().add(word).write_volatile(value.to_le()) };
     }
 
-    fn read(&self, word: usize) -> u64 {
+    pub(crate) fn read(&self, word: usize) -> u64 {
         assert!(word < self.words, "DMA region word {word} out of {}", self.words);
         // SAFETY: in bounds (checked above) of memory the region owns.
         u64::from_le(unsafe { self.base.as_ptr().add(word).read_volatile() })

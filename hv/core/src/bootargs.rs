@@ -7,6 +7,7 @@
 //! | `crash=panic\|exception` | test hook: the hypervisor deliberately panics or takes an unexpected exception once booted |
 //! | `input=NAME` | the partition that receives console input (default: the first with `console = "pl011"`) |
 //! | `interactive=1` | a person is at the console: Linux partitions receiving input get `bulkhead.shell=1` |
+//! | `selftest=msi` | arm64: before partitions start, the hypervisor routes an MSI of the unassigned `edu` through the ITS to an LPI (its stream allowed only the ITS doorbell by the SMMU) and checks that the LPI arrives |
 //! | `selftest=dma` | before partitions start, the hypervisor makes an unassigned `edu` PCI device DMA into its own memory and checks that the IOMMU (SMMUv3 on arm64, VT-d on x86_64) refused and recorded it |
 //! | `selftest=gpu` | before partitions start, the hypervisor drives the GPU model directly (its own ring, GTT entries and memory): blits, a store to RAM, a user interrupt, and a deliberate fault it recovers from; `gpu selftest: ... ok` lines, a failure ends the run |
 //! | `bench=gpu` | before partitions start, the hypervisor times direct XY_SRC_COPY_BLTs in the GPU's local memory and prints a `gpu bench direct:` line |
@@ -85,6 +86,8 @@ pub struct BootArgs {
     pub interactive: bool,
     /// Run the DMA isolation self-test (`selftest=dma`).
     pub dma_selftest: bool,
+    /// Run the MSI self-test (`selftest=msi`, arm64).
+    pub msi_selftest: bool,
     /// Run the DMA map/unmap benchmark (`bench=dma`).
     pub dma_bench: bool,
     /// Run the GPU direct-path self-test (`selftest=gpu`).
@@ -97,7 +100,7 @@ pub struct BootArgs {
 
 impl Default for BootArgs {
     fn default() -> Self {
-        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, dma_bench: false, gpu_selftest: false, gpu_bench: false, unknown: Vec::new() }
+        BootArgs { log_level: LogLevel::Info, exit: None, crash: None, input: None, interactive: false, dma_selftest: false, msi_selftest: false, dma_bench: false, gpu_selftest: false, gpu_bench: false, unknown: Vec::new() }
     }
 }
 
@@ -148,6 +151,10 @@ impl BootArgs {
                 }
                 Some(("selftest", "dma")) => {
                     args.dma_selftest = true;
+                    true
+                }
+                Some(("selftest", "msi")) => {
+                    args.msi_selftest = true;
                     true
                 }
                 Some(("bench", "dma")) => {
@@ -204,6 +211,14 @@ mod tests {
         assert!(BootArgs::parse("selftest=gpu").gpu_selftest);
         assert!(BootArgs::parse("bench=gpu").gpu_bench);
         assert!(!BootArgs::parse("selftest=dma").gpu_selftest);
+    }
+
+    #[test]
+    fn msi_selftest_is_its_own_word() {
+        let args = BootArgs::parse("selftest=msi");
+        assert!(args.msi_selftest);
+        assert!(!args.dma_selftest);
+        assert!(!BootArgs::parse("selftest=dma").msi_selftest);
     }
 
     #[test]

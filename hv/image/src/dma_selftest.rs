@@ -11,7 +11,7 @@
 use crate::platform::Platform;
 use alloc::alloc::{Layout, alloc_zeroed, dealloc};
 use bulkhead_drivers::edu::{EDU_BUFFER_SIZE, EDU_DEVICE, EDU_VENDOR, Edu};
-use bulkhead_drivers::pci::{self, BarKind, COMMAND, Function};
+use bulkhead_drivers::pci::{self, Bar, BarKind, COMMAND, Function};
 
 /// The byte the target page is filled with (the edu's buffer holds zeros).
 const PATTERN: u8 = 0xa5;
@@ -27,17 +27,7 @@ const MS_PER_SECOND: u64 = 1000;
 /// Runs the test; returns a failure reason, or `Ok` with a summary.
 pub fn run(platform: &Platform, functions: &[Function]) -> Result<(), alloc::string::String> {
     use alloc::format;
-    let edu = functions
-        .iter()
-        .find(|f| f.vendor == EDU_VENDOR && f.device == EDU_DEVICE)
-        .ok_or("no edu device on PCI bus 0 (QEMU: -device edu,dma_mask=0xffffffffffffffff)")?;
-    let bar = edu.bars[0].filter(|b| b.kind != BarKind::Io && b.address != 0).ok_or("the edu's BAR 0 is not assigned")?;
-    let mapped = platform.pci.as_ref().is_some_and(|host| {
-        host.windows.iter().any(|&(base, size)| base < 1 << 32 && base <= bar.address && bar.address + bar.size <= base + size)
-    });
-    if !mapped {
-        return Err(format!("the edu's BAR 0 at {:#x} is outside the mapped 32-bit window", bar.address));
-    }
+    let (edu, bar) = find_edu(platform, functions)?;
     let sid = crate::iommu::stream_of(edu.bdf).ok_or("the SMMU is not up, or the edu has no StreamID")?;
     let mut ecam = crate::pci::ecam(platform).ok_or("no ECAM")?;
     log::info!("DMA self-test: edu at {} (StreamID {sid:#x}), BAR 0 at {:#x}, assigned to no partition", edu.bdf, bar.address);
@@ -99,8 +89,28 @@ pub fn run(platform: &Platform, functions: &[Function]) -> Result<(), alloc::str
     }
 }
 
+/// The `edu` on bus 0 and its BAR 0, checked to lie in the 32-bit PCI
+/// window the hypervisor maps.
+///
+/// # Errors
+/// A reason: no edu, BAR 0 unassigned or outside the mapped window.
+pub fn find_edu<'a>(platform: &Platform, functions: &'a [Function]) -> Result<(&'a Function, Bar), alloc::string::String> {
+    let edu = functions
+        .iter()
+        .find(|f| f.vendor == EDU_VENDOR && f.device == EDU_DEVICE)
+        .ok_or("no edu device on PCI bus 0 (QEMU: -device edu,dma_mask=0xffffffffffffffff)")?;
+    let bar = edu.bars[0].filter(|b| b.kind != BarKind::Io && b.address != 0).ok_or("the edu's BAR 0 is not assigned")?;
+    let mapped = platform.pci.as_ref().is_some_and(|host| {
+        host.windows.iter().any(|&(base, size)| base < 1 << 32 && base <= bar.address && bar.address + bar.size <= base + size)
+    });
+    if !mapped {
+        return Err(alloc::format!("the edu's BAR 0 at {:#x} is outside the mapped 32-bit window", bar.address));
+    }
+    Ok((edu, bar))
+}
+
 /// Polls `done` until it holds or `timeout_ms` of the generic timer pass.
-fn wait(mut done: impl FnMut() -> bool, timeout_ms: u64) -> Result<(), alloc::string::String> {
+pub fn wait(mut done: impl FnMut() -> bool, timeout_ms: u64) -> Result<(), alloc::string::String> {
     use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
     let frequency = CNTFRQ_EL0.get().max(1);
     let start = CNTPCT_EL0.get();

@@ -65,6 +65,14 @@ pub fn init_cpu(platform: &Platform, cpu: usize, mpidr: u64) {
     }
     gic::write_ich_vmcr_el2(0);
     gic::write_ich_hcr_el2(ICH_HCR_EN);
+    // A CPU brought up after the ITS takes LPIs too (the boot CPU's are
+    // enabled by `msi::init`, which runs after this).
+    crate::msi::enable_on_cpu(cpu);
+}
+
+/// Runs `f` on CPU `cpu`'s redistributor, if it was initialized.
+pub fn with_redistributor<R>(cpu: usize, f: impl FnOnce(&Gicr) -> R) -> Option<R> {
+    GICR.get(cpu).and_then(|r| r.get()).map(f)
 }
 
 /// Routes SPI `intid` to the CPU with affinity `mpidr` and enables it.

@@ -13,7 +13,7 @@ use crate::gic::{self, KICK_SGI};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use bulkhead_arch_aarch64::gic::{
-    self as cpu_if, ICH_HCR_EN, ICH_HCR_UIE, LrState, ListRegister, MAINTENANCE_INTID, SPURIOUS_INTID, SgiRequest,
+    self as cpu_if, ICH_HCR_EN, ICH_HCR_UIE, LrState, ListRegister, MAINTENANCE_INTID, SgiRequest,
     VIRTUAL_TIMER_INTID,
 };
 use bulkhead_core::devices::pl011::UartState;
@@ -78,7 +78,7 @@ impl VcpuInterrupts {
     pub fn on_irq_exit(&mut self, partition: &str) {
         for _ in 0..IRQS_PER_EXIT {
             let intid = cpu_if::acknowledge();
-            if intid >= SPURIOUS_INTID - 3 {
+            if cpu_if::is_special_intid(intid) {
                 break;
             }
             if intid == MAINTENANCE_INTID {
@@ -106,6 +106,11 @@ impl VcpuInterrupts {
                     cpu_if::deactivate(i);
                 }
                 i if self.passthrough_spis.iter().any(|&(spi, _)| spi == i) => self.forward_spi(i),
+                // An LPI (a PCI MSI through the ITS): no active state, so
+                // nothing to deactivate; an unclaimed one is logged there.
+                i if crate::msi::is_lpi(i) => {
+                    crate::msi::dispatch(i);
+                }
                 other => {
                     cpu_if::deactivate(other);
                     self.unexpected = self.unexpected.saturating_add(1);

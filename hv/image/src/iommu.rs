@@ -98,6 +98,12 @@ pub struct PciHost {
     pub windows: Vec<(u64, u64)>,
     /// Its `iommu-map`.
     pub iommu_map: Vec<IommuMapEntry>,
+    /// Its `msi-map`: requester ID -> ITS DeviceID (same shape as
+    /// `iommu-map`; the `iommu` field holds the MSI controller's phandle).
+    pub msi_map: Vec<IommuMapEntry>,
+    /// Its `msi-parent`, used when there is no `msi-map` (DeviceID =
+    /// requester ID).
+    pub msi_parent: Option<u32>,
     /// Its `interrupt-map` (legacy INTx lines), GIC SPIs only.
     pub interrupt_map: Vec<IntxMapEntry>,
     /// Its `interrupt-map-mask`: PCI address `phys.hi` cell and pin cell.
@@ -132,6 +138,20 @@ impl PciHost {
         let address = (u32::from(rid) << PHYS_HI_RID_SHIFT) & address_mask;
         let pin = u32::from(pin) & pin_mask;
         self.interrupt_map.iter().find(|e| e.address == address && e.pin == pin).map(|e| e.intid)
+    }
+
+    /// The ITS DeviceID of requester `rid` on the MSI controller `its`
+    /// (its phandle), by `msi-map`, or the requester ID itself under a
+    /// plain `msi-parent`; `None` if the function's MSIs go elsewhere.
+    pub fn msi_device_id(&self, rid: u16, its: Option<u32>) -> Option<u32> {
+        if self.msi_map.is_empty() {
+            return (self.msi_parent.is_some() && its.is_none_or(|p| Some(p) == self.msi_parent)).then_some(u32::from(rid));
+        }
+        let rid = u32::from(rid);
+        self.msi_map.iter().find_map(|entry| {
+            let inside = rid >= entry.rid_base && rid - entry.rid_base < entry.length;
+            (inside && its.is_none_or(|p| p == entry.iommu)).then(|| entry.sid_base + (rid - entry.rid_base))
+        })
     }
 
     /// The StreamID of requester `rid` on the IOMMU `iommu`, if mapped.
@@ -192,17 +212,21 @@ pub fn discover_pci(fdt: &Fdt<'_>) -> Option<PciHost> {
         .filter(|r| matches!((r[0] >> SPACE_CODE_SHIFT) & 0b11, SPACE_MEMORY32 | SPACE_MEMORY64))
         .map(|r| ((u64::from(r[3]) << 32) | u64::from(r[4]), (u64::from(r[5]) << 32) | u64::from(r[6])))
         .collect();
-    let map: Vec<u32> = node.property("iommu-map").map(|p| be_words(p.value).collect()).unwrap_or_default();
-    let iommu_map = map
-        .chunks_exact(4)
-        .map(|e| IommuMapEntry { rid_base: e[0], iommu: e[1], sid_base: e[2], length: e[3] })
-        .collect();
+    let map_of = |name: &str| -> Vec<IommuMapEntry> {
+        let map: Vec<u32> = node.property(name).map(|p| be_words(p.value).collect()).unwrap_or_default();
+        map.chunks_exact(4).map(|e| IommuMapEntry { rid_base: e[0], iommu: e[1], sid_base: e[2], length: e[3] }).collect()
+    };
+    let iommu_map = map_of("iommu-map");
+    let msi_map = map_of("msi-map");
+    let msi_parent = node.property("msi-parent").and_then(|p| be_words(p.value).next());
     let (interrupt_map, interrupt_map_mask) = interrupt_map(fdt, &node);
     Some(PciHost {
         ecam: region.starting_address as u64,
         ecam_size: region.size.unwrap_or(0) as u64,
         windows,
         iommu_map,
+        msi_map,
+        msi_parent,
         interrupt_map,
         interrupt_map_mask,
     })
@@ -273,6 +297,11 @@ struct State {
     quarantine: StreamTableEntry,
     /// Commands issued for DMA-table invalidation, for the benchmark.
     invalidations: CommandCount,
+    /// The CPU's physical address bits (for building stage-2 tables).
+    pa_bits: u32,
+    /// The MSI-only stage 2 of hypervisor-owned devices, once built, and
+    /// the doorbell frame it maps.
+    msi_only: Option<(SmmuStage2, u64)>,
 }
 
 /// Commands issued to keep DMA tables and the SMMU's TLB in step.
@@ -377,7 +406,10 @@ pub fn init(platform: &Platform, functions: &[Function]) {
         crate::gic::set_edge_triggered(intid, node.edge_intids.contains(&intid));
         crate::gic::route_spi(intid, boot_mpidr);
     }
-    SMMU.call_once(|| Mutex::new(State { smmu, streams, quarantine, invalidations: CommandCount::default() }));
+    let pa_bits = platform.firmware.pa_bits;
+    SMMU.call_once(|| {
+        Mutex::new(State { smmu, streams, quarantine, invalidations: CommandCount::default(), pa_bits, msi_only: None })
+    });
 }
 
 /// Points every stream in use at the empty quarantine stage 2; returns
@@ -672,6 +704,82 @@ pub fn detach(domain: &mut DmaDomain<SmmuStage2>) {
     if let Err(e) = domain.detach() {
         log::error!("{e}");
     }
+}
+
+// ---- MSI-only streams of hypervisor-owned devices ------------------------
+
+/// VMID of the MSI-only stage 2: above every partition's (8-bit, from 1)
+/// and the quarantine's (0), so it needs 16-bit VMIDs.
+pub const MSI_ONLY_VMID: u16 = 0x100;
+/// Bytes the MSI-only stage 2 maps: the ITS translation frame.
+const MSI_FRAME_SIZE: u64 = bulkhead_drivers::gicv3_its::TRANSLATION_FRAME_SIZE;
+
+/// Gives `bdf`'s stream a stage 2 that maps exactly the 64 KiB frame at
+/// `doorbell_frame` (the ITS translation frame holding `GITS_TRANSLATER`),
+/// identity, write-only, Device-nGnRE: the device's MSIs reach the ITS,
+/// every other DMA is refused and recorded as a translation fault. For a
+/// device the hypervisor itself drives (owned by no partition). All such
+/// devices share one table (VMID [`MSI_ONLY_VMID`]). Returns the StreamID.
+///
+/// # Errors
+/// A reason: no SMMU, no StreamID, a stream a partition owns, an SMMU
+/// without 16-bit VMIDs, a doorbell other than the one already mapped, a
+/// table or SMMU command failure.
+pub fn allow_msi_only(bdf: Bdf, doorbell_frame: u64) -> Result<u32, String> {
+    let state = SMMU.get().ok_or("no SMMU is up")?;
+    let mut state = state.lock();
+    if !state.smmu.features().vmid16 {
+        return Err("the SMMU has 8-bit VMIDs: no VMID is free for the MSI-only stage 2".into());
+    }
+    let doorbell_frame = doorbell_frame & !(MSI_FRAME_SIZE - 1);
+    let oas = state.smmu.features().oas_field;
+    let pa_bits = state.pa_bits;
+    let State { smmu, streams, msi_only, .. } = &mut *state;
+    let stream = streams.iter().find(|s| s.bdf == bdf).ok_or_else(|| alloc::format!("{bdf} has no StreamID on the SMMU"))?;
+    if let Some(owner) = &stream.owner {
+        return Err(alloc::format!("{bdf} belongs to partition '{}'", owner.partition));
+    }
+    let sid = stream.sid;
+    match msi_only {
+        Some((_, frame)) if *frame != doorbell_frame => {
+            return Err(alloc::format!("the MSI-only stage 2 maps the doorbell {frame:#x}, not {doorbell_frame:#x}"));
+        }
+        Some(_) => {}
+        None => {
+            let geometry = Stage2Geometry::for_limit(1 << QUARANTINE_IPA_BITS, pa_bits)
+                .map_err(|e| alloc::format!("no MSI-only stage 2 fits this CPU: {e:?}"))?;
+            let mut table = SmmuStage2::new(geometry, pa_bits, MSI_ONLY_VMID);
+            let write_only = Permissions { read: false, write: true, execute: false };
+            table
+                .map(Iova::new(doorbell_frame), Hpa::new(doorbell_frame), MSI_FRAME_SIZE, MemoryAttribute::DeviceNGnRE, write_only)
+                .map_err(|e| alloc::format!("mapping the doorbell {doorbell_frame:#x}: {e:?}"))?;
+            smmu.submit(&[Command::tlbi_s12_vmall(MSI_ONLY_VMID)]).map_err(|e| alloc::format!("{e}"))?;
+            *msi_only = Some((table, doorbell_frame));
+        }
+    }
+    let config = msi_only.as_ref().map(|(table, _)| table.config()).ok_or("no MSI-only stage 2")?;
+    smmu.set_ste(sid, StreamTableEntry::stage2(config, oas)).map_err(|e| alloc::format!("StreamID {sid:#x}: {e}"))?;
+    log::info!(
+        "SMMU: StreamID {sid:#x} ({bdf}) may write only the ITS doorbell frame {doorbell_frame:#x} (+{MSI_FRAME_SIZE:#x}); other DMA refused and recorded"
+    );
+    Ok(sid)
+}
+
+/// Puts `bdf`'s stream back into the quarantine (after
+/// [`allow_msi_only`]); a stream a partition owns is left alone.
+///
+/// # Errors
+/// A reason: no SMMU, no StreamID, a partition's stream, a command failure.
+pub fn requarantine(bdf: Bdf) -> Result<(), String> {
+    let state = SMMU.get().ok_or("no SMMU is up")?;
+    let mut state = state.lock();
+    let quarantine = state.quarantine;
+    let State { smmu, streams, .. } = &mut *state;
+    let stream = streams.iter().find(|s| s.bdf == bdf).ok_or_else(|| alloc::format!("{bdf} has no StreamID on the SMMU"))?;
+    if let Some(owner) = &stream.owner {
+        return Err(alloc::format!("{bdf} belongs to partition '{}'", owner.partition));
+    }
+    smmu.set_ste(stream.sid, quarantine).map_err(|e| alloc::format!("StreamID {:#x}: {e}", stream.sid))
 }
 
 /// The SMMU's features, if it is up (the benchmark's VMID width).

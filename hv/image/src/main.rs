@@ -39,6 +39,10 @@ mod memory;
 #[cfg(target_arch = "aarch64")]
 mod pci;
 #[cfg(target_arch = "aarch64")]
+mod msi;
+#[cfg(target_arch = "aarch64")]
+mod msi_selftest;
+#[cfg(target_arch = "aarch64")]
 mod platform;
 #[cfg(target_arch = "aarch64")]
 mod run;
@@ -102,6 +106,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
 
     gic::init_distributor(&platform);
     gic::init_cpu(&platform, platform.boot_cpu().unwrap_or(0), platform.firmware.mpidr);
+    msi::init(&platform, platform.boot_cpu().unwrap_or(0));
     // Devices before partitions: BARs are sized and every stream confined
     // while nothing else runs.
     let functions = pci::enumerate(&platform);
@@ -111,6 +116,15 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     {
         log::error!("DMA self-test: FAILED: {reason}");
         platform::finish(ExitCode::BootFailure);
+    }
+    if args.msi_selftest {
+        match msi_selftest::run(&platform, &functions) {
+            Ok(()) => log::info!("MSI self-test: ok"),
+            Err(reason) => {
+                log::error!("MSI self-test: FAILED: {reason}");
+                platform::finish(ExitCode::BootFailure);
+            }
+        }
     }
     if args.dma_bench {
         dma_bench::run(platform.firmware.pa_bits);

@@ -85,6 +85,9 @@ pub fn init(boot_info: &BootInfo, platform: &Platform, host_backed: &[(u64, u64)
         idmap.map(gicd, gicd_size, El2Memory::Device).map_err(|e| format!("mapping the GIC distributor: {e:?}"))?;
         idmap.map(gicr, gicr_size, El2Memory::Device).map_err(|e| format!("mapping the GIC redistributors: {e:?}"))?;
     }
+    if let Some(its) = &platform.its {
+        idmap.map(its.base, its.size, El2Memory::Device).map_err(|e| format!("mapping the GIC ITS: {e:?}"))?;
+    }
     if let Some(smmu) = &platform.smmu {
         idmap.map(smmu.base, smmu.size, El2Memory::Device).map_err(|e| format!("mapping the SMMU: {e:?}"))?;
     }

@@ -36,6 +36,19 @@ pub struct Platform {
     pub smmu: Option<crate::iommu::SmmuNode>,
     /// The PCIe host bridge (ECAM), if the device tree has one.
     pub pci: Option<crate::iommu::PciHost>,
+    /// The GICv3 ITS (`arm,gic-v3-its`), if the device tree has one.
+    pub its: Option<ItsNode>,
+}
+
+/// The ITS's device-tree node.
+#[derive(Clone, Copy, Debug)]
+pub struct ItsNode {
+    /// Control frame (the translation frame follows 64 KiB above).
+    pub base: u64,
+    /// Bytes of registers.
+    pub size: u64,
+    /// Its `phandle`, which `msi-map` entries name.
+    pub phandle: Option<u32>,
 }
 
 /// The affinity fields of an MPIDR (Aff3, Aff2, Aff1, Aff0).
@@ -59,6 +72,7 @@ impl Platform {
             uart_intid: None,
             smmu: None,
             pci: None,
+            its: None,
         };
         platform.bootargs = crate::loaded::bootargs(boot_info);
         if boot_info.device_tree.is_empty() {
@@ -87,6 +101,7 @@ impl Platform {
         platform.gic = gicv3(&fdt);
         platform.smmu = crate::iommu::discover_smmu(&fdt);
         platform.pci = crate::iommu::discover_pci(&fdt);
+        platform.its = its(&fdt);
         if platform.gic.is_none() {
             platform.notes.push("no GICv3 (compatible \"arm,gic-v3\"): partitions get no interrupts");
         }
@@ -140,6 +155,9 @@ impl Platform {
                 smmu.eventq_intid,
                 smmu.gerror_intid
             );
+        }
+        if let Some(its) = &self.its {
+            log::info!("GICv3 ITS at {:#x} (+{:#x})", its.base, its.size);
         }
         if let Some(pci) = &self.pci {
             log::info!(
@@ -203,6 +221,19 @@ fn gicv3(fdt: &Fdt<'_>) -> Option<((u64, u64), (u64, u64))> {
         (gicd.starting_address as u64, gicd.size? as u64),
         (gicr.starting_address as u64, gicr.size? as u64),
     ))
+}
+
+/// The first `arm,gic-v3-its` node (a child of the GIC, whose `ranges`
+/// is the identity on QEMU `virt`).
+fn its(fdt: &Fdt<'_>) -> Option<ItsNode> {
+    let node = fdt.find_compatible(&["arm,gic-v3-its"])?;
+    let region = node.reg()?.next()?;
+    let phandle = node.property("phandle").and_then(|p| p.value.get(..4)).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    Some(ItsNode {
+        base: region.starting_address as u64,
+        size: region.size.map_or(bulkhead_drivers::gicv3_its::MMIO_SIZE, |s| s as u64),
+        phandle,
+    })
 }
 
 /// The `reg` (affinity) of each `/cpus/cpu@*` node of `device_type = "cpu"`.

@@ -81,6 +81,30 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAILED", "SMMU global error"],
         ..Scenario::DEFAULT
     },
+    // A PCI MSI reaches the hypervisor: the unassigned edu's MSI is routed
+    // through the ITS to an LPI on the boot CPU, its stream allowed only
+    // the ITS doorbell frame by the SMMU; two raises arrive as the LPI in a
+    // bounded interrupt window, and the edu's DMA is still refused.
+    Scenario {
+        name: "msi-edu",
+        bootargs: Some("selftest=msi"),
+        expect: &[
+            "GICv3 ITS at 0x8080000",
+            "MSI: ITS at 0x8080000",
+            "doorbell GITS_TRANSLATER 0x8090040",
+            "MSI: CPU 0 takes LPIs",
+            "SMMU: StreamID 0x8 (00:01.0) may write only the ITS doorbell frame 0x8090000",
+            "MSI self-test: edu at 00:01.0 (StreamID 0x8), MSI capability at",
+            "MSI self-test: raise 1 of 2: LPI 8192 arrived at the hypervisor on CPU 0",
+            "MSI self-test: raise 2 of 2: LPI 8192 arrived at the hypervisor on CPU 0",
+            "SMMU event (MSI self-test): device 00:01.0 (no partition): F_TRANSLATION (0x10): StreamID 0x8, write",
+            "MSI self-test: the edu's DMA to",
+            "MSI self-test: ok",
+            "all 2 partitions passed",
+        ],
+        forbid: &["FAILED", "SMMU global error", "is nobody's", "has no handler"],
+        ..Scenario::DEFAULT
+    },
     // The edu assigned to partition `dma` (fault policy inject): its DMA
     // within its own RAM is exact; its DMA at the victim's memory (by host
     // address) and at the hypervisor's is refused by the SMMU, logged with
