@@ -84,58 +84,100 @@ pub struct Share {
 }
 
 /// Splits the GPU among the configured partitions: GTT slices and local
-/// memory after the hypervisor's reserve, in configuration order.
-///
-/// # Errors
-/// A message naming the partition and the field whose share does not fit
-/// the device that is there.
-pub fn plan(config: &Config, info: &gpu_hw::Info) -> Result<Vec<Option<Share>>, String> {
+/// memory after the hypervisor's reserve, in configuration order. A share
+/// that does not fit the device that is there refuses its partition with
+/// a message naming the field (the configuration checks bounds at build
+/// time; only the boot knows the device's size).
+pub fn plan(config: &Config, info: &gpu_hw::Info) -> Vec<Result<Option<Share>, String>> {
     let mut next_entry = u64::from(gpu_hw::RESERVED_ENTRIES);
     let mut next_local = gpu_hw::RESERVED_BYTES;
-    let local_base = info.local_address;
     let mut shares = Vec::with_capacity(config.partitions.len());
     for p in &config.partitions {
         let Some(gpu) = &p.gpu else {
-            shares.push(None);
+            shares.push(Ok(None));
             continue;
         };
         let entries = u64::from(gpu.gtt_entries);
         let gtt_end = next_entry.saturating_add(entries);
         if gtt_end > u64::from(info.gtt_entries) {
-            return Err(format!(
-                "partition '{}', field 'gpu.gtt_entries': {entries} entries do not fit: the GPU has {} GTT entries, \
-                 {} are the hypervisor's and {} are given to earlier partitions",
-                p.name,
+            shares.push(Err(format!(
+                "gpu.gtt_entries: {entries} entries do not fit: the GPU has {} GTT entries, {} are the hypervisor's \
+                 and {} are given to earlier partitions",
                 info.gtt_entries,
                 gpu_hw::RESERVED_ENTRIES,
                 next_entry - u64::from(gpu_hw::RESERVED_ENTRIES)
-            ));
+            )));
+            continue;
         }
         let local_end = next_local.saturating_add(gpu.local_memory);
         if local_end > info.local_size {
-            return Err(format!(
-                "partition '{}', field 'gpu.local_memory': {:#x} bytes do not fit: the GPU has {:#x} bytes of local memory, \
-                 {:#x} are the hypervisor's and {:#x} are given to earlier partitions",
-                p.name,
+            shares.push(Err(format!(
+                "gpu.local_memory: {:#x} bytes do not fit: the GPU has {:#x} bytes of local memory, {:#x} are the \
+                 hypervisor's and {:#x} are given to earlier partitions",
                 gpu.local_memory,
                 info.local_size,
                 gpu_hw::RESERVED_BYTES,
                 next_local - gpu_hw::RESERVED_BYTES
-            ));
+            )));
+            continue;
         }
-        shares.push(Some(Share {
+        shares.push(Ok(Some(Share {
             gtt_base: next_entry,
             gtt_entries: entries,
             local_offset: next_local,
             local_size: gpu.local_memory,
-            local_hpa: local_base + next_local,
+            local_hpa: info.local_address + next_local,
             attr: gpu.attr,
             weight: gpu.weight,
-        }));
+        })));
         next_entry = gtt_end;
         next_local = local_end;
     }
-    Ok(shares)
+    shares
+}
+
+/// Each partition's share, once [`boot`] decided them.
+static SHARES: Once<Vec<Option<Share>>> = Once::new();
+
+/// Decides every partition's share of the GPU and sets the virtual GPUs
+/// up. Returns, per partition, why it cannot start (its GPU share cannot
+/// be given), to be joined to the other boot-time refusals.
+pub fn boot(config: &Config) -> Vec<Option<String>> {
+    let wanted = config.partitions.iter().any(|p| p.gpu.is_some());
+    let info = gpu_hw::info();
+    let (shares, mut refusals): (Vec<Option<Share>>, Vec<Option<String>>) = match &info {
+        _ if !wanted => (vec![None; config.partitions.len()], vec![None; config.partitions.len()]),
+        None => config
+            .partitions
+            .iter()
+            .map(|p| (None, p.gpu.as_ref().map(|_| String::from("gpu: the machine has no GPU (no gpu-model device on PCI bus 0)"))))
+            .unzip(),
+        Some(info) => plan(config, info)
+            .into_iter()
+            .map(|r| match r {
+                Ok(share) => (share, None),
+                Err(e) => (None, Some(e)),
+            })
+            .unzip(),
+    };
+    if let Some(info) = &info
+        && wanted
+        && let Err(e) = init(config, &shares, info)
+    {
+        log::error!("virtual GPUs: {e}");
+        for (refusal, p) in refusals.iter_mut().zip(&config.partitions) {
+            if p.gpu.is_some() && refusal.is_none() {
+                *refusal = Some(format!("gpu: the virtual GPUs could not be set up: {e}"));
+            }
+        }
+    }
+    SHARES.call_once(|| shares);
+    refusals
+}
+
+/// Partition `index`'s share of the GPU, if it has one.
+pub fn share(index: usize) -> Option<Share> {
+    SHARES.get().and_then(|s| s.get(index).copied().flatten())
 }
 
 /// Adds the partition's memory BAR (its local memory, mapped directly with
