@@ -204,12 +204,18 @@ impl ConfigAccess for RealFunction {
     }
 }
 
-/// Puts the partition's virtual configuration space on its MMIO bus.
+/// Puts the partition's virtual configuration space on its MMIO bus: its
+/// assigned functions, then `synthetic` (its virtual GPU) if any.
 ///
 /// # Errors
 /// When the window is taken (validation keeps it free).
-pub fn install(planned: Vec<Planned>, partition: &mut Partition, platform: &Platform) -> Result<(), String> {
-    if planned.is_empty() {
+pub fn install(
+    planned: Vec<Planned>,
+    synthetic: Option<VirtualFunction>,
+    partition: &mut Partition,
+    platform: &Platform,
+) -> Result<(), String> {
+    if planned.is_empty() && synthetic.is_none() {
         return Ok(());
     }
     let mut virtual_functions = Vec::new();
@@ -217,6 +223,9 @@ pub fn install(planned: Vec<Planned>, partition: &mut Partition, platform: &Plat
         let ecam = crate::pci::ecam(platform).ok_or("pci: the machine has no PCIe host bridge")?;
         virtual_functions.push(VirtualFunction::new(Box::new(RealFunction { ecam, bdf: function.bdf }), function.bars));
     }
+    // Functions that exist only in the partition (its virtual GPU) follow
+    // the assigned ones.
+    virtual_functions.extend(synthetic);
     partition
         .bus
         .insert(Gpa::new(VIRTUAL_PCI_ECAM_BASE), VIRTUAL_PCI_ECAM_SIZE, Box::new(VirtualEcam::new(virtual_functions)))

@@ -129,7 +129,7 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     if args.dma_bench {
         dma_bench::run(platform.firmware.pa_bits);
     }
-    gpu_init(&platform, &functions);
+    gpu_init(&platform, &functions, &config);
     if args.gpu_selftest
         && let Err(reason) = gpu_selftest::run()
     {
@@ -139,16 +139,25 @@ pub unsafe extern "C" fn bulkhead_main(boot_info: *const BootInfo) -> ! {
     if args.gpu_bench {
         gpu_selftest::bench();
     }
+    // Virtual GPUs: shares checked against the device found; a partition
+    // whose share cannot be given is refused like any boot-time problem.
+    let refused = refused
+        .into_iter()
+        .zip(vgpu::boot(&config))
+        .map(|(earlier, gpu)| earlier.or(gpu))
+        .collect();
     let slots = setup::create_partitions(&config, refused, boot_info, &platform, &memory, &functions);
     run::start(slots, platform)
 }
 
 /// Brings up the GPU if bus 0 has one. Its BARs are mapped by
-/// `memory::init` (the PCI memory windows, as Device memory); MSI-X stays
-/// off on arm64 (no ITS yet; the SMMU would abort the MSI write), so
-/// completions are polled ([`gpu_hw::poll`]).
+/// `memory::init` (the PCI memory windows, as Device memory). Its MSI-X
+/// vector 0 goes through the GICv3 ITS to an LPI on the CPU of the first
+/// partition with a virtual GPU (its stream allowed only the ITS doorbell
+/// by the SMMU); without an ITS, completions are seen only by polling at
+/// exits ([`vgpu::service`]).
 #[cfg(target_arch = "aarch64")]
-fn gpu_init(platform: &platform::Platform, functions: &[bulkhead_drivers::pci::Function]) {
+fn gpu_init(platform: &platform::Platform, functions: &[bulkhead_drivers::pci::Function], config: &bulkhead_config::Config) {
     let function = match bulkhead_drivers::gpu::find(functions) {
         None => return,
         Some(Err(e)) => {
@@ -169,9 +178,28 @@ fn gpu_init(platform: &platform::Platform, functions: &[bulkhead_drivers::pci::F
         }
     }
     let Some(mut ecam) = pci::ecam(platform) else { return };
-    match gpu_hw::init(function, &mut ecam) {
-        Ok(_) => log::info!("GPU {}: MSI-X off on arm64 (no ITS yet): completions by polling", function.bdf),
-        Err(reason) => log::error!("GPU {}: {reason}", function.bdf),
+    if let Err(reason) = gpu_hw::init(function, &mut ecam) {
+        log::error!("GPU {}: {reason}", function.bdf);
+        return;
+    }
+    let cpu = config
+        .partitions
+        .iter()
+        .find(|p| p.gpu.is_some())
+        .and_then(|p| p.cpus.first())
+        .map_or(platform.boot_cpu().unwrap_or(0), |&c| c as usize);
+    let routed = msi::route(u32::from(function.bdf.rid()), bulkhead_drivers::gpu::MODEL_VECTOR, cpu).and_then(|route| {
+        iommu::allow_msi_only(function.bdf, route.address & !0xffff)?;
+        msi::set_handler(route.intid, |_| {
+            gpu_hw::on_gpu_interrupt();
+            vgpu::service();
+        });
+        gpu_hw::enable_msi(&mut ecam, route.address, route.data).map_err(|e| alloc::format!("{e}"))?;
+        Ok(route)
+    });
+    match routed {
+        Ok(route) => log::info!("GPU {}: MSI-X vector 0 -> LPI {} on CPU {cpu}", function.bdf, route.intid),
+        Err(reason) => log::warn!("GPU {}: no MSI ({reason}): completions by polling at exits", function.bdf),
     }
 }
 

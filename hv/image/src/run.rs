@@ -260,6 +260,14 @@ fn run_vcpu(slot: &Slot, shared: &Shared, v: usize) {
             let exit = unsafe { exception::enter_guest(&mut runnable.vcpu) };
             let mut topology = Topology { slot, me: v };
             let action = exits::handle(slot, shared, &mut topology, &mut runnable, exit);
+            if let Some(index) = shared.gpu {
+                // The GPU's completions (its LPI, or polling when there is
+                // no ITS) and this partition's interrupt line.
+                crate::vgpu::service();
+                if crate::vgpu::take_line_change(index) == Some(true) {
+                    runnable.interrupts.vgic.lock().raise_spi(bulkhead_config::VIRTUAL_GPU_SPI);
+                }
+            }
             // Outside every partition's lock: stops the DMA fault policy
             // asked for while this exit drained the SMMU's events.
             apply_dma_stops();
@@ -314,6 +322,11 @@ fn apply_dma_stops() {
 /// Once a partition's last vCPU has left: its devices' streams go back to
 /// the quarantine and the pages its DMA domain pinned are released.
 fn release_devices(slot: &Slot) {
+    if let Some(index) = slot.shared.as_ref().and_then(|s| s.gpu) {
+        // Its queued GPU work is dropped and its GTT slice points at
+        // scratch again: the GPU no longer reaches its pages.
+        crate::vgpu::reset(index);
+    }
     let Some(dma) = slot.shared.as_ref().and_then(|s| s.dma.as_ref()) else { return };
     let mut domain = dma.lock();
     let (devices, pinned) = (domain.devices().len(), domain.pins().pinned());
@@ -345,6 +358,9 @@ fn reset_partition(slot: &Slot, shared: &Shared, v: usize) {
     let boot = shared.boots.fetch_add(1, Ordering::AcqRel) + 1;
     let mut partition = slot.partition.lock();
     partition.restart(&mut GuestConsole);
+    if let Some(index) = shared.gpu {
+        crate::vgpu::reset(index);
+    }
     guest_image::clear_ram(&partition);
     shared.vgic.lock().reset();
     *shared.verdict.lock() = None;

@@ -73,6 +73,8 @@ pub struct Shared {
     /// The SMMU domain of its PCI functions, if it has any; detached when
     /// the partition has stopped.
     pub dma: Option<Mutex<DmaDomain<SmmuStage2>>>,
+    /// The partition's index if it has a virtual GPU ([`crate::vgpu`]).
+    pub gpu: Option<usize>,
 }
 
 /// Console input given to a partition being built.
@@ -238,6 +240,10 @@ fn build(
     let vcpu_count = cpus.len().max(1);
 
     let mut space = space::build(config, whole, platform, memory)?;
+    let gpu = crate::vgpu::share(index);
+    if let Some(share) = &gpu {
+        crate::vgpu::add_memory_region(&mut space, share)?;
+    }
     // PCI functions: BARs join the address space before the stage 2 is derived.
     let planned = crate::assign::plan(config, whole, platform, functions, &mut space)?;
     let bdfs: Vec<_> = planned.iter().map(|p| p.bdf).collect();
@@ -254,7 +260,18 @@ fn build(
 
     *partition = Partition::new(index, &config.name, space);
     partition.console_enabled = config.console != Console::None;
-    crate::assign::install(planned, partition, platform)?;
+    crate::assign::install(planned, gpu.as_ref().map(crate::vgpu::virtual_function), partition, platform)?;
+    if gpu.is_some() {
+        // Left unmapped in stage 2: every access traps to the mediator.
+        partition
+            .bus
+            .insert(
+                Gpa::new(bulkhead_config::VIRTUAL_GPU_REGISTERS_BASE),
+                bulkhead_config::VIRTUAL_GPU_REGISTERS_SIZE,
+                Box::new(crate::vgpu::RegisterBar { index }),
+            )
+            .map_err(|e| format!("gpu: the register BAR: {e:?}"))?;
+    }
 
     // Every partition gets a virtual GIC at the QEMU `virt` addresses.
     let mut spis: Vec<u32> = config.interrupt_ids(&whole.platform).into_iter().collect();
@@ -275,6 +292,11 @@ fn build(
     if config.console == Console::Pl011 {
         // The emulated UART's line (its device tree names it).
         spis.push(EMULATED_UART_INTID);
+    }
+    if gpu.is_some() {
+        // The virtual GPU's completion interrupt: a software SPI, raised on
+        // each rising edge of its line.
+        spis.push(bulkhead_config::VIRTUAL_GPU_SPI);
     }
     let vgic = Arc::new(Mutex::new(Vgic::new(vcpu_count, &spis)));
     partition
@@ -317,6 +339,12 @@ fn build(
     };
     let mut console_input = console_input;
     let mpidrs: Vec<u64> = cpus.iter().map(|&c| platform.cpus.get(c).copied().unwrap_or(0)).collect();
+    if gpu.is_some()
+        && let Some(&mpidr) = mpidrs.first()
+    {
+        // Its interrupt goes to vCPU 0 (as passed-through SPIs do).
+        crate::vgpu::set_kick(index, crate::gic::kick, mpidr);
+    }
 
     let interactive = input.as_ref().is_some_and(|i| i.interactive);
     partition.eager_console = interactive;
@@ -387,6 +415,7 @@ fn build(
         boots: AtomicU32::new(1),
         extra_bootargs,
         dma,
+        gpu: gpu.map(|_| index),
     };
     Ok((shared, vcpus))
 }

@@ -69,9 +69,11 @@ pub fn read32(address: u64) -> u32 {
         value
     }
     #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: as above; a volatile load is one LDR on arm64.
-    unsafe {
-        core::ptr::read_volatile(address as *const u32)
+    {
+        let value: u32;
+        // SAFETY: as above; an explicit LDR without writeback (see `write32`).
+        unsafe { core::arch::asm!("ldr {0:w}, [{1}]", out(reg) value, in(reg) address, options(nostack, readonly)) };
+        value
     }
 }
 
@@ -83,9 +85,10 @@ pub fn write32(address: u64, value: u32) {
         core::arch::asm!("mov [{0}], {1:e}", in(reg) address, in(reg) value, options(nostack))
     };
     #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: as in `read32`.
+    // SAFETY: as in `read32`; an explicit STR without writeback, whose trap
+    // has a syndrome the hypervisor emulates from.
     unsafe {
-        core::ptr::write_volatile(address as *mut u32, value)
+        core::arch::asm!("str {1:w}, [{0}]", in(reg) address, in(reg) value, options(nostack))
     };
 }
 

@@ -161,9 +161,11 @@ pub fn write64(address: u64, value: u64) {
         core::arch::asm!("mov [{0}], {1}", in(reg) address, in(reg) value, options(nostack))
     };
     #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: as above; a volatile store is one STR on arm64.
+    // SAFETY: as above; an explicit STR without writeback: a volatile store
+    // may become a post-indexed STR, whose trap carries no syndrome the
+    // hypervisor can emulate from.
     unsafe {
-        core::ptr::write_volatile(address as *mut u64, value)
+        core::arch::asm!("str {1}, [{0}]", in(reg) address, in(reg) value, options(nostack))
     };
 }
 
@@ -177,9 +179,11 @@ pub fn read64(address: u64) -> u64 {
         value
     }
     #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: as in `write64`.
-    unsafe {
-        core::ptr::read_volatile(address as *const u64)
+    {
+        let value: u64;
+        // SAFETY: as in `write64`.
+        unsafe { core::arch::asm!("ldr {0}, [{1}]", out(reg) value, in(reg) address, options(nostack, readonly)) };
+        value
     }
 }
 

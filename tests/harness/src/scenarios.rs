@@ -67,6 +67,15 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAILED", "panic", "SMMU global error"],
         ..Scenario::DEFAULT
     },
+    // One partition drives its virtual GPU through the mediator.
+    Scenario {
+        name: "gpu-client",
+        config: "tests/configs/gpu-client.toml",
+        gpu: true,
+        expect: &["virtual GPU: GTT", "gpu client: passed", "all 1 partitions passed"],
+        forbid: &["FAILED", "panic", "SMMU global error"],
+        ..Scenario::DEFAULT
+    },
     Scenario {
         name: "dma-unassigned",
         bootargs: Some("selftest=dma"),

@@ -527,12 +527,22 @@ impl VirtualGpu {
             vgpu::INT_ENABLE => self.regs.int_enable = value & INT_ALL,
             vgpu::FAULT_STATUS if value == 0 => self.regs.fault.status = 0,
             vgpu::RING_START => self.regs.ring_start = value,
-            vgpu::RING_CTL => self.regs.ring_ctl = value,
-            vgpu::RING_TAIL => {
-                self.regs.ring_tail = value;
-                match self.submit(context.memory, context.shadows) {
-                    Ok(submission) => effect.submission = submission,
-                    Err(rejection) => effect.rejection = Some(rejection),
+            vgpu::RING_CTL | vgpu::RING_TAIL => {
+                // As on gen8, a disabled ring runs nothing: TAIL written
+                // while it is off (a driver setting the ring up) is kept,
+                // and what lies before it is submitted when it is enabled.
+                let was_enabled = self.regs.ring_ctl & vgpu::RING_CTL_ENABLE != 0;
+                if offset == vgpu::RING_CTL {
+                    self.regs.ring_ctl = value;
+                } else {
+                    self.regs.ring_tail = value;
+                }
+                let enabled = self.regs.ring_ctl & vgpu::RING_CTL_ENABLE != 0;
+                if enabled && (offset == vgpu::RING_TAIL || !was_enabled) {
+                    match self.submit(context.memory, context.shadows) {
+                        Ok(submission) => effect.submission = submission,
+                        Err(rejection) => effect.rejection = Some(rejection),
+                    }
                 }
             }
             _ => {
@@ -1130,9 +1140,10 @@ mod tests {
     #[test]
     fn int_status_is_write_one_to_clear_and_gates_the_line() {
         let mut rig = Rig::new();
-        rig.write(vgpu::RING_CTL, 4, 0);
-        let effect = rig.write(vgpu::RING_TAIL, 4, 8);
-        assert!(effect.rejection.is_some());
+        rig.write(vgpu::RING_START, 4, u64::from(RING));
+        rig.write(vgpu::RING_CTL, 4, u64::from(vgpu::RING_CTL_ENABLE));
+        let effect = rig.write(vgpu::RING_TAIL, 4, 4);
+        assert!(effect.rejection.is_some(), "tail not qword aligned");
         assert!(!effect.interrupt_asserted, "not enabled");
         assert_eq!(rig.read(vgpu::INT_STATUS), vgpu::INT_REJECTED);
         assert!(rig.write(vgpu::INT_ENABLE, 4, 0xffff_ffff).interrupt_asserted);
@@ -1258,9 +1269,21 @@ mod tests {
     }
 
     #[test]
+    fn a_disabled_ring_keeps_its_tail_and_runs_it_once_enabled() {
+        let mut rig = Rig::new();
+        rig.write(vgpu::RING_START, 4, u64::from(RING));
+        rig.write(vgpu::RING_CTL, 4, 0);
+        let effect = rig.write(vgpu::RING_TAIL, 4, 8);
+        assert!(effect.rejection.is_none() && effect.submission.is_none(), "{effect:?}");
+        assert_eq!(rig.read(vgpu::INT_STATUS), 0);
+        let effect = rig.write(vgpu::RING_CTL, 4, u64::from(vgpu::RING_CTL_ENABLE));
+        assert_eq!(effect.submission.unwrap().end_tail, 8);
+        assert!(rig.write(vgpu::RING_CTL, 4, u64::from(vgpu::RING_CTL_ENABLE)).submission.is_none(), "already enabled");
+    }
+
+    #[test]
     fn bad_ring_registers_are_rejected_without_consuming_anything() {
-        let cases: [(u32, u32, u64); 7] = [
-            (RING, 0, 8),                                               // disabled
+        let cases: [(u32, u32, u64); 6] = [
             (RING + 0x800, vgpu::RING_CTL_ENABLE, 8),                   // start misaligned
             ((G0 - 4096) as u32, vgpu::RING_CTL_ENABLE, 8),             // start below the range
             ((G_END - 4096) as u32, vgpu::RING_CTL_ENABLE | 0x1000, 8), // two pages, the second outside
