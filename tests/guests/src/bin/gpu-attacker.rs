@@ -27,7 +27,11 @@ use bulkhead_test_guests::gpu::commands::{
     Commands, Rect, Surface, color_blt, load_register_imm, round_color, src_copy_blt, store_data_imm, user_interrupt,
 };
 use bulkhead_test_guests::gpu::{Gpu, GttWrite, Outcome, check_surface, layout, ram_fill, ram_read32, ram_write32};
-use bulkhead_test_guests::{guest_main, pattern, println};
+use bulkhead_test_guests::{guest_main, pattern, println, time};
+
+/// How long the attacker lets its neighbour start and write its pattern
+/// before aiming at it (the victim waits 1500 ms before checking).
+const VICTIM_START_MS: u64 = 400;
 
 /// Host address of the neighbour's RAM (its configuration's `backing`, as
 /// in `tests/configs/dma-edu.toml`) and where it keeps its pattern.
@@ -245,6 +249,7 @@ fn main() -> Result<(), u64> {
     gpu.map_ram(GTT_MARKER, MARKER, 1, GttWrite::Whole).map_err(setup)?;
     gpu.map_ram(GTT_LANDING, LANDING, 1, GttWrite::Whole).map_err(setup)?;
     println!("gpu attack: graphics base {:#x}, {} GTT entries, local memory {:#x} bytes", info.graphics_base, info.gtt_entries, info.local_size);
+    time::delay_ms(VICTIM_START_MS);
     let mut attacker = Attacker { gpu, tag: info.graphics_base, failed: None };
 
     let victim = VICTIM_HOST + VICTIM_PATTERN_OFFSET;
