@@ -315,7 +315,7 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
     let mut state = ExitState::new(start.on_fault, start.verdict.clone());
     state.polls_dma_faults = start.pci_functions > 0;
     state.intx = start.intx.clone();
-    if let Some(intx) = &state.intx {
+    if let Some(intx) = state.intx.as_ref().filter(|intx| !intx.routes.is_empty()) {
         // SAFETY: the hypervisor's page tables map the local APIC uncached.
         let apic_id = unsafe { LocalApic::current() }.id();
         super::intx::activate(&intx.routes, apic_id);
