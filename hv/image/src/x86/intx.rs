@@ -18,6 +18,11 @@
 //!
 //! Lines may not be shared between partitions: a GSI already routed to
 //! another partition refuses the function.
+//!
+//! The GPU's MSI has a vector of its own ([`claim_gpu_vector`]), aimed at
+//! the boot CPU; the same vector is the virtual GPUs' kick ([`kick`]), a
+//! fixed IPI that makes the CPU running a partition look at its virtual
+//! GPU's line (it ends a HLT wait or leaves the guest with an INTR exit).
 
 use super::paging::{self, Live};
 use alloc::format;

@@ -1,5 +1,7 @@
 //! Building an x86_64 partition from its configuration: its address space
-//! (RAM, and the BARs of its PCI functions), its second-level table (an AMD nested page table or
+//! (RAM, the BARs of its PCI functions, its virtual GPU's memory BAR; the
+//! GPU's register BAR, the virtual ECAM and APIC windows stay out of it and
+//! are emulated on its bus), its second-level table (an AMD nested page table or
 //! an Intel EPT, whichever back end runs it), its image, and the
 //! identity-mapping guest page table that lets it start in long mode.
 
