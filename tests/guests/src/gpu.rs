@@ -474,9 +474,12 @@ impl Gpu {
         let start = self.map_ram(first, memory, u64::from(pages), GttWrite::Whole)?;
         self.write(vgpu::RING_CTL, 0);
         self.write(vgpu::RING_START, start as u32);
+        self.write(vgpu::RING_CTL, vgpu::RING_CTL_ENABLE | (pages - 1) << 12);
+        // RING_TAIL only once the ring is on: a tail written to a disabled
+        // ring is a submission the mediator rejects (RING_TAIL = RING_HEAD
+        // on an enabled ring submits nothing).
         let tail = self.read(vgpu::RING_HEAD) & vgpu::RING_OFFSET_MASK;
         self.write(vgpu::RING_TAIL, tail);
-        self.write(vgpu::RING_CTL, vgpu::RING_CTL_ENABLE | (pages - 1) << 12);
         self.ring = Some(Ring { memory, size, tail: tail % size });
         Ok(())
     }

@@ -572,6 +572,26 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAILED", "FATAL", "panic"],
         ..Scenario::DEFAULT
     },
+    // A virtual GPU on x86_64: the well-behaved client runs its rounds of
+    // blits through its GTT and takes each completion as its level
+    // interrupt (pin 20 of its virtual I/O APIC).
+    Scenario {
+        name: "x86-gpu-client",
+        arch: Arch::X86_64,
+        config: "tests/configs/x86-gpu-client.toml",
+        gpu: true,
+        expect_exit: Some(ExitCode::Success),
+        expect: &[
+            "partition gpu-client: virtual GPU: GTT [",
+            "partition gpu-client: virtual GPU is device 0 of its virtual PCI bus",
+            "partition gpu-client: virtual GPU interrupt is pin 20 of its virtual I/O APIC",
+            "[gpu-client] gpu client: vGPU registers at 0x3e000000, local memory at 0x38000000",
+            "[gpu-client] gpu client: round 4 of 4",
+            "[gpu-client] gpu client: passed",
+        ],
+        forbid: &["FAILED", "FATAL", "panic", "refused"],
+        ..Scenario::DEFAULT
+    },
     Scenario {
         name: "x86-dma-unassigned",
         arch: Arch::X86_64,

@@ -20,8 +20,11 @@
 //! ([`VirtualIoApic::assert`]) and unmasks it after that EOI
 //! ([`VirtualIoApic::take_unmask`]); a line still high then fires again —
 //! the level behaviour of a real I/O APIC, one interrupt per EOI. Masked
-//! pins hold their input until unmasked. Pins the partition does not own
-//! are stored but never asserted. Delivery modes, destinations and the
+//! pins hold their input until unmasked. A pin may instead carry a line
+//! the hypervisor models itself (the virtual GPU's,
+//! [`VirtualIoApic::set_level`]): asserted while high, asserted again at
+//! each EOI while it stays high, no host line behind it. Pins the
+//! partition does not own are stored but never asserted. Delivery modes, destinations and the
 //! polarity are not interpreted: the partition has one vCPU, and the input
 //! is the line's state as the host saw it.
 //!
@@ -168,6 +171,11 @@ pub struct VirtualIoApic {
     owned: PinSet,
     /// Pins whose line the host saw asserted and not yet delivered.
     asserted: PinSet,
+    /// Owned pins driven by a level the hypervisor models itself (the
+    /// virtual GPU's line, [`VirtualIoApic::set_level`]) and high now.
+    levels: PinSet,
+    /// Owned pins driven by [`VirtualIoApic::set_level`], not a host line.
+    modelled: PinSet,
     /// Pins whose host line waits to be unmasked (EOI done).
     unmask: PinSet,
     /// The local APIC's in-service vectors.
@@ -189,6 +197,8 @@ impl VirtualIoApic {
             entries: [RedirectionEntry::RESET; PIN_COUNT],
             owned: 0,
             asserted: 0,
+            levels: 0,
+            modelled: 0,
             unmask: 0,
             in_service: [0; 4],
         }
@@ -219,6 +229,26 @@ impl VirtualIoApic {
     pub fn assert(&mut self, pin: usize) {
         if pin < PIN_COUNT && self.owned & (1 << pin) != 0 {
             self.asserted |= 1 << pin;
+        }
+    }
+
+    /// Sets the level of owned pin `pin`, whose line the hypervisor models
+    /// itself (the virtual GPU's): high asserts it (and, level-triggered,
+    /// asserts it again after every EOI while it stays high), low takes back
+    /// an assertion not yet delivered. No host line is unmasked for it.
+    /// Ignored for pins the partition does not own.
+    pub fn set_level(&mut self, pin: usize, high: bool) {
+        if pin >= PIN_COUNT || self.owned & (1 << pin) == 0 {
+            return;
+        }
+        let bit = 1 << pin;
+        self.modelled |= bit;
+        if high {
+            self.levels |= bit;
+            self.asserted |= bit;
+        } else {
+            self.levels &= !bit;
+            self.asserted &= !bit;
         }
     }
 
@@ -276,7 +306,12 @@ impl VirtualIoApic {
             let entry = &mut self.entries[pin];
             if entry.remote_irr() && entry.vector() == vector {
                 entry.0 &= !RedirectionEntry::REMOTE_IRR;
-                self.unmask |= 1 << pin;
+                if self.modelled & (1 << pin) == 0 {
+                    self.unmask |= 1 << pin;
+                } else if self.levels & (1 << pin) != 0 {
+                    // Still high: level-triggered, it fires again.
+                    self.asserted |= 1 << pin;
+                }
             }
         }
         Some(vector)
@@ -502,5 +537,33 @@ mod tests {
         assert_eq!(apic.eoi(), Some(0x40));
         assert_eq!(apic.take_unmask(), 1 << 16);
         assert_eq!(apic.next_delivery(), Some(0x40));
+    }
+
+    #[test]
+    fn a_modelled_level_pin_fires_while_high_and_again_after_eoi() {
+        let (state, mut io, mut lapic) = windows();
+        state.lock().own(20);
+        write_reg(&mut io, 0x10 + 2 * 20, 0xa050);
+        let mut apic = state.lock();
+        // Not owned: ignored.
+        apic.set_level(21, true);
+        assert_eq!(apic.next_delivery(), None);
+        apic.set_level(20, true);
+        assert_eq!(apic.next_delivery(), Some(0x50));
+        assert_eq!(apic.next_delivery(), None, "remote IRR holds it until the EOI");
+        drop(apic);
+        lapic.write(0, LAPIC_EOI, W, 0);
+        let mut apic = state.lock();
+        assert_eq!(apic.take_unmask(), 0, "no host line to unmask");
+        assert_eq!(apic.next_delivery(), Some(0x50), "still high: fires again");
+        // Low before the EOI: nothing more.
+        apic.set_level(20, false);
+        assert_eq!(apic.eoi(), Some(0x50));
+        assert_eq!(apic.next_delivery(), None);
+        // High, then low before delivery: the assertion is taken back.
+        apic.set_level(20, true);
+        apic.set_level(20, false);
+        assert_eq!(apic.next_delivery(), None);
+        assert!(apic.can_interrupt());
     }
 }

@@ -201,6 +201,16 @@ impl VirtualEcam {
         VirtualEcam { functions }
     }
 
+    /// Adds `function` as the next device number; returns that number, or
+    /// `None` (and drops nothing else) when all 32 devices are taken.
+    pub fn push(&mut self, function: VirtualFunction) -> Option<usize> {
+        if self.functions.len() >= 32 {
+            return None;
+        }
+        self.functions.push(function);
+        Some(self.functions.len() - 1)
+    }
+
     /// BAR moves refused so far, over all functions.
     pub fn refused_moves(&self) -> u32 {
         self.functions.iter().map(|f| f.refused_moves).sum()

@@ -30,7 +30,7 @@ use bulkhead_arch_x86_64::guest_paging::{self, GuestPhysicalMemory, PagingMode};
 use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
 use bulkhead_arch_x86_64::npt::{leaf_pat_index, pat_entry, pat_type_name};
 pub use bulkhead_arch_x86_64::exit::Exit;
-use bulkhead_config::{FaultPolicy, MemoryAttribute};
+use bulkhead_config::{FaultPolicy, MemoryAttribute, VIRTUAL_GPU_IOAPIC_PIN};
 use bulkhead_core::address::Gpa;
 use bulkhead_core::hypercall::{self, Conduit, Outcome, SingleVcpu};
 use bulkhead_core::mmio::AccessSize;
@@ -116,6 +116,10 @@ pub struct ExitState {
     /// The partition's routed INTx lines, when its back end delivers them
     /// (SVM); `None`: physical interrupts are not expected.
     pub intx: Option<Intx>,
+    /// The partition's index if it has a virtual GPU: every exit then
+    /// looks at the GPU ([`crate::vgpu::service`]) and its line drives pin
+    /// [`VIRTUAL_GPU_IOAPIC_PIN`] of the virtual I/O APIC.
+    pub gpu: Option<usize>,
     /// HLTs that waited for an interrupt and resumed.
     pub halts_woken: u64,
     injected: u32,
@@ -132,6 +136,7 @@ impl ExitState {
             exits: 0,
             polls_dma_faults: false,
             intx: None,
+            gpu: None,
             halts_woken: 0,
             injected: 0,
             interrupt_exits: 0,
@@ -185,11 +190,17 @@ pub fn handle(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut Exi
             nested_fault(partition, cpu, state, gpa, write, fetch, present, during_event_delivery)
         }
         Exit::TripleFault => Err(Some(format!("triple fault (shutdown) at RIP {:#x}", cpu.rip()))),
-        Exit::Interrupt if state.intx.is_some() => {
-            // A routed line (the only interrupts aimed at this CPU): let
-            // the CPU deliver it to the hypervisor's handler now;
-            // `before_entry` turns it into the guest's interrupt.
+        Exit::Interrupt if state.intx.is_some() || super::intx::gpu_vector().is_some() => {
+            // A routed line, the GPU's MSI or a virtual GPU kick (the only
+            // interrupts aimed at a CPU; each vector's handler ends it):
+            // let the CPU deliver it to the hypervisor's handler now;
+            // `before_entry` turns it into the guest's interrupt. The GPU
+            // is looked at here whichever partition runs on the CPU its
+            // MSI reaches, so that other partitions' work moves on.
             super::intx::take_interrupts();
+            if state.gpu.is_none() {
+                crate::vgpu::service();
+            }
             Ok(())
         }
         Exit::Interrupt => {
@@ -540,7 +551,7 @@ fn wrmsr_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitSta
 }
 
 /// HLT: with interrupts enabled and an interrupt source (an unmasked pin
-/// of its virtual I/O APIC), the vCPU waits on the host (STI; HLT; CLI)
+/// of its virtual I/O APIC: a routed INTx line or its virtual GPU's), the vCPU waits on the host (STI; HLT; CLI)
 /// until an interrupt for it can be queued, then resumes after the HLT and
 /// takes it. Without any (interrupts masked, no routed line, every pin
 /// masked) nothing could ever wake it: the partition stops with a report.
@@ -569,17 +580,27 @@ fn hlt_exit(partition: &Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState
     }
 }
 
-/// Before each entry: host lines that fired become asserted pins of the
+/// Before each entry: the virtual GPU (if any) is looked at and its line's
+/// level set on its pin, host lines that fired become asserted pins of the
 /// partition's virtual I/O APIC, lines whose interrupt the guest ended
 /// (EOI) are unmasked again, and the next deliverable interrupt is handed
 /// to the vCPU if it can take one. Returns whether an interrupt is queued
 /// for the vCPU now.
 pub fn before_entry(cpu: &mut dyn GuestCpu, state: &mut ExitState) -> bool {
+    if state.gpu.is_some() {
+        // Completes finished work, starts the next, moves interrupt lines.
+        crate::vgpu::service();
+    }
     let Some(intx) = &state.intx else {
         return false;
     };
     let fired = super::intx::take_pending(intx.bits());
     let mut apic = intx.apic.lock();
+    if let Some(index) = state.gpu
+        && let Some(level) = crate::vgpu::take_line_change(index)
+    {
+        apic.set_level(usize::from(VIRTUAL_GPU_IOAPIC_PIN), level);
+    }
     for route in &intx.routes {
         if fired & route.bit() != 0 {
             apic.assert(route.pin());

@@ -18,6 +18,11 @@
 //!
 //! Lines may not be shared between partitions: a GSI already routed to
 //! another partition refuses the function.
+//!
+//! The GPU's MSI has a vector of its own ([`claim_gpu_vector`]), aimed at
+//! the boot CPU; the same vector is the virtual GPUs' kick ([`kick`]), a
+//! fixed IPI that makes the CPU running a partition look at its virtual
+//! GPU's line (it ends a HLT wait or leaves the guest with an INTR exit).
 
 use super::paging::{self, Live};
 use alloc::format;
@@ -63,6 +68,25 @@ pub fn claim_gpu_vector(apic_id: u32) -> Result<(u64, u32), String> {
     let vector = DEVICE_VECTORS.start + free as u8;
     GPU_VECTOR.store(vector, Ordering::Release);
     Ok((MSI_ADDRESS_BASE | (u64::from(apic_id as u8) << MSI_DESTINATION_SHIFT), u32::from(vector)))
+}
+
+/// The GPU's MSI vector, if [`claim_gpu_vector`] claimed one.
+pub fn gpu_vector() -> Option<u8> {
+    Some(GPU_VECTOR.load(Ordering::Acquire)).filter(|&v| v != 0)
+}
+
+/// Makes the CPU with APIC ID `apic_id` look at the virtual GPUs: a fixed
+/// IPI with the GPU's vector (whose handler flags the GPU's event and ends
+/// the interrupt). It wakes the CPU from [`wait_for_interrupt`] or makes
+/// its guest leave with an INTR #VMEXIT. The mediator's [`crate::vgpu::Kick`].
+pub fn kick(apic_id: u64) {
+    let Some(vector) = gpu_vector() else { return };
+    // SAFETY: the hypervisor's page tables map the local APIC uncached on
+    // every CPU.
+    let apic = unsafe { LocalApic::current() };
+    if apic.send_fixed(apic_id as u32, vector).is_err() {
+        log::warn!("virtual GPU: the IPI to the CPU with APIC ID {apic_id} was not sent");
+    }
 }
 
 /// One host I/O APIC.

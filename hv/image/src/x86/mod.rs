@@ -222,7 +222,15 @@ fn run_partitions(
     tables: &paging::Live,
     dma_bench: bool,
 ) -> ! {
-    let (config, refused) = load_config(boot_info);
+    let (config, mut refused) = load_config(boot_info);
+    // The GPU is up (`gpu_init`); the virtual GPUs' shares are decided
+    // before any partition is built, and a share that cannot be given
+    // refuses its partition like the configuration's own checks.
+    for (refusal, gpu_refusal) in refused.iter_mut().zip(crate::vgpu::boot(&config)) {
+        if refusal.is_none() {
+            *refusal = gpu_refusal;
+        }
+    }
     let host_backed = crate::host_backing::host_backed_ranges(&config);
     memory::init(boot_info, map, &host_backed, tables);
     if config.partitions.iter().any(|p| !p.pci.is_empty())

@@ -1,5 +1,7 @@
 //! Building an x86_64 partition from its configuration: its address space
-//! (RAM, and the BARs of its PCI functions), its second-level table (an AMD nested page table or
+//! (RAM, the BARs of its PCI functions, its virtual GPU's memory BAR; the
+//! GPU's register BAR, the virtual ECAM and APIC windows stay out of it and
+//! are emulated on its bus), its second-level table (an AMD nested page table or
 //! an Intel EPT, whichever back end runs it), its image, and the
 //! identity-mapping guest page table that lets it start in long mode.
 
@@ -14,8 +16,10 @@ use bulkhead_arch_x86_64::{Access as NptAccess, EntryFormat, Ept, MapError, Memo
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use bulkhead_config::{
-    FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE, VIRTUAL_PCI_ECAM_BASE, VIRTUAL_PCI_ECAM_SIZE,
+    FaultPolicy, ImageKind, MemoryAttribute, Permissions, VERDICT_REGISTER_BASE, VIRTUAL_GPU_IOAPIC_PIN, VIRTUAL_GPU_MEMORY_BASE,
+    VIRTUAL_GPU_REGISTERS_BASE, VIRTUAL_GPU_REGISTERS_SIZE, VIRTUAL_PCI_ECAM_BASE, VIRTUAL_PCI_ECAM_SIZE,
 };
+use bulkhead_core::devices::pci_config::VirtualEcam;
 use bulkhead_core::devices::ioapic::{
     IoApicWindow, LocalApicWindow, VIRTUAL_IOAPIC_BASE, VIRTUAL_IOAPIC_SIZE, VIRTUAL_LAPIC_BASE, VIRTUAL_LAPIC_SIZE, VirtualIoApic,
 };
@@ -54,8 +58,11 @@ pub struct Start {
     pub verdict: Arc<Mutex<Option<u32>>>,
     /// PCI functions assigned to it: if any, its exits poll VT-d faults.
     pub pci_functions: usize,
-    /// Its functions' INTx lines, if any is routed.
+    /// Its virtual I/O APIC: its functions' INTx lines, if any is routed,
+    /// and its virtual GPU's line.
     pub intx: Option<Intx>,
+    /// Whether it has a virtual GPU ([`crate::vgpu`]).
+    pub gpu: bool,
 }
 
 /// A partition's routed INTx lines and the virtual I/O APIC they reach.
@@ -75,15 +82,24 @@ impl Intx {
 }
 
 /// Routes the INTx line of each of `functions` (interrupt pin `pins[i]`)
-/// to partition `index`, and puts the virtual I/O APIC and local APIC on
-/// its bus. `None` if no function has a line.
+/// to partition `index`, wires its virtual GPU's line (if `gpu`) to pin
+/// [`VIRTUAL_GPU_IOAPIC_PIN`], and puts the virtual I/O APIC and local APIC
+/// on its bus. `None` if there is no line at all.
 ///
 /// # Errors
-/// A line that cannot be routed (shared with another partition, or no
-/// I/O APIC input for it) refuses the partition, naming the function.
-fn route_intx(index: usize, partition: &mut Partition, functions: &[Bdf], pins: &[u8]) -> Result<Option<Intx>, String> {
+/// A line that cannot be routed (shared with another partition, no I/O
+/// APIC input for it, or the virtual GPU's pin) refuses the partition,
+/// naming the function.
+fn route_intx(
+    index: usize,
+    partition: &mut Partition,
+    functions: &[Bdf],
+    pins: &[u8],
+    gpu: bool,
+) -> Result<Option<Intx>, String> {
     let mut apic = VirtualIoApic::new();
     let mut routes: Vec<super::intx::Route> = Vec::new();
+    let gpu_pin = usize::from(VIRTUAL_GPU_IOAPIC_PIN);
     for (i, (bdf, &pin)) in functions.iter().zip(pins).enumerate() {
         if pin == 0 {
             continue;
@@ -93,6 +109,11 @@ fn route_intx(index: usize, partition: &mut Partition, functions: &[Bdf], pins: 
             log::warn!("partition {}: pci[{i}] {bdf}: INT{pin_name} has no known GSI: not routed", partition.name);
             continue;
         };
+        if gpu && gsi as usize == gpu_pin {
+            return Err(format!(
+                "pci[{i}] {bdf}: INT{pin_name} is GSI {gsi}, the pin of the partition's virtual GPU (field 'gpu')"
+            ));
+        }
         let route = super::intx::route(index, gsi).map_err(|e| format!("pci[{i}] {bdf}: INT{pin_name}: {e}"))?;
         apic.own(route.pin());
         if !routes.contains(&route) {
@@ -105,7 +126,14 @@ fn route_intx(index: usize, partition: &mut Partition, functions: &[Bdf], pins: 
             route.pin()
         );
     }
-    if routes.is_empty() {
+    if gpu {
+        apic.own(gpu_pin);
+        log::info!(
+            "partition {}: virtual GPU interrupt is pin {gpu_pin} of its virtual I/O APIC at {VIRTUAL_IOAPIC_BASE:#x} (level)",
+            partition.name
+        );
+    }
+    if routes.is_empty() && !gpu {
         return Ok(None);
     }
     let apic = Arc::new(Mutex::new(apic));
@@ -255,6 +283,17 @@ pub fn build(
             format!("pci: BAR at {:?} (+{:#x}): {e:?}: it overlaps the partition's memory", region.gpa, region.size)
         })?;
     }
+    // Its virtual GPU's memory BAR (local memory, mapped directly with the
+    // configured attribute: `normal-nc` is WC in the NPT); its register
+    // BAR stays out of the address space, so every access exits.
+    let gpu = crate::vgpu::share(index);
+    if gpu.is_some() && matches!(format, TableFormat::Ept(_)) {
+        // VMX delivers no virtual interrupts yet (see `vmx::run_vcpu`).
+        return Err(String::from("gpu: a virtual GPU needs the SVM back end on x86_64 so far (VMX delivers no interrupts yet)"));
+    }
+    if let Some(share) = &gpu {
+        crate::vgpu::add_memory_region(&mut space, share)?;
+    }
     let table = derive_table(&space, format)?;
     let mut partition = Partition::new(index, &config.name, space);
     let verdict = Arc::new(Mutex::new(None));
@@ -262,17 +301,43 @@ pub fn build(
         .bus
         .insert(Gpa::new(VERDICT_REGISTER_BASE), VERDICT_MMIO_SIZE, Box::new(VerdictRegister(verdict.clone())))
         .map_err(|e| format!("verdict register: {e:?}"))?;
-    let (functions, interrupt_pins) = match pci {
-        Some(super::assign::Prepared { ecam, functions, interrupt_pins, .. }) => {
-            // Left unmapped in the NPT: every access exits and is emulated.
+    let (ecam, functions, interrupt_pins) = match pci {
+        Some(super::assign::Prepared { ecam, functions, interrupt_pins, .. }) => (Some(ecam), functions, interrupt_pins),
+        None => (None, Vec::new(), Vec::new()),
+    };
+    let ecam = match (ecam, &gpu) {
+        (ecam, None) => ecam,
+        // The virtual GPU is the device after the assigned functions.
+        (ecam, Some(share)) => {
+            let mut ecam = ecam.unwrap_or_else(|| VirtualEcam::new(Vec::new()));
+            let device = ecam
+                .push(crate::vgpu::virtual_function(share))
+                .ok_or("gpu: no device number left on the virtual PCI bus for the virtual GPU")?;
+            log::info!(
+                "partition {}: virtual GPU is device {device} of its virtual PCI bus, registers at {VIRTUAL_GPU_REGISTERS_BASE:#x} \
+                 (trapped), local memory at {VIRTUAL_GPU_MEMORY_BASE:#x} ({:#x} bytes, {})",
+                config.name,
+                share.local_size,
+                share.attr.as_str()
+            );
             partition
                 .bus
-                .insert(Gpa::new(VIRTUAL_PCI_ECAM_BASE), VIRTUAL_PCI_ECAM_SIZE, Box::new(ecam))
-                .map_err(|e| format!("virtual PCI configuration space: {e:?}"))?;
-            (functions, interrupt_pins)
+                .insert(
+                    Gpa::new(VIRTUAL_GPU_REGISTERS_BASE),
+                    VIRTUAL_GPU_REGISTERS_SIZE,
+                    Box::new(crate::vgpu::RegisterBar { index }),
+                )
+                .map_err(|e| format!("gpu: virtual GPU registers: {e:?}"))?;
+            Some(ecam)
         }
-        None => (Vec::new(), Vec::new()),
     };
+    if let Some(ecam) = ecam {
+        // Left unmapped in the NPT: every access exits and is emulated.
+        partition
+            .bus
+            .insert(Gpa::new(VIRTUAL_PCI_ECAM_BASE), VIRTUAL_PCI_ECAM_SIZE, Box::new(ecam))
+            .map_err(|e| format!("virtual PCI configuration space: {e:?}"))?;
+    }
     let io_ports = config
         .io_ports
         .iter()
@@ -300,7 +365,7 @@ pub fn build(
         table.root_address(),
         table.table_frame_count()
     );
-    let intx = route_intx(index, &mut partition, &functions, &interrupt_pins)?;
+    let intx = route_intx(index, &mut partition, &functions, &interrupt_pins, gpu.is_some())?;
     // Last, once nothing else can refuse the partition: its functions'
     // DMA domain (context entries pointing at the partition's memory).
     if !functions.is_empty() {
@@ -315,6 +380,7 @@ pub fn build(
         verdict,
         pci_functions: functions.len(),
         intx,
+        gpu: gpu.is_some(),
     };
     Ok((partition, table, start))
 }

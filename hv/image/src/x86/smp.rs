@@ -200,6 +200,9 @@ fn run_slot(machine: &'static Machine, index: usize, cpu: backend::CpuBackend) {
         backend::run(&mut partition, table, start, cpu);
         // Its PCI functions are blocked and its DMA pins released.
         super::assign::release(index);
+        // Its virtual GPU back to power-on: queue dropped, GTT slice at
+        // scratch, pins released.
+        crate::vgpu::reset(index);
     }
     done(machine);
 }

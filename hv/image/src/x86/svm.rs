@@ -315,11 +315,23 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
     let mut state = ExitState::new(start.on_fault, start.verdict.clone());
     state.polls_dma_faults = start.pci_functions > 0;
     state.intx = start.intx.clone();
-    if let Some(intx) = &state.intx {
+    if let Some(intx) = state.intx.as_ref().filter(|intx| !intx.routes.is_empty()) {
         // SAFETY: the hypervisor's page tables map the local APIC uncached.
         let apic_id = unsafe { LocalApic::current() }.id();
         super::intx::activate(&intx.routes, apic_id);
         log::info!("partition {}: {} INTx line(s) routed to the CPU with APIC ID {apic_id}", partition.name, intx.routes.len());
+    }
+    if start.gpu {
+        // SAFETY: the hypervisor's page tables map the local APIC uncached.
+        let apic_id = unsafe { LocalApic::current() }.id();
+        state.gpu = Some(partition.index);
+        match super::intx::gpu_vector() {
+            Some(vector) => {
+                crate::vgpu::set_kick(partition.index, super::intx::kick, u64::from(apic_id));
+                log::info!("partition {}: virtual GPU events kick the CPU with APIC ID {apic_id} (vector {vector:#x})", partition.name);
+            }
+            None => log::warn!("partition {}: no GPU vector: its virtual GPU is looked at only at its exits", partition.name),
+        }
     }
     let result = run_loop(partition, npt, vmcb_pa, svm, &mut registers, &mut state);
     if let Some(intx) = &state.intx {
