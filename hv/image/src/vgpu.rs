@@ -348,11 +348,6 @@ fn interrupt_number() -> u32 {
     }
 }
 
-/// Whether partition `index` has a virtual GPU.
-pub fn has_gpu(index: usize) -> bool {
-    MEDIATOR.get().is_some_and(|m| m.lock().slots.get(index).is_some_and(Option::is_some))
-}
-
 /// Tells the mediator how to wake the CPU that runs partition `index`.
 pub fn set_kick(index: usize, kick: Kick, target: u64) {
     if let Some(m) = MEDIATOR.get()
@@ -406,10 +401,11 @@ struct Physical {
 
 impl PhysicalReader for Physical {
     fn read_ram(&mut self, hpa: Hpa, buf: &mut [u8]) -> bool {
-        // SAFETY: the virtual GTT hands out only pages of the partition's
-        // own RAM that it has pinned; the hypervisor identity-maps all RAM.
         // Volatile byte reads: the guest may write the page meanwhile.
         for (i, byte) in buf.iter_mut().enumerate() {
+            // SAFETY: the virtual GTT hands out only pages of the
+            // partition's own RAM that it has pinned; the hypervisor
+            // identity-maps all RAM.
             *byte = unsafe { ((hpa.raw() as usize + i) as *const u8).read_volatile() };
         }
         true
@@ -420,9 +416,9 @@ impl PhysicalReader for Physical {
         if end > self.local_size {
             return false;
         }
-        // SAFETY: inside local memory, which the arch wiring mapped (BAR2)
-        // for the hypervisor; bounds checked above.
         for (i, byte) in buf.iter_mut().enumerate() {
+            // SAFETY: inside local memory, which the arch wiring mapped
+            // (BAR2) for the hypervisor; bounds checked above.
             *byte = unsafe { ((self.local_base + offset) as usize as *const u8).add(i).read_volatile() };
         }
         true

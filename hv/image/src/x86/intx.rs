@@ -67,7 +67,12 @@ pub fn claim_gpu_vector(apic_id: u32) -> Result<(u64, u32), String> {
     owners[free] = GPU_OWNER;
     let vector = DEVICE_VECTORS.start + free as u8;
     GPU_VECTOR.store(vector, Ordering::Release);
-    Ok((MSI_ADDRESS_BASE | (u64::from(apic_id as u8) << MSI_DESTINATION_SHIFT), u32::from(vector)))
+    gpu_msi(apic_id).ok_or_else(|| String::from("the GPU vector was not recorded"))
+}
+
+/// The MSI address and data of the claimed GPU vector aimed at `apic_id`.
+pub fn gpu_msi(apic_id: u32) -> Option<(u64, u32)> {
+    gpu_vector().map(|vector| (MSI_ADDRESS_BASE | (u64::from(apic_id as u8) << MSI_DESTINATION_SHIFT), u32::from(vector)))
 }
 
 /// The GPU's MSI vector, if [`claim_gpu_vector`] claimed one.

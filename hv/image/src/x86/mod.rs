@@ -212,6 +212,17 @@ fn gpu_init(rsdp: u64, tables: &paging::Live) {
     }
 }
 
+/// Aims the GPU's MSI-X vector 0 at the CPU with APIC ID `apic_id`.
+fn retarget_gpu_msi(apic_id: u32, rsdp: u64, tables: &paging::Live) {
+    let (Some((address, data)), Ok(bus)) = (intx::gpu_msi(apic_id), pci::bus0(&IdentityMapped, rsdp, tables)) else {
+        return;
+    };
+    match crate::gpu_hw::enable_msi(&mut bus.ecam(), address, data) {
+        Ok(()) => log::info!("GPU: MSI-X vector 0 -> host vector {data:#x} on APIC {apic_id} (a virtual GPU's CPU)"),
+        Err(e) => log::error!("GPU: MSI-X cannot be aimed at APIC {apic_id}: {e}"),
+    }
+}
+
 /// Loads the configuration, builds and runs every partition, prints the
 /// summary and ends the run with its exit code.
 fn run_partitions(
@@ -230,6 +241,18 @@ fn run_partitions(
         if refusal.is_none() {
             *refusal = gpu_refusal;
         }
+    }
+    // The GPU's completions go to a CPU that runs a virtual GPU's
+    // partition (the boot CPU may run none, or stop first), which then
+    // kicks the others.
+    if let Some(apic_id) = config
+        .partitions
+        .iter()
+        .zip(&refused)
+        .find(|(p, refusal)| p.gpu.is_some() && refusal.is_none())
+        .and_then(|(p, _)| cpu_of(p, cpus).ok())
+    {
+        retarget_gpu_msi(apic_id, boot_info.acpi_rsdp, tables);
     }
     let host_backed = crate::host_backing::host_backed_ranges(&config);
     memory::init(boot_info, map, &host_backed, tables);
