@@ -30,8 +30,13 @@ use bulkhead_test_guests::gpu::{Gpu, GttWrite, Outcome, check_surface, layout, r
 use bulkhead_test_guests::{guest_main, pattern, println, time};
 
 /// How long the attacker lets its neighbour start and write its pattern
-/// before aiming at it (the victim waits 1500 ms before checking).
+/// before aiming at it (the arm64 victim waits 1500 ms before checking).
+#[cfg(target_arch = "aarch64")]
 const VICTIM_START_MS: u64 = 400;
+/// The same in TSC ticks (x86_64 has no architectural TSC frequency; the
+/// x86 victim's window is counted in ticks too).
+#[cfg(target_arch = "x86_64")]
+const VICTIM_START_TICKS: u64 = 400_000_000;
 
 /// Host address of the neighbour's RAM (its configuration's `backing`, as
 /// in `tests/configs/dma-edu.toml`) and where it keeps its pattern.
@@ -41,12 +46,14 @@ const VICTIM_HOST: u64 = 0x5000_0000;
 const VICTIM_HOST: u64 = 0x3000_0000;
 const VICTIM_PATTERN_OFFSET: u64 = 0x80_0000;
 /// Addresses inside the hypervisor's own memory on the test machines (see
-/// `edu-dma`: its pool near the top of RAM, which the boot log lists; on
-/// x86_64 also low memory where the loader and firmware live).
+/// `edu-dma`: its pool near the top of RAM, which the boot log lists).
+/// Only addresses outside this partition's own guest-physical RAM can name
+/// them: a GTT entry holds a guest-physical address, and guest 0x10_0000 on
+/// x86_64 is this partition's own RAM, whatever host page backs it.
 #[cfg(target_arch = "aarch64")]
 const HYPERVISOR_HOST: [u64; 1] = [0x7b00_0000];
 #[cfg(not(target_arch = "aarch64"))]
-const HYPERVISOR_HOST: [u64; 2] = [0x3d00_0000, 0x10_0000];
+const HYPERVISOR_HOST: [u64; 1] = [0x3d00_0000];
 /// MMIO: the PL011 (arm64), the I/O APIC (x86_64).
 #[cfg(target_arch = "aarch64")]
 const MMIO: u64 = 0x0900_0000;
@@ -249,7 +256,10 @@ fn main() -> Result<(), u64> {
     gpu.map_ram(GTT_MARKER, MARKER, 1, GttWrite::Whole).map_err(setup)?;
     gpu.map_ram(GTT_LANDING, LANDING, 1, GttWrite::Whole).map_err(setup)?;
     println!("gpu attack: graphics base {:#x}, {} GTT entries, local memory {:#x} bytes", info.graphics_base, info.gtt_entries, info.local_size);
+    #[cfg(target_arch = "aarch64")]
     time::delay_ms(VICTIM_START_MS);
+    #[cfg(target_arch = "x86_64")]
+    time::wait_ticks(VICTIM_START_TICKS);
     let mut attacker = Attacker { gpu, tag: info.graphics_base, failed: None };
 
     let victim = VICTIM_HOST + VICTIM_PATTERN_OFFSET;
