@@ -35,7 +35,7 @@ use bulkhead_test_guests::{guest_main, pattern, println};
 const VICTIM_HOST: u64 = 0x5000_0000;
 #[cfg(not(target_arch = "aarch64"))]
 const VICTIM_HOST: u64 = 0x3000_0000;
-const VICTIM_PATTERN_OFFSET: u64 = 0x80_0000;
+const VICTIM_PATTERN_OFFSET: u64 = pattern::RAM_OFFSET;
 /// Addresses inside the hypervisor's own memory on the test machines (see
 /// `edu-dma`: its pool near the top of RAM, which the boot log lists; on
 /// x86_64 also low memory where the loader and firmware live).
