@@ -27,6 +27,7 @@ use crate::esp::{self, EspSpec};
 use crate::paths::Workspace;
 use anyhow::{Context, Result, bail};
 use bulkhead_harness::QemuCommand;
+use bulkhead_harness::qemu::ICOUNT;
 use bulkhead_harness::runner::{self, Ending, RunOptions};
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -39,8 +40,6 @@ const X86_BENCH_CONFIG: &str = "tests/configs/x86-bench-hypercall.toml";
 /// Boot arguments of the benchmark runs (both architectures): the
 /// hypervisor's own DMA map/unmap benchmark runs before the partitions.
 const DMA_BENCH_BOOTARGS: &str = "bench=dma";
-/// QEMU options that make the virtual counter count instructions.
-const ICOUNT: [&str; 2] = ["-icount", "shift=0,align=off,sleep=off"];
 
 /// Runs every benchmark and prints the figures; with `--arch x86_64`, only
 /// the x86_64 ones.
