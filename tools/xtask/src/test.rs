@@ -6,7 +6,9 @@
 //! hard timeout, at most [`MAX_PARALLEL`] at a time, and is reported as it
 //! finishes: `PASS name (12.3 s)` or `FAIL name: reason` followed by the end
 //! of its log. The last line is `N passed, N failed` (host unit tests plus
-//! scenarios); the exit status is non-zero on any failure.
+//! scenarios); the exit status is non-zero on any failure. A GPU scenario's
+//! RAM checks (`bulkhead_harness::ram`) read the model's RAM file after QEMU
+//! exits, before the model stops.
 
 use crate::build::{self, Artifacts, BuildOptions, Profile};
 use crate::config;
