@@ -5,7 +5,7 @@
 //! ESP folder (`target/xtask/<arch>/esp-<name>/`, QEMU's FAT driver writes
 //! to it) and its own log (`target/xtask/logs/<name>.log`).
 
-mod gpu;
+pub mod gpu;
 
 use crate::qemu::Arch;
 use crate::scenario::Scenario;
