@@ -52,7 +52,7 @@ pub mod layout {
     pub const WORK_SIZE: u64 = 0x40_0000;
     /// Where `gpu-client` leaves its final image (see
     /// [`super::commands::final_pixel`]).
-    pub const FINAL_IMAGE: u64 = RAM_BASE + 0xc0_0000;
+    pub const FINAL_IMAGE: u64 = RAM_BASE + bulkhead_abi::testdata::final_image::RAM_OFFSET;
 
     /// Checks that the program (code, data, stack) ends below [`WORK`];
     /// returns where it ends otherwise.

@@ -1,12 +1,10 @@
 //! The memory pattern the isolation tests' victims write before an attack
-//! and check after it.
+//! and check after it; the words are [`bulkhead_abi::testdata::pattern`]'s,
+//! which the harness also reads back from guest RAM after the run.
 
 use crate::println;
 
-/// The pattern's word `i`.
-pub fn word(i: u64) -> u64 {
-    0xb01d_face_0000_0000 ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-}
+pub use bulkhead_abi::testdata::pattern::{RAM_OFFSET, WORDS, word};
 
 /// Writes `words` pattern words from guest address `base`.
 ///

@@ -12,6 +12,8 @@
 //!   line into a log, enforces a hard timeout and can stop early when a line
 //!   appears;
 //! - [`scenario`]: what a scenario expects, and the pure judging logic;
+//! - [`ram`]: checks of what guests left in guest RAM (GPU scenarios, whose
+//!   RAM is a file), against contents computed on the host;
 //! - [`scenarios`]: the list of scenarios `cargo xtask test` runs.
 //!
 //! `cargo xtask` (tools/xtask) builds the images and the ESP folders and
@@ -20,11 +22,13 @@
 #![forbid(unsafe_code)]
 
 pub mod qemu;
+pub mod ram;
 pub mod runner;
 pub mod scenario;
 pub mod scenarios;
 
 pub use qemu::{Arch, QemuCommand};
+pub use ram::{RamCheck, check_ram};
 pub use runner::{Ending, RunOptions, RunOutcome};
 pub use scenario::{Scenario, Verdict, judge};
 pub use scenarios::SCENARIOS;

@@ -18,6 +18,9 @@ pub const AARCH64_FIRMWARE: &str = "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd";
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// OVMF variable store template for x86_64 `q35`; each run needs its own copy.
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// QEMU options that make the virtual counter count instructions (one tick
+/// per instruction, deterministic: DESIGN.md §7, §8), for benchmarks.
+pub const ICOUNT: [&str; 2] = ["-icount", "shift=0,align=off,sleep=off"];
 
 /// A CPU architecture Bulkhead is built for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -4,6 +4,7 @@
 //! captured log, so it is unit-tested here without QEMU.
 
 use crate::qemu::Arch;
+use crate::ram::RamCheck;
 use crate::runner::Ending;
 use bulkhead_abi::exit::ExitCode;
 use std::time::Duration;
@@ -54,6 +55,12 @@ pub struct Scenario {
     /// device, with guest RAM in a shared file the model maps; the runner
     /// starts the model before QEMU and stops it afterwards.
     pub gpu: bool,
+    /// Regions of guest RAM checked after QEMU exits, when the log passed
+    /// (only with `gpu`, whose RAM is a file; see [`crate::ram`]).
+    pub ram_checks: &'static [RamCheck],
+    /// Run QEMU with `-icount shift=0,align=off,sleep=off` (one virtual
+    /// counter tick per instruction: deterministic benchmark figures).
+    pub icount: bool,
 }
 
 impl Scenario {
@@ -76,6 +83,8 @@ impl Scenario {
         skip_build_validation: false,
         input: None,
         gpu: false,
+        ram_checks: &[],
+        icount: false,
     };
 
     /// Whether `filter` selects this scenario (substring of the name; the

@@ -5,6 +5,8 @@
 //! ESP folder (`target/xtask/<arch>/esp-<name>/`, QEMU's FAT driver writes
 //! to it) and its own log (`target/xtask/logs/<name>.log`).
 
+pub mod gpu;
+
 use crate::qemu::Arch;
 use crate::scenario::Scenario;
 use std::time::Duration;
@@ -76,6 +78,11 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAILED", "panic", "SMMU global error"],
         ..Scenario::DEFAULT
     },
+    // Virtual GPUs on the GPU model (scenarios/gpu.rs): two clients
+    // sharing it, an attack that must fail, the benchmark guest.
+    gpu::TWO_CLIENTS,
+    gpu::ATTACK,
+    gpu::BENCH,
     Scenario {
         name: "dma-unassigned",
         bootargs: Some("selftest=dma"),
@@ -592,6 +599,9 @@ pub const SCENARIOS: &[Scenario] = &[
         forbid: &["FAILED", "FATAL", "panic", "refused"],
         ..Scenario::DEFAULT
     },
+    gpu::X86_TWO_CLIENTS,
+    gpu::X86_ATTACK,
+    gpu::X86_BENCH,
     Scenario {
         name: "x86-dma-unassigned",
         arch: Arch::X86_64,

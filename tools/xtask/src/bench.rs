@@ -20,13 +20,21 @@
 //!    same run (`bench=dma`), DMA map/unmap of 4 KiB and 2 MiB pages in a
 //!    scratch VT-d domain: TSC ticks per operation, throughput, and
 //!    invalidation descriptors per operation.
+//! 5. GPU mediation, on each architecture (the `gpu-bench` scenarios' configuration and
+//!    boot arguments, with the GPU model attached, under `-icount`): one run in
+//!    which the hypervisor (`bench=gpu`) first times a blit workload on its own
+//!    ring, then the `gpu-bench` partition times a trapped GTT entry write and
+//!    the same workload through its virtual GPU; printed with the ratio
+//!    mediated/direct ticks per blit.
 
 use crate::build::{self, BuildOptions};
 use crate::config;
 use crate::esp::{self, EspSpec};
+use crate::gpu_model::GpuModel;
 use crate::paths::Workspace;
 use anyhow::{Context, Result, bail};
-use bulkhead_harness::QemuCommand;
+use bulkhead_harness::{QemuCommand, Scenario};
+use bulkhead_harness::qemu::ICOUNT;
 use bulkhead_harness::runner::{self, Ending, RunOptions};
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -39,8 +47,6 @@ const X86_BENCH_CONFIG: &str = "tests/configs/x86-bench-hypercall.toml";
 /// Boot arguments of the benchmark runs (both architectures): the
 /// hypervisor's own DMA map/unmap benchmark runs before the partitions.
 const DMA_BENCH_BOOTARGS: &str = "bench=dma";
-/// QEMU options that make the virtual counter count instructions.
-const ICOUNT: [&str; 2] = ["-icount", "shift=0,align=off,sleep=off"];
 
 /// Runs every benchmark and prints the figures; with `--arch x86_64`, only
 /// the x86_64 ones.
@@ -80,6 +86,8 @@ pub fn bench(ws: &Workspace, options: &BuildOptions) -> Result<ExitCode> {
         Ending::Exited(Some(0)) => {}
         other => bail!("the benchmark run ended with {other:?} (log: {})", log.display()),
     }
+
+    bench_gpu(ws, &artifacts, &bulkhead_harness::scenarios::gpu::BENCH)?;
 
     println!("\n== Linux boot to /init: under Bulkhead / booted directly (QEMU TCG, -icount shift=0) ==");
     let kernels = crate::linux::ensure_kernels(ws)?;
@@ -136,7 +144,84 @@ fn bench_x86_64(ws: &Workspace, options: &BuildOptions) -> Result<ExitCode> {
     for line in lines {
         println!("{}", line.trim_end());
     }
+    bench_gpu(ws, &artifacts, &bulkhead_harness::scenarios::gpu::X86_BENCH)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The GPU mediation benchmark of one architecture: `scenario`'s
+/// configuration and boot arguments (`bench=gpu`), the GPU model attached,
+/// `-icount`; prints the figures and the ratio mediated/direct.
+fn bench_gpu(ws: &Workspace, artifacts: &build::Artifacts, scenario: &Scenario) -> Result<()> {
+    println!("\n== {} GPU mediation (QEMU TCG, -icount shift=0, GPU model) ==", artifacts.arch);
+    let compiled = config::compile(&ws.root.join(scenario.config), scenario.config)?;
+    let spec = EspSpec::for_config(Path::new(scenario.config), &compiled, scenario.bootargs);
+    let esp_dir = esp::assemble(ws, artifacts, &spec)?;
+    let mut qemu = QemuCommand::for_arch(artifacts.arch, &esp_dir, 1)
+        .with_context(|| format!("{} is not supported yet", artifacts.arch))?;
+    if artifacts.arch == bulkhead_harness::Arch::X86_64 {
+        bulkhead_harness::qemu::copy_ovmf_vars(&esp_dir)
+            .with_context(|| format!("copying {}", bulkhead_harness::qemu::OVMF_VARS))?;
+    }
+    qemu.args.extend(ICOUNT.iter().map(Into::into));
+    let name = format!("bench-{}", scenario.name);
+    let model = GpuModel::for_run(ws, artifacts.arch, &name);
+    qemu.args.extend(model.qemu_args());
+    let running = model.start(ws)?;
+    let log = ws.log_path(&name);
+    let run_options =
+        RunOptions { timeout: Some(Duration::from_secs(300)), log_path: Some(&log), ..RunOptions::default() };
+    let outcome = runner::run(&qemu, &run_options);
+    running.stop();
+    let outcome = outcome?;
+    for line in outcome.lines.iter().filter(|l| l.contains("gpu bench")) {
+        println!("{}", line.trim_end());
+    }
+    let figures = gpu_figures(&outcome.lines)
+        .map_err(|missing| anyhow::anyhow!("the GPU benchmark printed no {missing} (log: {})", log.display()))?;
+    println!("{}", figures.summary(artifacts.arch));
+    Ok(())
+}
+
+/// The GPU benchmark's figures from one run, in counter ticks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct GpuFigures {
+    /// One trapped GTT entry write, less the loop without it.
+    gtt_write: u64,
+    /// One blit on the hypervisor's own ring.
+    direct: u64,
+    /// One blit through a partition's virtual GPU.
+    mediated: u64,
+}
+
+impl GpuFigures {
+    /// The figures' summary line, with the ratio mediated/direct.
+    fn summary(&self, arch: bulkhead_harness::Arch) -> String {
+        let ratio = if self.direct == 0 { f64::NAN } else { self.mediated as f64 / self.direct as f64 };
+        format!(
+            "GPU {arch}: GTT write {} ticks/entry; blit {} ticks direct, {} ticks mediated: ratio mediated/direct {ratio:.3}",
+            self.gtt_write, self.direct, self.mediated
+        )
+    }
+}
+
+/// Reads [`GpuFigures`] from the hypervisor's `gpu bench direct:` line and
+/// the guest's `gpu bench: GTT write:` and `gpu bench mediated:` lines.
+///
+/// # Errors
+/// The figure that is missing.
+fn gpu_figures(lines: &[String]) -> Result<GpuFigures, &'static str> {
+    let find = |marker: &str, unit: &str| {
+        lines.iter().find_map(|line| {
+            let (_, rest) = line.split_once(marker)?;
+            let (before, _) = rest.split_once(unit)?;
+            before.split_whitespace().last()?.parse::<u64>().ok()
+        })
+    };
+    Ok(GpuFigures {
+        gtt_write: find("gpu bench: GTT write: ", " ticks/entry").ok_or("GTT write figure")?,
+        direct: find("gpu bench direct: ", " ticks/blit").ok_or("direct blit figure")?,
+        mediated: find("gpu bench mediated: ", " ticks/blit").ok_or("mediated blit figure")?,
+    })
 }
 
 /// Boots `command` and returns the kernel's uptime, in seconds, when `/init`
@@ -153,4 +238,29 @@ fn uptime_at_init(command: &QemuCommand, log: &Path) -> Result<f64> {
             rest.trim_end().trim_end_matches(" s").trim().parse::<f64>().ok()
         })
         .with_context(|| format!("no `uptime at /init` line (log: {})", log.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_figures_come_from_the_three_lines_of_one_run() {
+        let lines: Vec<String> = [
+            "[bulkhead] bench: gpu bench direct: 64 blits of 262144 bytes: 5120 ticks/blit (1000000 ticks per ms)",
+            "[gpu-bench] gpu bench: GTT write: 830 ticks/entry (1024 writes; loop baseline 12 ticks per iteration)",
+            "[gpu-bench] gpu bench mediated: 64 blits of 262144 bytes: 7680 ticks/blit (4 submissions of 16, 5 interrupts taken)",
+        ]
+        .map(String::from)
+        .into();
+        let figures = gpu_figures(&lines).unwrap();
+        assert_eq!(figures, GpuFigures { gtt_write: 830, direct: 5120, mediated: 7680 });
+        assert_eq!(
+            figures.summary(bulkhead_harness::Arch::Aarch64),
+            "GPU aarch64: GTT write 830 ticks/entry; blit 5120 ticks direct, 7680 ticks mediated: ratio mediated/direct 1.500"
+        );
+        assert_eq!(gpu_figures(&lines[1..]), Err("direct blit figure"));
+        let not_measured = ["[bulkhead] WARN  gpu bench direct: not measured: no GPU".to_string()];
+        assert_eq!(gpu_figures(&not_measured), Err("GTT write figure"));
+    }
 }

@@ -6,7 +6,9 @@
 //! hard timeout, at most [`MAX_PARALLEL`] at a time, and is reported as it
 //! finishes: `PASS name (12.3 s)` or `FAIL name: reason` followed by the end
 //! of its log. The last line is `N passed, N failed` (host unit tests plus
-//! scenarios); the exit status is non-zero on any failure.
+//! scenarios); the exit status is non-zero on any failure. A GPU scenario's
+//! RAM checks (`bulkhead_harness::ram`) read the model's RAM file after QEMU
+//! exits, before the model stops.
 
 use crate::build::{self, Artifacts, BuildOptions, Profile};
 use crate::config;
@@ -17,9 +19,9 @@ use crate::run::{cpus_needed, install_interrupt_handler};
 use crate::setup;
 use crate::unit;
 use anyhow::{Context, Result};
-use bulkhead_harness::qemu::{copy_ovmf_vars, hypervisor_exit_code};
+use bulkhead_harness::qemu::{ICOUNT, copy_ovmf_vars, hypervisor_exit_code};
 use bulkhead_harness::runner::{self, Ending, RunOptions};
-use bulkhead_harness::{Arch, QemuCommand, SCENARIOS, Scenario, Verdict, judge};
+use bulkhead_harness::{Arch, QemuCommand, SCENARIOS, Scenario, Verdict, check_ram, judge};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -166,6 +168,9 @@ fn prepare_one(ws: &Workspace, artifacts: &Artifacts, scenario: &'static Scenari
     let smp = scenario.smp.max(cpus_needed(&compiled.config));
     let mut qemu = QemuCommand::for_arch(artifacts.arch, &esp_dir, smp)
         .with_context(|| format!("{} is not supported yet", artifacts.arch))?;
+    if scenario.icount {
+        qemu.args.extend(ICOUNT.iter().map(Into::into));
+    }
     if artifacts.arch == Arch::X86_64 {
         copy_ovmf_vars(&esp_dir).context("copying the OVMF variable store")?;
     }
@@ -245,13 +250,25 @@ fn run_job(job: Job) -> Finished {
         }
     };
     let result = runner::run(&job.qemu, &options);
+    // Judged before the model stops: RAM checks read its RAM file, which
+    // QEMU (now exited) left with every byte the partitions wrote.
+    let judged = result.map(|outcome| {
+        let mut verdict = judge(scenario, &hypervisor_ending(job.arch, outcome.ending.clone(), &outcome.lines), &outcome.lines);
+        if verdict.passed() && !scenario.ram_checks.is_empty() {
+            verdict = match &job.gpu {
+                Some((gpu, _)) => check_ram(scenario.ram_checks, &gpu.ram, gpu.ram_base, &outcome.lines),
+                None => Verdict::Fail("RAM checks need the GPU model's RAM file (`gpu: true`)".into()),
+            };
+        }
+        (outcome, verdict)
+    });
     if let Some(model) = model {
         model.stop();
     }
-    match result {
-        Ok(outcome) => Finished {
+    match judged {
+        Ok((outcome, verdict)) => Finished {
             scenario,
-            verdict: judge(scenario, &hypervisor_ending(job.arch, outcome.ending, &outcome.lines), &outcome.lines),
+            verdict,
             elapsed: outcome.elapsed,
             lines: outcome.lines,
             log: job.log,

@@ -2,8 +2,11 @@
 //!
 //! The workspace's default members are the crates that build for the host,
 //! so plain `cargo test` runs exactly those (`--no-fail-fast`: one failing
-//! crate must not hide the others' results). Its output is passed through
-//! and the `test result:` lines are added up.
+//! crate must not hide the others' results). The test guests' crate is not
+//! one (its programs build only for bare metal), but its library's pure
+//! parts (command builders, pixel rules) are tested on the host too, by a
+//! second run with `--lib`. Their output is passed through and the
+//! `test result:` lines are added up.
 
 use crate::paths::Workspace;
 use anyhow::{Context, Result};
@@ -41,20 +44,37 @@ pub fn parse_result_line(line: &str) -> Option<Counts> {
     Some(result)
 }
 
-/// Runs `cargo test` at the root; a cargo failure with no failed test (a
-/// build error, a crashed test binary) counts as one failure.
+/// The `cargo` invocations of the host unit tests.
+pub const HOST_TEST_RUNS: [&[&str]; 2] = [
+    &["test", "--no-fail-fast"],
+    &["test", "--no-fail-fast", "-p", "bulkhead-test-guests", "--lib"],
+];
+
+/// Runs each of [`HOST_TEST_RUNS`] at the root; a cargo failure with no
+/// failed test (a build error, a crashed test binary) counts as one failure.
 ///
 /// # Errors
 /// When cargo cannot be started.
 pub fn run_host_tests(ws: &Workspace) -> Result<Counts> {
-    println!("xtask: cargo test --no-fail-fast (host unit tests)");
+    let mut total = Counts::default();
+    for args in HOST_TEST_RUNS {
+        let counts = run_cargo_test(ws, args)?;
+        total.passed += counts.passed;
+        total.failed += counts.failed;
+    }
+    Ok(total)
+}
+
+fn run_cargo_test(ws: &Workspace, args: &[&str]) -> Result<Counts> {
+    let shown = args.join(" ");
+    println!("xtask: cargo {shown} (host unit tests)");
     let mut child = ws
         .cargo()
-        .args(["test", "--no-fail-fast"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .context("running `cargo test`")?;
+        .with_context(|| format!("running `cargo {shown}`"))?;
     let stdout = child.stdout.take().context("cargo test's stdout")?;
     let mut total = Counts::default();
     let mut out = std::io::stdout();
@@ -68,7 +88,7 @@ pub fn run_host_tests(ws: &Workspace) -> Result<Counts> {
     }
     let status = child.wait()?;
     if !status.success() && total.failed == 0 {
-        println!("FAIL host unit tests: `cargo test` failed with {status}");
+        println!("FAIL host unit tests: `cargo {shown}` failed with {status}");
         total.failed = 1;
     }
     Ok(total)

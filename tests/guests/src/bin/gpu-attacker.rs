@@ -44,7 +44,7 @@ const VICTIM_START_TICKS: u64 = 400_000_000;
 const VICTIM_HOST: u64 = 0x5000_0000;
 #[cfg(not(target_arch = "aarch64"))]
 const VICTIM_HOST: u64 = 0x3000_0000;
-const VICTIM_PATTERN_OFFSET: u64 = 0x80_0000;
+const VICTIM_PATTERN_OFFSET: u64 = pattern::RAM_OFFSET;
 /// Addresses inside the hypervisor's own memory on the test machines (see
 /// `edu-dma`: its pool near the top of RAM, which the boot log lists).
 /// Only addresses outside this partition's own guest-physical RAM can name

@@ -6,10 +6,10 @@
 
 use bulkhead_test_guests::{guest_main, pattern, println, time};
 
-/// The pattern covers 1 MiB at the start of this second half of RAM, which
+/// The pattern covers 1 MiB at 8 MiB into its RAM, which
 /// the configuration backs with host memory at a fixed address.
-const PATTERN_BASE: u64 = 0x4080_0000;
-const PATTERN_WORDS: u64 = (1 << 20) / 8;
+const PATTERN_BASE: u64 = 0x4000_0000 + pattern::RAM_OFFSET;
+const PATTERN_WORDS: u64 = pattern::WORDS;
 /// How long the neighbour gets to attack.
 const ATTACK_WINDOW_MS: u64 = 1500;
 

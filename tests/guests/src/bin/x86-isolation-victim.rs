@@ -8,8 +8,8 @@
 use bulkhead_test_guests::{guest_main, pattern, println, time};
 
 /// 1 MiB of pattern at 8 MiB, inside this partition's 16 MiB of RAM.
-const PATTERN_BASE: u64 = 0x80_0000;
-const PATTERN_WORDS: u64 = (1 << 20) / 8;
+const PATTERN_BASE: u64 = pattern::RAM_OFFSET;
+const PATTERN_WORDS: u64 = pattern::WORDS;
 /// How long the neighbour gets to attack, in time-stamp counter ticks.
 const ATTACK_WINDOW_TICKS: u64 = 2_000_000_000;
 

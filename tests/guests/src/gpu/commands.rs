@@ -1,4 +1,5 @@
-//! Command builders and the test programs' pixel rules: pure functions,
+//! Command builders, and the test programs' pixel rules (defined in
+//! [`bulkhead_abi::testdata::final_image`], which the harness shares): pure functions,
 //! tested on the host (`cargo test -p bulkhead-test-guests --lib`).
 //!
 //! Dword layouts are the gen8 ones the GPU model decodes
@@ -7,6 +8,7 @@
 //! low dword / high dword (bits 47:32).
 
 use bulkhead_abi::gpu::cmd;
+use bulkhead_abi::testdata::final_image;
 
 /// Colour depth code for 32 bpp (BR13 bits 25:24).
 pub const DEPTH_32: u32 = 3;
@@ -26,30 +28,7 @@ pub struct Surface {
     pub pitch: u32,
 }
 
-/// A rectangle, x2/y2 exclusive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rect {
-    /// Left.
-    pub x1: u16,
-    /// Top.
-    pub y1: u16,
-    /// Right (exclusive).
-    pub x2: u16,
-    /// Bottom (exclusive).
-    pub y2: u16,
-}
-
-impl Rect {
-    /// `(0, 0)` to `(width, height)`.
-    pub const fn sized(width: u16, height: u16) -> Rect {
-        Rect { x1: 0, y1: 0, x2: width, y2: height }
-    }
-
-    /// Whether pixel `(x, y)` is inside.
-    pub const fn contains(&self, x: u32, y: u32) -> bool {
-        x >= self.x1 as u32 && x < self.x2 as u32 && y >= self.y1 as u32 && y < self.y2 as u32
-    }
-}
+pub use bulkhead_abi::testdata::final_image::Rect;
 
 const fn low(address: u64) -> u32 {
     address as u32
@@ -145,34 +124,28 @@ impl<const N: usize> Commands<N> {
     }
 }
 
-/// The colour of round `round` of a partition whose GTT starts at
-/// graphics address `tag`: opaque, never 0, and different for different
-/// partitions (their GTT slices differ) and rounds.
-pub const fn round_color(tag: u64, round: u32) -> u32 {
-    let mixed = (tag >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (round as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f);
-    let rgb = (mixed >> 40) as u32 & 0x00ff_ffff;
-    0xff00_0000 | if rgb == 0 { 0x0001_0203 } else { rgb }
-}
+pub use bulkhead_abi::testdata::final_image::round_color;
 
 /// Width and height of the final image `gpu-client` leaves behind.
-pub const FINAL_SIZE: u16 = 128;
+pub const FINAL_SIZE: u16 = final_image::SIZE;
 /// Bytes per row of the final image.
-pub const FINAL_PITCH: u32 = FINAL_SIZE as u32 * BYTES_PER_PIXEL;
+pub const FINAL_PITCH: u32 = final_image::PITCH;
 /// The final image's background colour.
-pub const FINAL_BACKGROUND: u32 = 0xff20_4060;
+pub const FINAL_BACKGROUND: u32 = final_image::BACKGROUND;
 /// The final image's square (its colour is [`final_square_color`]).
-pub const FINAL_SQUARE: Rect = Rect { x1: 32, y1: 32, x2: 96, y2: 96 };
+pub const FINAL_SQUARE: Rect = final_image::SQUARE;
 
-/// The square's colour: the partition's round colour for round 0xf1.
+/// The square's colour ([`final_image::square_color`]).
 pub const fn final_square_color(tag: u64) -> u32 {
-    round_color(tag, 0xf1)
+    final_image::square_color(tag)
 }
 
-/// Pixel `(x, y)` of the final image: [`FINAL_SQUARE`] in
-/// [`final_square_color`], the rest [`FINAL_BACKGROUND`].
+/// Pixel `(x, y)` of the final image ([`final_image::pixel`]).
 pub const fn final_pixel(x: u32, y: u32, tag: u64) -> u32 {
-    if FINAL_SQUARE.contains(x, y) { final_square_color(tag) } else { FINAL_BACKGROUND }
+    final_image::pixel(x, y, tag)
 }
+
+const _: () = assert!(BYTES_PER_PIXEL == final_image::BYTES_PER_PIXEL);
 
 #[cfg(test)]
 mod tests {
@@ -204,25 +177,5 @@ mod tests {
         list.push(&store_data_imm(0x1000, 1)).push(&[user_interrupt()]);
         assert_eq!(list.as_slice().len(), 5);
         assert_eq!(list.as_slice()[4], user_interrupt());
-    }
-
-    #[test]
-    fn colours_differ_per_partition_and_round() {
-        let (a, b) = (0x0, 0x100_0000);
-        for round in 0..16 {
-            assert_ne!(round_color(a, round), round_color(b, round));
-            assert_ne!(round_color(a, round), round_color(a, round + 1));
-            assert_eq!(round_color(a, round) >> 24, 0xff);
-        }
-    }
-
-    #[test]
-    fn the_final_image_is_a_square_on_a_background() {
-        let tag = 0x4000_0000;
-        assert_eq!(final_pixel(0, 0, tag), FINAL_BACKGROUND);
-        assert_eq!(final_pixel(32, 32, tag), final_square_color(tag));
-        assert_eq!(final_pixel(95, 95, tag), final_square_color(tag));
-        assert_eq!(final_pixel(96, 95, tag), FINAL_BACKGROUND);
-        assert_ne!(final_square_color(tag), FINAL_BACKGROUND);
     }
 }
