@@ -131,16 +131,16 @@ pub const X86_ATTACK: Scenario = Scenario {
     ..ATTACK
 };
 
-/// `gpu-bench` under `-icount` with `bench=gpu`: the hypervisor's direct
-/// blit figure, then the guest's GTT-write and mediated blit figures, all in
-/// one run (`cargo xtask bench` prints them with their ratio).
+/// `gpu-bench` with `bench=gpu`: the hypervisor's direct blit figure, then
+/// the guest's GTT-write and mediated blit figures, all in one run (the test
+/// only checks that they are produced; `cargo xtask bench` runs it under
+/// `-icount` for the GTT write and in real time for the blit ratio).
 pub const BENCH: Scenario = Scenario {
     name: "gpu-bench",
     config: "tests/configs/gpu-bench.toml",
     bootargs: Some("bench=gpu"),
     timeout: Duration::from_secs(300),
     gpu: true,
-    icount: true,
     expect: &[
         "bench: gpu bench direct: ",
         " ticks/blit",
