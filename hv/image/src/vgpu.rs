@@ -18,7 +18,9 @@
 //! checked against the device: each partition gets a consecutive slice of
 //! the real GTT after the hypervisor's reserve, a consecutive slice of
 //! local memory after the reserve (its memory BAR, mapped directly with its
-//! configured attribute), and from the reserve a shadow ring
+//! configured attribute), and from the reserve a scratch page of its own
+//! (where its refused entries point: a shared one would let one partition
+//! read what another wrote through refused entries), a shadow ring
 //! ([`SHADOW_RING_BYTES`]) and a shadow batch area ([`SHADOW_BATCH_BYTES`])
 //! that only the hypervisor's GTT entries map. Guest graphics addresses are
 //! real graphics addresses (no relocation): the scanner keeps every
@@ -272,7 +274,9 @@ static EVENT: AtomicBool = AtomicBool::new(false);
 /// # Errors
 /// The reserve is exhausted, or a share does not make a valid GTT.
 pub fn init(config: &Config, shares: &[Option<Share>], info: &gpu_hw::Info) -> Result<(), String> {
-    let scratch = gpu_hw::scratch_entry().ok_or_else(|| String::from("the GPU is not up"))?;
+    if gpu_hw::scratch_entry().is_none() {
+        return Err(String::from("the GPU is not up"));
+    }
     let mut slots = Vec::with_capacity(shares.len());
     let mut weights = Vec::with_capacity(shares.len());
     for (index, (p, share)) in config.partitions.iter().zip(shares).enumerate() {
@@ -282,6 +286,13 @@ pub fn init(config: &Config, shares: &[Option<Share>], info: &gpu_hw::Info) -> R
             continue;
         };
         let field = |what: &str| format!("partition '{}', field 'gpu': {what}", p.name);
+        // A scratch page of its own: what a partition's refused entries
+        // write must not be readable through another partition's.
+        let (scratch_page, _) = gpu_hw::reserve(gtt::PAGE_SIZE).map_err(|e| field(&format!("scratch page: {e}")))?;
+        let scratch = gtt::present_entry(scratch_page)
+            .map(|e| e | vgpu::GTT_LOCAL_MEMORY)
+            .ok_or_else(|| field("scratch page beyond the GTT's reach"))?;
+        gpu_hw::fill_local(scratch_page, gtt::PAGE_SIZE, 0).map_err(|e| field(&format!("{e}")))?;
         let gtt = VirtualGtt::new(share.gtt_base, share.gtt_entries, Hpa::new(0))
             .and_then(|g| g.with_scratch_entry(scratch))
             .and_then(|g| g.with_local_memory(LocalMemory { offset: share.local_offset, size: share.local_size }))
@@ -382,7 +393,8 @@ pub fn reset(index: usize) {
         if let Some(bit) = partition_bit(index) {
             LEVEL.fetch_and(!bit, Ordering::AcqRel);
         }
-        if let Some(scratch) = gpu_hw::scratch_entry() {
+        {
+            let scratch = slot.vgpu.gtt().scratch_entry();
             for i in slot.vgpu.gtt().real_indices() {
                 if let Ok(i) = u32::try_from(i) {
                     let _ = gpu_hw::write_gtt(i, scratch);
