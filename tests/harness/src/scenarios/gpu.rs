@@ -32,8 +32,11 @@ pub const TWO_CLIENTS: Scenario = Scenario {
     smp: 2,
     timeout: Duration::from_secs(180),
     gpu: true,
-    expect: &["partition client-a: started", "partition client-b: started", "all 2 partitions passed"],
+    // The two start on two CPUs at once: either may print first.
+    expect: &["all 2 partitions passed"],
     expect_anywhere: &[
+        "partition client-a: started",
+        "partition client-b: started",
         "[client-a] gpu client: round 4 of 4:",
         "[client-b] gpu client: round 4 of 4:",
         "[client-a] gpu client: final image at 0x40c00000",
