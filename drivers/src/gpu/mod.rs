@@ -18,7 +18,6 @@
 //! Omitted: the per-process GTT, more than one ring, MSI-X vectors other
 //! than 0, pin-based interrupts.
 
-pub mod commands;
 pub mod registers;
 
 use crate::pci::{self, Bar, BarKind, Bdf, ConfigSpace, Function};

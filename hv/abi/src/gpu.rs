@@ -319,6 +319,165 @@ pub mod vgpu {
     pub const REJECT_BUSY: u32 = 6;
 }
 
+/// Encoders for the commands the hypervisor, the test guests and the
+/// benchmark emit (gen8 layouts, PRM Vol. 2a): 32 bpp linear surfaces,
+/// rectangles `x2`/`y2` exclusive, 48-bit graphics addresses split into a
+/// low dword and a high dword (bits 47:32). Pure `const fn`s.
+pub mod encode {
+    use super::cmd;
+
+    /// BR13 bits 23:16: the raster operation ([`cmd::BLT_ROP_MASK`]).
+    const ROP_SHIFT: u32 = 16;
+    /// ROP PATCOPY (destination = colour), the one XY_COLOR_BLT takes.
+    pub const ROP_PATCOPY: u32 = 0xf0;
+    /// ROP SRCCOPY (destination = source), the one XY_SRC_COPY_BLT takes.
+    pub const ROP_SRCCOPY: u32 = 0xcc;
+    /// Colour depth code for 32 bpp.
+    pub const DEPTH_32: u32 = 3;
+    /// Bytes per pixel at [`DEPTH_32`].
+    pub const BYTES_PER_PIXEL_32: u32 = cmd::BLT_BYTES_PER_PIXEL[DEPTH_32 as usize];
+    /// "DWord Length" is the command's total dwords minus this.
+    const LENGTH_BIAS: usize = 2;
+
+    /// A 32 bpp linear surface in graphics memory.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Surface {
+        /// Graphics address of pixel (0, 0).
+        pub address: u64,
+        /// Bytes per row (a 16-bit field; the model takes 0..=0x7fff).
+        pub pitch: u32,
+    }
+
+    /// A rectangle of pixels, `x2`/`y2` exclusive (as in the XY_ blits).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Rect {
+        /// Left.
+        pub x1: u16,
+        /// Top.
+        pub y1: u16,
+        /// Right (exclusive).
+        pub x2: u16,
+        /// Bottom (exclusive).
+        pub y2: u16,
+    }
+
+    impl Rect {
+        /// `(0, 0)` to `(width, height)`.
+        pub const fn sized(width: u16, height: u16) -> Rect {
+            Rect { x1: 0, y1: 0, x2: width, y2: height }
+        }
+
+        /// Whether pixel `(x, y)` is inside.
+        pub const fn contains(&self, x: u32, y: u32) -> bool {
+            x >= self.x1 as u32 && x < self.x2 as u32 && y >= self.y1 as u32 && y < self.y2 as u32
+        }
+    }
+
+    const fn point(x: u16, y: u16) -> u32 {
+        ((y as u32) << 16) | x as u32
+    }
+
+    const fn low(address: u64) -> u32 {
+        address as u32
+    }
+
+    const fn high(address: u64) -> u32 {
+        (address >> 32) as u32 & cmd::ADDRESS_HIGH_MASK
+    }
+
+    const fn length(dwords: usize) -> u32 {
+        (dwords - LENGTH_BIAS) as u32
+    }
+
+    const fn br13(rop: u32, pitch: u32) -> u32 {
+        (DEPTH_32 << cmd::BLT_DEPTH_SHIFT) | (rop << ROP_SHIFT) | (pitch & cmd::BLT_PITCH_MASK)
+    }
+
+    /// MI_NOOP.
+    pub const fn mi_noop() -> u32 {
+        cmd::mi(cmd::MI_NOOP, 0)
+    }
+
+    /// MI_USER_INTERRUPT: bumps SEQNO and raises INT_STATUS.USER.
+    pub const fn mi_user_interrupt() -> u32 {
+        cmd::mi(cmd::MI_USER_INTERRUPT, 0)
+    }
+
+    /// MI_STORE_DATA_IMM of one dword at `address` (global GTT).
+    pub const fn mi_store_data_imm(address: u64, value: u32) -> [u32; cmd::MI_STORE_DATA_IMM_DWORDS] {
+        [
+            cmd::mi(cmd::MI_STORE_DATA_IMM, cmd::SDI_USE_GLOBAL_GTT | length(cmd::MI_STORE_DATA_IMM_DWORDS)),
+            low(address),
+            high(address),
+            value,
+        ]
+    }
+
+    /// MI_LOAD_REGISTER_IMM of one register (privileged: the mediator refuses it).
+    pub const fn mi_load_register_imm(register: u32, value: u32) -> [u32; 3] {
+        [cmd::mi(cmd::MI_LOAD_REGISTER_IMM, 1), register, value]
+    }
+
+    /// XY_COLOR_BLT: fills `rect` of `dst` (32 bpp) with `color`.
+    pub const fn xy_color_blt(dst: Surface, rect: Rect, color: u32) -> [u32; cmd::XY_COLOR_BLT_DWORDS] {
+        [
+            cmd::blt(cmd::XY_COLOR_BLT, cmd::BLT_WRITE_ALPHA | cmd::BLT_WRITE_RGB | length(cmd::XY_COLOR_BLT_DWORDS)),
+            br13(ROP_PATCOPY, dst.pitch),
+            point(rect.x1, rect.y1),
+            point(rect.x2, rect.y2),
+            low(dst.address),
+            high(dst.address),
+            color,
+        ]
+    }
+
+    /// XY_SRC_COPY_BLT: copies the `rect`-sized rectangle at (`src_x`,
+    /// `src_y`) of `src` onto `rect` of `dst` (32 bpp).
+    pub const fn xy_src_copy_blt(dst: Surface, rect: Rect, src: Surface, src_x: u16, src_y: u16) -> [u32; cmd::XY_SRC_COPY_BLT_DWORDS] {
+        [
+            cmd::blt(cmd::XY_SRC_COPY_BLT, cmd::BLT_WRITE_ALPHA | cmd::BLT_WRITE_RGB | length(cmd::XY_SRC_COPY_BLT_DWORDS)),
+            br13(ROP_SRCCOPY, dst.pitch),
+            point(rect.x1, rect.y1),
+            point(rect.x2, rect.y2),
+            low(dst.address),
+            high(dst.address),
+            point(src_x, src_y),
+            src.pitch & cmd::BLT_PITCH_MASK,
+            low(src.address),
+            high(src.address),
+        ]
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn encodings_match_the_gen8_layouts() {
+            // Values as i915 / the model's decoder tests write them.
+            assert_eq!(mi_user_interrupt(), 0x0100_0000);
+            assert_eq!(mi_store_data_imm(0x1_0000_1000, 7), [0x1040_0002, 0x1000, 0x1, 7]);
+            assert_eq!(mi_store_data_imm(0x2_0000_1000, 7), [0x1040_0002, 0x1000, 2, 7]);
+            assert_eq!(cmd::mi_opcode(mi_load_register_imm(0x2030, 0)[0]), cmd::MI_LOAD_REGISTER_IMM);
+            assert_eq!(mi_load_register_imm(0x2030, 9), [0x1100_0001, 0x2030, 9]);
+            let dst = Surface { address: 0x3000, pitch: 256 };
+            let fill = xy_color_blt(dst, Rect { x1: 1, y1: 2, x2: 3, y2: 4 }, 0xff);
+            assert_eq!(fill, [0x5430_0005, 0x03f0_0100, 0x0002_0001, 0x0004_0003, 0x3000, 0, 0xff]);
+            let src = Surface { address: 0x4000, pitch: 32 };
+            let copy = xy_src_copy_blt(dst, Rect { x1: 0, y1: 0, x2: 1, y2: 1 }, src, 6, 5);
+            assert_eq!(copy, [0x54f0_0008, 0x03cc_0100, 0, 0x0001_0001, 0x3000, 0, 0x0005_0006, 32, 0x4000, 0]);
+            let dst = Surface { address: 0x1_2345_6000, pitch: 512 };
+            let fill = xy_color_blt(dst, Rect { x1: 1, y1: 2, x2: 3, y2: 4 }, 0xff00_00ff);
+            assert_eq!(fill, [0x5430_0005, 0x03f0_0200, 0x0002_0001, 0x0004_0003, 0x2345_6000, 0x1, 0xff00_00ff]);
+            let src = Surface { address: 0x8000, pitch: 1024 };
+            let copy = xy_src_copy_blt(dst, Rect::sized(16, 8), src, 5, 6);
+            assert_eq!(copy, [0x54f0_0008, 0x03cc_0200, 0, 0x0008_0010, 0x2345_6000, 0x1, 0x0006_0005, 1024, 0x8000, 0]);
+            assert_eq!(cmd::blt_opcode(fill[0]), cmd::XY_COLOR_BLT);
+            assert_eq!(cmd::blt_opcode(copy[0]), cmd::XY_SRC_COPY_BLT);
+        }
+    }
+}
+
 /// The GPU blit benchmark's workload, in one place for both of its sides:
 /// the hypervisor's direct run (its own driver on the real GTT and ring)
 /// and the guest's mediated run (`gpu-bench` through its virtual GPU).
@@ -346,7 +505,7 @@ pub mod bench {
     /// Surface height in rows.
     pub const HEIGHT: u32 = 256;
     /// Bytes per pixel (32 bpp, colour depth code 3).
-    pub const BYTES_PER_PIXEL: u32 = 4;
+    pub const BYTES_PER_PIXEL: u32 = crate::gpu::encode::BYTES_PER_PIXEL_32;
     /// Bytes per row.
     pub const PITCH: u32 = WIDTH * BYTES_PER_PIXEL;
     /// Bytes of one surface, and bytes one blit copies.

@@ -34,37 +34,14 @@ pub mod pattern {
 /// base (the start of its GTT slice, which its information registers give
 /// and its first log line prints).
 pub mod final_image {
-    /// A rectangle of pixels, `x2`/`y2` exclusive (as in the XY_ blits).
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub struct Rect {
-        /// Left.
-        pub x1: u16,
-        /// Top.
-        pub y1: u16,
-        /// Right (exclusive).
-        pub x2: u16,
-        /// Bottom (exclusive).
-        pub y2: u16,
-    }
-
-    impl Rect {
-        /// `(0, 0)` to `(width, height)`.
-        pub const fn sized(width: u16, height: u16) -> Rect {
-            Rect { x1: 0, y1: 0, x2: width, y2: height }
-        }
-
-        /// Whether pixel `(x, y)` is inside.
-        pub const fn contains(&self, x: u32, y: u32) -> bool {
-            x >= self.x1 as u32 && x < self.x2 as u32 && y >= self.y1 as u32 && y < self.y2 as u32
-        }
-    }
+    pub use crate::gpu::encode::Rect;
 
     /// Offset of the image from the start of the client's RAM.
     pub const RAM_OFFSET: u64 = 0xc0_0000;
     /// Width and height in pixels.
     pub const SIZE: u16 = 128;
     /// Bytes per pixel.
-    pub const BYTES_PER_PIXEL: u32 = 4;
+    pub const BYTES_PER_PIXEL: u32 = crate::gpu::encode::BYTES_PER_PIXEL_32;
     /// Bytes per row.
     pub const PITCH: u32 = SIZE as u32 * BYTES_PER_PIXEL;
     /// Bytes of the image.

@@ -18,14 +18,14 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_abi::gpu::cmd;
 use bulkhead_drivers::gpu::PAGE_SIZE;
-use bulkhead_drivers::gpu::commands::{self, BYTES_PER_PIXEL_32, Rect, Surface};
+use bulkhead_abi::gpu::encode::{self as commands, BYTES_PER_PIXEL_32, Rect, Surface};
 
 /// Longest wait for the GPU, in milliseconds. The model also polls its
 /// registers every 100 ms, in case a doorbell was lost at start-up.
 const TIMEOUT_MS: u64 = 5000;
 /// Self-test surfaces: 64 x 64 pixels, 32 bpp.
 const SIDE: u16 = 64;
-const SURFACE_PITCH: u16 = SIDE * BYTES_PER_PIXEL_32 as u16;
+const SURFACE_PITCH: u32 = SIDE as u32 * BYTES_PER_PIXEL_32;
 const SURFACE_BYTES: u64 = SURFACE_PITCH as u64 * SIDE as u64;
 const FILL: u32 = 0x1122_3344;
 const RAM_VALUE: u32 = 0xc0ff_ee01;

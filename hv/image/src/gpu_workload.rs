@@ -6,14 +6,14 @@
 //! surfaces, then one MI_USER_INTERRUPT.
 
 use alloc::vec::Vec;
-use bulkhead_drivers::gpu::commands::{self, BYTES_PER_PIXEL_32, Rect, Surface};
+use bulkhead_abi::gpu::encode::{self as commands, BYTES_PER_PIXEL_32, Rect, Surface};
 
 /// Surface width in pixels.
 pub const WIDTH: u16 = 256;
 /// Surface height in rows.
 pub const HEIGHT: u16 = 256;
 /// Bytes per row.
-pub const PITCH: u16 = WIDTH * BYTES_PER_PIXEL_32 as u16;
+pub const PITCH: u32 = WIDTH as u32 * BYTES_PER_PIXEL_32;
 /// Bytes of one surface.
 pub const SURFACE_BYTES: u64 = PITCH as u64 * HEIGHT as u64;
 /// Blits per run.

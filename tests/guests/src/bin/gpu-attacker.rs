@@ -24,7 +24,7 @@
 
 use bulkhead_abi::gpu::{gtt, vgpu};
 use bulkhead_test_guests::gpu::commands::{
-    Commands, Rect, Surface, color_blt, load_register_imm, round_color, src_copy_blt, store_data_imm, user_interrupt,
+    Commands, Rect, Surface, xy_color_blt, mi_load_register_imm, round_color, xy_src_copy_blt, mi_store_data_imm, mi_user_interrupt,
 };
 use bulkhead_test_guests::gpu::{Gpu, GttWrite, Outcome, check_surface, layout, ram_fill, ram_read32, ram_write32};
 use bulkhead_test_guests::{guest_main, pattern, println, time};
@@ -125,9 +125,9 @@ impl Attacker {
         let landing = self.surface(GTT_LANDING);
         ram_fill(LANDING, PAGE, 0);
         let mut list = Commands::<32>::new();
-        list.push(&color_blt(probe, Rect::sized(SIZE, SIZE), round_color(self.tag, 0xa0)))
-            .push(&src_copy_blt(landing, Rect::sized(SIZE, SIZE), probe, 0, 0))
-            .push(&[user_interrupt()]);
+        list.push(&xy_color_blt(probe, Rect::sized(SIZE, SIZE), round_color(self.tag, 0xa0)))
+            .push(&xy_src_copy_blt(landing, Rect::sized(SIZE, SIZE), probe, 0, 0))
+            .push(&[mi_user_interrupt()]);
         match self.run(list.as_slice())? {
             Outcome::Completed { .. } => {}
             other => {
@@ -160,9 +160,9 @@ impl Attacker {
         ram_write32(MARKER, 0);
         let seqno = self.gpu.read(vgpu::SEQNO);
         let rejected = self.gpu.read(vgpu::INFO_REJECTED);
-        let marker = store_data_imm(self.gpu.graphics_address(GTT_MARKER), 0xbad0_0000 | code as u32);
+        let marker = mi_store_data_imm(self.gpu.graphics_address(GTT_MARKER), 0xbad0_0000 | code as u32);
         let mut list = Commands::<32>::new();
-        list.push(&marker).push(bad).push(&[user_interrupt()]);
+        list.push(&marker).push(bad).push(&[mi_user_interrupt()]);
         let start = self.gpu.ring_tail().unwrap_or(0);
         let outcome = self.run(list.as_slice())?;
         let head = self.gpu.read(vgpu::RING_HEAD) & vgpu::RING_OFFSET_MASK;
@@ -217,7 +217,7 @@ impl Attacker {
         let half = self.surface(GTT_HALF);
         let fill = |color| {
             let mut list = Commands::<16>::new();
-            list.push(&color_blt(half, Rect::sized(SIZE, SIZE), color)).push(&[user_interrupt()]);
+            list.push(&xy_color_blt(half, Rect::sized(SIZE, SIZE), color)).push(&[mi_user_interrupt()]);
             list
         };
         let list = fill(first);
@@ -273,14 +273,14 @@ fn main() -> Result<(), u64> {
     attacker.refused_entry(20, "(b) GTT entry at local memory beyond its share", entry(beyond) | vgpu::GTT_LOCAL_MEMORY, None)?;
 
     let outside = Surface { address: info.graphics_base + info.gtt_entries * PAGE, pitch: PITCH };
-    let blit = color_blt(outside, Rect::sized(SIZE, SIZE), round_color(attacker.tag, 0xc0));
+    let blit = xy_color_blt(outside, Rect::sized(SIZE, SIZE), round_color(attacker.tag, 0xc0));
     attacker.rejected(21, "(c) XY_COLOR_BLT beyond its graphics range", &blit, vgpu::REJECT_OUTSIDE_SHARE)?;
     if info.graphics_base >= PAGE {
         let below = Surface { address: info.graphics_base - PAGE, pitch: PITCH };
-        let blit = color_blt(below, Rect::sized(SIZE, SIZE), round_color(attacker.tag, 0xc1));
+        let blit = xy_color_blt(below, Rect::sized(SIZE, SIZE), round_color(attacker.tag, 0xc1));
         attacker.rejected(22, "(c) XY_COLOR_BLT below its graphics range", &blit, vgpu::REJECT_OUTSIDE_SHARE)?;
     }
-    let lri = load_register_imm(vgpu::RING_START as u32, 0);
+    let lri = mi_load_register_imm(vgpu::RING_START as u32, 0);
     attacker.rejected(23, "(d) MI_LOAD_REGISTER_IMM", &lri, vgpu::REJECT_FORBIDDEN)?;
     attacker.half_entry(24)?;
 
@@ -289,7 +289,7 @@ fn main() -> Result<(), u64> {
     ram_fill(R1, PAGE, 0);
     let color = round_color(attacker.tag, 0xf0);
     let mut list = Commands::<16>::new();
-    list.push(&color_blt(attacker.surface(GTT_PROBE), Rect::sized(SIZE, SIZE), color)).push(&[user_interrupt()]);
+    list.push(&xy_color_blt(attacker.surface(GTT_PROBE), Rect::sized(SIZE, SIZE), color)).push(&[mi_user_interrupt()]);
     let outcome = attacker.run(list.as_slice())?;
     let good = matches!(outcome, Outcome::Completed { .. })
         && check_surface(R1, PITCH, u32::from(SIZE), u32::from(SIZE), |_, _| color).is_ok();

@@ -24,8 +24,8 @@
 #![no_main]
 
 use bulkhead_test_guests::gpu::commands::{
-    self, Commands, FINAL_BACKGROUND, FINAL_PITCH, FINAL_SIZE, FINAL_SQUARE, Rect, Surface, color_blt, final_pixel,
-    final_square_color, round_color, src_copy_blt, store_data_imm, user_interrupt,
+    self, Commands, FINAL_BACKGROUND, FINAL_PITCH, FINAL_SIZE, FINAL_SQUARE, Rect, Surface, xy_color_blt, final_pixel,
+    final_square_color, round_color, xy_src_copy_blt, mi_store_data_imm, mi_user_interrupt,
 };
 use bulkhead_test_guests::gpu::{Gpu, GttWrite, Outcome, check_surface, layout, ram_fill, ram_read32, ram_write32};
 use bulkhead_test_guests::{guest_main, println};
@@ -34,7 +34,7 @@ use bulkhead_test_guests::{guest_main, println};
 const ROUNDS: u32 = 4;
 /// Surfaces: 128 × 128 pixels, 32 bpp, 64 KiB = 16 pages each.
 const SIZE: u16 = 128;
-const PITCH: u32 = SIZE as u32 * commands::BYTES_PER_PIXEL;
+const PITCH: u32 = SIZE as u32 * commands::BYTES_PER_PIXEL_32;
 const SURFACE_BYTES: u64 = PITCH as u64 * SIZE as u64;
 const SURFACE_PAGES: u64 = SURFACE_BYTES / 4096;
 /// The second colour's rectangle in A.
@@ -179,13 +179,13 @@ fn main() -> Result<(), u64> {
         }
         ram_write32(MARKER, 0);
         let mut list = Commands::<64>::new();
-        list.push(&color_blt(a, whole, color))
-            .push(&color_blt(a, INNER, inner))
-            .push(&src_copy_blt(b, whole, a, 0, 0))
-            .push(&src_copy_blt(l, whole, a, 0, 0))
-            .push(&src_copy_blt(c, whole, l, 0, 0))
-            .push(&store_data_imm(gpu.graphics_address(GTT_MARKER), marker(round)))
-            .push(&[user_interrupt()]);
+        list.push(&xy_color_blt(a, whole, color))
+            .push(&xy_color_blt(a, INNER, inner))
+            .push(&xy_src_copy_blt(b, whole, a, 0, 0))
+            .push(&xy_src_copy_blt(l, whole, a, 0, 0))
+            .push(&xy_src_copy_blt(c, whole, l, 0, 0))
+            .push(&mi_store_data_imm(gpu.graphics_address(GTT_MARKER), marker(round)))
+            .push(&[mi_user_interrupt()]);
         let seqno = run_completed(&mut gpu, "round", list.as_slice())?;
         let expected = |x: u32, y: u32| if INNER.contains(x, y) { inner } else { color };
         check("surface A (its RAM)", SURFACE_A, expected)?;
@@ -206,10 +206,10 @@ fn main() -> Result<(), u64> {
     let final_image = Surface { address: gpu.graphics_address(GTT_FINAL), pitch: FINAL_PITCH };
     let square = final_square_color(tag);
     let mut list = Commands::<32>::new();
-    list.push(&color_blt(local_final, Rect::sized(FINAL_SIZE, FINAL_SIZE), FINAL_BACKGROUND))
-        .push(&color_blt(local_final, FINAL_SQUARE, square))
-        .push(&src_copy_blt(final_image, Rect::sized(FINAL_SIZE, FINAL_SIZE), local_final, 0, 0))
-        .push(&[user_interrupt()]);
+    list.push(&xy_color_blt(local_final, Rect::sized(FINAL_SIZE, FINAL_SIZE), FINAL_BACKGROUND))
+        .push(&xy_color_blt(local_final, FINAL_SQUARE, square))
+        .push(&xy_src_copy_blt(final_image, Rect::sized(FINAL_SIZE, FINAL_SIZE), local_final, 0, 0))
+        .push(&[mi_user_interrupt()]);
     let seqno = run_completed(&mut gpu, "final image", list.as_slice())?;
     check("final image", layout::FINAL_IMAGE, |x, y| final_pixel(x, y, tag)).map_err(|_| FAIL_FINAL)?;
     let taken = gpu.interrupts_taken();
