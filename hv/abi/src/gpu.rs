@@ -525,6 +525,26 @@ pub mod bench {
     /// GTT entry writes timed by the guest's trapped-GTT-write measurement.
     pub const GTT_WRITES: u32 = 1024;
 
+    /// Dwords of one submission: its blits, MI_USER_INTERRUPT, and MI_NOOP
+    /// padding to a qword (RING_TAIL is qword aligned).
+    pub const SUBMISSION_DWORDS: usize =
+        (BLITS_PER_SUBMISSION as usize * super::cmd::XY_SRC_COPY_BLT_DWORDS + 1).next_multiple_of(2);
+
+    /// One submission's commands, for surfaces at graphics addresses
+    /// `source` and `destination`: [`BLITS_PER_SUBMISSION`] whole-surface
+    /// copies source → destination, MI_USER_INTERRUPT, padding.
+    pub fn submission(source: u64, destination: u64) -> [u32; SUBMISSION_DWORDS] {
+        use super::encode::{Rect, Surface, mi_noop, mi_user_interrupt, xy_src_copy_blt};
+        let surface = |address| Surface { address, pitch: PITCH };
+        let copy = xy_src_copy_blt(surface(destination), Rect::sized(WIDTH as u16, HEIGHT as u16), surface(source), 0, 0);
+        let mut dwords = [mi_noop(); SUBMISSION_DWORDS];
+        for (slot, dword) in dwords.iter_mut().zip(copy.iter().cycle().take(BLITS_PER_SUBMISSION as usize * copy.len())) {
+            *slot = *dword;
+        }
+        dwords[BLITS_PER_SUBMISSION as usize * copy.len()] = mi_user_interrupt();
+        dwords
+    }
+
     const _: () = assert!(BLITS.is_multiple_of(BLITS_PER_SUBMISSION), "whole submissions");
     const _: () = assert!(SURFACE_BYTES.is_multiple_of(super::gtt::PAGE_SIZE), "whole pages");
     const _: () = assert!(WIDTH <= 0x7fff && HEIGHT <= 0x7fff && PITCH <= 0x7fff, "fits the blit fields");
@@ -533,6 +553,21 @@ pub mod bench {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_benchmark_submission_is_its_copies_then_one_user_interrupt() {
+        let dwords = bench::submission(0x1000, 0x9_0000);
+        let copies = bench::BLITS_PER_SUBMISSION as usize;
+        for i in 0..copies {
+            let blit = &dwords[i * cmd::XY_SRC_COPY_BLT_DWORDS..(i + 1) * cmd::XY_SRC_COPY_BLT_DWORDS];
+            assert_eq!(cmd::blt_opcode(blit[0]), cmd::XY_SRC_COPY_BLT, "blit {i}");
+            assert_eq!((blit[4], blit[8]), (0x9_0000, 0x1000), "destination, source");
+        }
+        let rest = &dwords[copies * cmd::XY_SRC_COPY_BLT_DWORDS..];
+        assert_eq!(rest[0], encode::mi_user_interrupt());
+        assert!(rest[1..].iter().all(|&d| d == encode::mi_noop()));
+        assert!(bench::SUBMISSION_DWORDS.is_multiple_of(2));
+    }
 
     #[test]
     fn gtt_entries_hold_39_bit_page_addresses() {

@@ -53,7 +53,6 @@ mod space;
 // x86_64 (QEMU `q35`): its own entry path, see the module.
 mod gpu_hw;
 mod gpu_selftest;
-mod gpu_workload;
 mod vgpu;
 mod guest_memory;
 mod host_backing;

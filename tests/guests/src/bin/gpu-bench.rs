@@ -14,7 +14,7 @@
 #![no_main]
 
 use bulkhead_abi::gpu::bench;
-use bulkhead_test_guests::gpu::commands::{Commands, Rect, Surface, xy_color_blt, xy_src_copy_blt, mi_user_interrupt};
+use bulkhead_test_guests::gpu::commands::{Commands, Rect, Surface, mi_user_interrupt, xy_color_blt};
 use bulkhead_test_guests::gpu::{Gpu, GttWrite, Outcome, check_surface, layout};
 use bulkhead_test_guests::{guest_main, println, time};
 
@@ -98,18 +98,14 @@ fn main() -> Result<(), u64> {
     let mut list = Commands::<32>::new();
     list.push(&xy_color_blt(source, rect, SOURCE_COLOR)).push(&xy_color_blt(destination, rect, DESTINATION_COLOR)).push(&[mi_user_interrupt()]);
     completed(&mut gpu, list.as_slice())?;
-    let mut batch = Commands::<{ 10 * bench::BLITS_PER_SUBMISSION as usize + 1 }>::new();
-    for _ in 0..bench::BLITS_PER_SUBMISSION {
-        batch.push(&xy_src_copy_blt(destination, rect, source, 0, 0));
-    }
-    batch.push(&[mi_user_interrupt()]);
-    completed(&mut gpu, batch.as_slice())?;
+    let batch = bench::submission(source.address, destination.address);
+    completed(&mut gpu, &batch)?;
     let mut list = Commands::<16>::new();
     list.push(&xy_color_blt(destination, rect, DESTINATION_COLOR)).push(&[mi_user_interrupt()]);
     completed(&mut gpu, list.as_slice())?;
     let start = time::counter();
     for _ in 0..bench::SUBMISSIONS {
-        completed(&mut gpu, batch.as_slice())?;
+        completed(&mut gpu, &batch)?;
     }
     let ticks = time::counter() - start;
     let copied = gpu.local() + bench::DESTINATION_OFFSET;
