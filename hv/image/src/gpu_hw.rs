@@ -17,12 +17,13 @@
 //!
 //! Completions: on x86_64 the GPU's MSI-X vector 0 is a host vector taken
 //! in the same windows as INTx (`x86::intx`), whose handler calls
-//! [`on_gpu_interrupt`]. On arm64 there is no MSI path yet (the GICv3 ITS
-//! is being built; the SMMU would abort the ivshmem's MSI write anyway), so
-//! MSI-X stays off and completions are taken by polling ([`poll`], to be
-//! called at exits); [`on_gpu_interrupt`] is the hook the ITS will call.
+//! [`on_gpu_interrupt`]. On arm64 it goes through the GICv3 ITS to an LPI
+//! (`main.rs::gpu_init`; the SMMU lets the ivshmem write only the ITS
+//! doorbell), whose handler calls it too. Either way the completion is read
+//! by [`poll`] (from `vgpu::service`), which also covers a machine without
+//! an MSI path.
 
-#![allow(dead_code, reason = "the API the mediator will use; parts are arch-specific (MSI on x86_64, the ITS hook on arm64)")]
+
 
 use alloc::format;
 use alloc::string::String;
@@ -77,8 +78,6 @@ struct State {
 }
 
 static GPU: Once<Mutex<State>> = Once::new();
-/// Called with each completion the interrupt (or poll) saw.
-static CALLBACK: Once<fn(Completion)> = Once::new();
 /// Interrupts taken (x86_64 MSI-X), for the self-test's report.
 static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
 
@@ -245,31 +244,27 @@ pub fn read_local(offset: u64) -> Result<u32, GpuError> {
     state()?.gpu.read_local(offset)
 }
 
-/// Registers the function called with each completion [`on_gpu_interrupt`] sees.
-pub fn set_completion_callback(callback: fn(Completion)) {
-    CALLBACK.call_once(|| callback);
-}
 
-/// Interrupts taken so far.
+/// Interrupts taken so far (the x86_64 self-test checks its MSI arrived;
+/// arm64 takes the LPI only at guest exits, after the self-test).
+#[cfg(target_arch = "x86_64")]
 pub fn interrupts() -> u32 {
     INTERRUPTS.load(Ordering::Acquire)
 }
 
-/// The GPU's interrupt: reads the engine, acknowledges, calls the
-/// registered callback. x86_64: called by the MSI-X vector's handler;
-/// arm64: the hook the GICv3 ITS path will call (until then [`poll`]).
+/// The GPU's interrupt: counts it and acknowledges the user-interrupt
+/// status bit; the completion itself is taken by [`poll`] (the mediator's
+/// `vgpu::service`, which the caller's exit path or LPI handler runs).
+/// x86_64: called by the MSI-X vector's handler; arm64: by the LPI's.
 pub fn on_gpu_interrupt() {
     INTERRUPTS.fetch_add(1, Ordering::AcqRel);
     // The lock may be held by the interrupted code only if interrupts are
     // taken inside it, which they never are (windows open with no lock held).
-    if let Some(completion) = GPU.get().and_then(|s| s.try_lock()).map(|state| {
+    if let Some(state) = GPU.get().and_then(|s| s.try_lock()) {
         let status = state.gpu.status();
-        let handled = status.interrupts.get() & (INT::USER::SET.value | INT::FAULT::SET.value);
-        state.gpu.acknowledge(LocalRegisterCopy::new(handled & INT::USER::SET.value));
-        Completion { idle: !status.busy(), seqno: status.seqno, fault: status.fault }
-    }) && let Some(callback) = CALLBACK.get()
-    {
-        callback(completion);
+        if status.interrupts.is_set(INT::USER) {
+            state.gpu.acknowledge(LocalRegisterCopy::new(INT::USER::SET.value));
+        }
     }
 }
 

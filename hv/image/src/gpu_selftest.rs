@@ -53,7 +53,7 @@ fn ticks_per_ms() -> u64 {
     CNTFRQ_EL0.get().max(MS_PER_SECOND) / MS_PER_SECOND
 }
 
-/// Between polls: nothing to do on arm64 (no MSI path yet).
+/// Between polls: nothing to do on arm64 (its LPI is taken only at guest exits).
 #[cfg(target_arch = "aarch64")]
 fn between_polls() {}
 

@@ -49,7 +49,7 @@ use bulkhead_core::gpu::sched::Scheduler;
 use bulkhead_core::gpu::vgpu::{GpuFault, PhysicalReader, Submission, VirtualGpu, WriteContext};
 use bulkhead_core::mmio::{AccessSize, MmioDevice, VcpuId};
 use bulkhead_core::pinning::PinnedPages;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, Ordering};
 use spin::{Mutex, Once};
 
 /// Bytes of each partition's shadow ring: the largest submission (ring
@@ -244,17 +244,12 @@ struct Slot {
     logged: u32,
 }
 
-/// The submission the engine runs now.
-struct Running {
-    partition: usize,
-}
-
 struct Mediator {
     slots: Vec<Option<Slot>>,
     scheduler: Scheduler<Submission>,
-    running: Option<Running>,
-    /// The engine faulted and the fault was not yet cleared (no
-    /// submission of ours was running: the self-test's or a stray one).
+    /// The partition whose submission the engine runs now.
+    running: Option<usize>,
+    /// Where local memory is mapped for the hypervisor, and its size.
     local_base: u64,
     local_size: u64,
 }
@@ -265,8 +260,6 @@ static MEDIATOR: Once<Mutex<Mediator>> = Once::new();
 static CHANGED: AtomicU32 = AtomicU32::new(0);
 /// A bit per partition: its virtual GPU's interrupt line level.
 static LEVEL: AtomicU32 = AtomicU32::new(0);
-/// The GPU's interrupt came (or a kick asked for a look): [`service`] has work.
-static EVENT: AtomicBool = AtomicBool::new(false);
 
 /// Sets the virtual GPUs up from the plan: every partition's real-GTT slice
 /// pointed at scratch, its shadow areas reserved.
@@ -279,7 +272,7 @@ pub fn init(config: &Config, shares: &[Option<Share>], info: &gpu_hw::Info) -> R
     }
     let mut slots = Vec::with_capacity(shares.len());
     let mut weights = Vec::with_capacity(shares.len());
-    for (index, (p, share)) in config.partitions.iter().zip(shares).enumerate() {
+    for (p, share) in config.partitions.iter().zip(shares) {
         let Some(share) = share else {
             slots.push(None);
             weights.push(1);
@@ -332,9 +325,7 @@ pub fn init(config: &Config, shares: &[Option<Share>], info: &gpu_hw::Info) -> R
             logged: 0,
         }));
         weights.push(share.weight);
-        let _ = index;
     }
-    gpu_hw::set_completion_callback(|_| EVENT.store(true, Ordering::Release));
     MEDIATOR.call_once(|| {
         Mutex::new(Mediator {
             slots,
@@ -538,7 +529,7 @@ impl Mediator {
                 // tail the hypervisor wrote.
                 let _ = gpu_hw::clear_fault(None);
             }
-            if let Some(Some(slot)) = self.slots.get_mut(running.partition) {
+            if let Some(Some(slot)) = self.slots.get_mut(running) {
                 if let Some(f) = &fault {
                     slot.logged = slot.logged.saturating_add(1);
                     if slot.logged <= LOG_LIMIT {
@@ -550,7 +541,7 @@ impl Mediator {
                     slot.batches_next = 0;
                 }
             }
-            self.update_line(running.partition);
+            self.update_line(running);
         } else if completion.fault.is_some() {
             let _ = gpu_hw::clear_fault(None);
         }
@@ -565,7 +556,7 @@ impl Mediator {
         let Some((partition, submission)) = self.scheduler.next() else { return };
         let Some(Some(slot)) = self.slots.get_mut(partition) else { return };
         match run(slot, &submission) {
-            Ok(()) => self.running = Some(Running { partition }),
+            Ok(()) => self.running = Some(partition),
             Err(e) => {
                 log::error!("partition {}: cannot run its GPU submission: {e}", slot.name);
                 slot.vgpu.complete(Some(GpuFault { status: 0, command: 0, address: 0 }));
@@ -598,7 +589,6 @@ fn run(slot: &Slot, submission: &Submission) -> Result<(), String> {
 /// interrupts. Called at every exit of a partition with a virtual GPU.
 pub fn service() {
     let Some(m) = MEDIATOR.get() else { return };
-    EVENT.store(false, Ordering::Release);
     m.lock().service();
 }
 

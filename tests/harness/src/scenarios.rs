@@ -60,7 +60,7 @@ pub const SCENARIOS: &[Scenario] = &[
     // An edu PCI device assigned to no partition cannot DMA anywhere: the
     // hypervisor itself makes it write into its own memory before starting
     // the partitions; the page stays intact and the SMMU records the fault.
-    // The GPU direct path on arm64 (completions polled: no MSI path yet).
+    // The GPU direct path on arm64 (the self-test polls the engine).
     Scenario {
         name: "gpu-selftest",
         bootargs: Some("selftest=gpu"),
