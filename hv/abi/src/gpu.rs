@@ -181,6 +181,105 @@ pub mod cmd {
     }
 }
 
+/// Per-process GTT (PPGTT): gen8 4-level page tables (PRM Vol. 5 *Memory
+/// Views*, "Per-Process GTT", 48-bit addresses), in memory, 512 64-bit entries
+/// per 4 KiB table: PML4 (address bits 47:39), PDP (38:30), PD (29:21), PT
+/// (20:12).
+///
+/// - Every entry: bit 0 [`PRESENT`]; bits 38:12 the page address
+///   ([`gtt::ADDRESS_MASK`]).
+/// - A PD entry with [`PS_2M`] (bit 7, gen8 `GEN8_PDE_PS_2M`) maps 2 MiB
+///   directly; its address is 2 MiB aligned. Bit 7 means nothing at the other
+///   levels.
+/// - A leaf (PT entry, or PD entry with [`PS_2M`]) with [`LOCAL_MEMORY`]
+///   (bit 11, gen12 `GEN12_PPGTT_PTE_LM`) addresses local memory; table
+///   pointers always address RAM.
+///
+/// Context selection (gen8 "legacy ring" mode): the ring loads the PML4's
+/// address into [`PDP0_LDW`] / [`PDP0_UDW`] with MI_LOAD_REGISTER_IMM, then
+/// starts a batch with [`cmd::BBS_PPGTT`]. Such a batch is non-privileged:
+/// it is fetched through the PPGTT, every address in it is a PPGTT address
+/// (MI_STORE_DATA_IMM's "Use Global GTT" bit is ignored), the batches it
+/// calls or chains to are PPGTT batches too, and MI_LOAD_REGISTER_IMM in it
+/// faults ([`FAULT_PRIVILEGED`]).
+///
+/// Under Bulkhead the guest loads the guest-physical address of its PML4
+/// (its own RAM); the mediator replaces it with its shadow's address.
+pub mod ppgtt {
+    /// Bytes in one entry.
+    pub const ENTRY_SIZE: u64 = 8;
+    /// Entries in one table page.
+    pub const ENTRIES: usize = 512;
+    /// Bytes a PT entry maps.
+    pub const PAGE_SIZE: u64 = 4096;
+    /// Bytes a PD entry with [`PS_2M`] maps.
+    pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
+    /// Levels: PML4, PDP, PD, PT.
+    pub const LEVELS: usize = 4;
+    /// Graphics addresses are below this.
+    pub const ADDRESS_LIMIT: u64 = 1 << 48;
+    /// Bit 0: present.
+    pub const PRESENT: u64 = 1 << 0;
+    /// Bit 7 of a PD entry: a 2 MiB page.
+    pub const PS_2M: u64 = 1 << 7;
+    /// Bit 11 of a leaf: the page is in local memory.
+    pub const LOCAL_MEMORY: u64 = 1 << 11;
+    /// Bits 38:12: the page (or table) address.
+    pub const ADDRESS_MASK: u64 = super::gtt::ADDRESS_MASK;
+    /// Level numbers, for [`index`].
+    pub const PML4: usize = 0;
+    /// Page-directory-pointer level.
+    pub const PDP: usize = 1;
+    /// Page-directory level.
+    pub const PD: usize = 2;
+    /// Page-table level.
+    pub const PT: usize = 3;
+    /// Blitter ring PDP0 lower dword (gen8 `GEN8_RING_PDP_LDW(0)`: ring base + 0x270).
+    pub const PDP0_LDW: u32 = 0x22270;
+    /// Blitter ring PDP0 upper dword (ring base + 0x274).
+    pub const PDP0_UDW: u32 = 0x22274;
+    /// Model fault code: a privileged command (MI_LOAD_REGISTER_IMM) in a
+    /// non-privileged (PPGTT) batch.
+    pub const FAULT_PRIVILEGED: u32 = 9;
+    /// Model fault code: MI_LOAD_REGISTER_IMM of a register the model does
+    /// not let commands load (only [`PDP0_LDW`] / [`PDP0_UDW`]).
+    pub const FAULT_FORBIDDEN_REGISTER: u32 = 10;
+
+    /// Bytes one entry of `level` maps (PML4 512 GiB ... PT 4 KiB).
+    pub const fn entry_span(level: usize) -> u64 {
+        PAGE_SIZE << (9 * (LEVELS - 1 - level))
+    }
+
+    /// Index into the table of `level` for graphics address `address`.
+    pub const fn index(address: u64, level: usize) -> usize {
+        ((address / entry_span(level)) % ENTRIES as u64) as usize
+    }
+
+    /// The address an entry holds.
+    pub const fn entry_address(entry: u64) -> u64 {
+        entry & ADDRESS_MASK
+    }
+
+    /// Whether `entry` at `level` is a leaf (PT entry, or 2 MiB PD entry).
+    pub const fn is_leaf(entry: u64, level: usize) -> bool {
+        level == PT || (level == PD && entry & PS_2M != 0)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn indices_split_a_48_bit_address() {
+            let address = (3 << 39) | (5 << 30) | (7 << 21) | (9 << 12) | 0x123;
+            assert_eq!([index(address, PML4), index(address, PDP), index(address, PD), index(address, PT)], [3, 5, 7, 9]);
+            assert_eq!(entry_span(PD), LARGE_PAGE_SIZE);
+            assert_eq!(entry_span(PML4), 512 << 30);
+            assert!(is_leaf(PS_2M, PD) && !is_leaf(PS_2M, PDP) && is_leaf(0, PT));
+        }
+    }
+}
+
 /// The virtual GPU a partition sees (DESIGN.md §5): a PCI function in its
 /// virtual configuration space with a trapped register BAR and a memory BAR
 /// over its share of the GPU's local memory. Guest drivers and the
@@ -199,6 +298,7 @@ pub mod cmd {
 /// | 0x0104 | INT_ENABLE | RW | status bits that raise its interrupt |
 /// | 0x0108 | SEQNO | RO | +1 per completed MI_USER_INTERRUPT of its own |
 /// | 0x0200.. | FAULT_* | RO, FAULT_STATUS W0 | a GPU fault while running its work (model codes) |
+/// | 0x0300/0x0304 | CONTEXT_RELEASE_LO/HI | WO | drop the shadow of a PML4 it no longer uses |
 /// | 0x1000.. | information page | RO | see `INFO_*` |
 /// | 0x22030 | RING_TAIL | RW | writing it submits `[RING_HEAD, RING_TAIL)` |
 /// | 0x22034 | RING_HEAD | RO | advanced when submitted work completes or is rejected |
@@ -317,6 +417,33 @@ pub mod vgpu {
     pub const REJECT_RING: u32 = 5;
     /// Rejection: too much work already queued for this partition.
     pub const REJECT_BUSY: u32 = 6;
+    /// Rejection: a PPGTT batch with no PDP0 load before it in the same
+    /// submission, a PDP0 load that is not exactly the pair
+    /// `PDP0_UDW`/`PDP0_LDW`, or a PML4 address that is not a page of its
+    /// own RAM.
+    pub const REJECT_CONTEXT: u32 = 7;
+    /// Rejection: its shadow page-table pages are used up (see
+    /// [`INFO_PT_SHADOW_PAGES`]); release contexts it no longer uses.
+    pub const REJECT_SHADOW_FULL: u32 = 8;
+
+    /// Trapped CPU writes to its GPU page-table pages so far (each store
+    /// instruction counts once).
+    pub const INFO_PT_TRAPS: u64 = 0x1038;
+    /// Guest pages currently write-protected as GPU page tables.
+    pub const INFO_PT_TRACKED: u64 = 0x103c;
+    /// Per-process entries pointed at scratch so far (leaf or table pointer
+    /// naming anything but its own memory, or a page-table page).
+    pub const INFO_PT_REFUSED: u64 = 0x1040;
+    /// Shadow page-table pages in use.
+    pub const INFO_PT_SHADOW_PAGES: u64 = 0x1044;
+    /// Shadow page-table pages it may use at most.
+    pub const INFO_PT_SHADOW_LIMIT: u64 = 0x1048;
+    /// Write the guest-physical address of a PML4 it will no longer submit
+    /// (low half, then [`CONTEXT_RELEASE_HI`]): the shadow tree is dropped,
+    /// its pages unprotected (the gen8 GVT-g "PPGTT destroy" notification).
+    pub const CONTEXT_RELEASE_LO: u64 = 0x0300;
+    /// High half; writing it performs the release.
+    pub const CONTEXT_RELEASE_HI: u64 = 0x0304;
 }
 
 /// Encoders for the commands the hypervisor, the test guests and the
@@ -413,6 +540,27 @@ pub mod encode {
         ]
     }
 
+    /// The ring commands that select a per-process context: load PDP0 with
+    /// the PML4 address `pml4` (upper dword first, as i915 does).
+    pub const fn load_pdp0(pml4: u64) -> [u32; 5] {
+        [
+            cmd::mi(cmd::MI_LOAD_REGISTER_IMM, length(5)),
+            super::ppgtt::PDP0_UDW,
+            (pml4 >> 32) as u32,
+            super::ppgtt::PDP0_LDW,
+            pml4 as u32,
+        ]
+    }
+    /// MI_BATCH_BUFFER_START of a first-level batch at `address`, in the
+    /// global GTT or (`ppgtt`) the per-process GTT PDP0 selects.
+    pub const fn mi_batch_buffer_start(address: u64, ppgtt: bool) -> [u32; cmd::MI_BATCH_BUFFER_START_DWORDS] {
+        let space = if ppgtt { cmd::BBS_PPGTT } else { 0 };
+        [cmd::mi(cmd::MI_BATCH_BUFFER_START, space | length(cmd::MI_BATCH_BUFFER_START_DWORDS)), low(address), high(address)]
+    }
+    /// MI_BATCH_BUFFER_END.
+    pub const fn mi_batch_buffer_end() -> u32 {
+        cmd::mi(cmd::MI_BATCH_BUFFER_END, 0)
+    }
     /// MI_LOAD_REGISTER_IMM of one register (privileged: the mediator refuses it).
     pub const fn mi_load_register_imm(register: u32, value: u32) -> [u32; 3] {
         [cmd::mi(cmd::MI_LOAD_REGISTER_IMM, 1), register, value]
@@ -460,6 +608,9 @@ pub mod encode {
             assert_eq!(mi_store_data_imm(0x2_0000_1000, 7), [0x1040_0002, 0x1000, 2, 7]);
             assert_eq!(cmd::mi_opcode(mi_load_register_imm(0x2030, 0)[0]), cmd::MI_LOAD_REGISTER_IMM);
             assert_eq!(mi_load_register_imm(0x2030, 9), [0x1100_0001, 0x2030, 9]);
+            assert_eq!(load_pdp0(0x1_2345_6000), [0x1100_0003, 0x22274, 1, 0x22270, 0x2345_6000]);
+            assert_eq!(mi_batch_buffer_start(0x1_0000_2000, true), [0x1880_0101, 0x2000, 1]);
+            assert_eq!(mi_batch_buffer_start(0x2000, false), [0x1880_0001, 0x2000, 0]);
             let dst = Surface { address: 0x3000, pitch: 256 };
             let fill = xy_color_blt(dst, Rect { x1: 1, y1: 2, x2: 3, y2: 4 }, 0xff);
             assert_eq!(fill, [0x5430_0005, 0x03f0_0100, 0x0002_0001, 0x0004_0003, 0x3000, 0, 0xff]);
