@@ -75,6 +75,7 @@
 //!   the same partition, never anyone else's.
 
 pub mod gtt;
+pub mod ppgtt;
 pub mod scan;
 pub mod sched;
 pub mod vgpu;
