@@ -317,7 +317,7 @@ fn two_mib_pages_are_kept_whole_where_the_backing_allows_and_split_elsewhere() {
     assert_eq!(rig.gpu_view(root, (4 << 21) + 0x3000).map(|v| v.0), Some(SCRATCH_LEAF), "the table page in it");
     assert_eq!(rig.gpu_view(root, (4 << 21) + 0x4000).map(|v| v.1), Some(host_of(RAM + 0x60_4000)));
     let local = rig.gpu_view(root, (5 << 21) + 8).unwrap();
-    assert_eq!(local, (LOCAL.offset + 0x20_0000 | ppgtt::LOCAL_MEMORY | ppgtt::PS_2M | ppgtt::PRESENT, LOCAL.offset + 0x20_0008));
+    assert_eq!(local, ((LOCAL.offset + 0x20_0000) | ppgtt::LOCAL_MEMORY | ppgtt::PS_2M | ppgtt::PRESENT, LOCAL.offset + 0x20_0008));
     assert_eq!(rig.gpu_view(root, (6 << 21) + 0x10_0000).map(|v| v.0), Some(SCRATCH_LEAF));
     // Pins: 1 + 512 (whole) + 512 (odd) + 256 (RAM end) + 511 (around the table).
     assert_eq!(rig.pins.pinned(), 1 + 512 + 512 + 256 + 511);
