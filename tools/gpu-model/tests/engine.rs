@@ -461,7 +461,7 @@ fn runaway_batches_are_stopped() {
 #[test]
 fn decoded_commands_round_trip_through_the_test_encoders() {
     assert_eq!(decode(&store(0x1000, 9)), Ok(Command::StoreDataImm { address: 0x1000, low: 9, high: None }));
-    assert_eq!(decode(&bbs(0x2000, false)), Ok(Command::BatchBufferStart { address: 0x2000, second_level: false }));
+    assert_eq!(decode(&bbs(0x2000, false)), Ok(Command::BatchBufferStart { address: 0x2000, second_level: false, ppgtt: false }));
 }
 
 /// xorshift64*: a fixed-seed generator, so the randomized test is reproducible.
