@@ -1,10 +1,12 @@
 //! The command decoder: gen8 command dwords to [`Command`]. Pure; faults are returned as
 //! `FAULT_*` codes from [`crate::regs`].
 
+use bulkhead_abi::gpu::cmd::{BBS_PPGTT, MI_LOAD_REGISTER_IMM};
+
 use crate::regs::*;
 
 /// A decoded command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// MI_NOOP.
     Noop,
@@ -27,6 +29,15 @@ pub enum Command {
         address: u64,
         /// Bit 22: second-level batch.
         second_level: bool,
+        /// Bit 8 ([`BBS_PPGTT`], "Address Space Indicator"): a non-privileged batch in the
+        /// per-process GTT that PDP0 selects.
+        ppgtt: bool,
+    },
+    /// MI_LOAD_REGISTER_IMM: write (register offset, value) pairs, in order. Which registers a
+    /// command may load, and where, is the engine's policy ([`crate::gpu`]), not the decoder's.
+    LoadRegisterImm {
+        /// The (register offset, value) pairs (at least one).
+        pairs: Vec<(u32, u32)>,
     },
     /// XY_COLOR_BLT: fill a rectangle.
     ColorBlt {
@@ -105,7 +116,7 @@ pub fn command_length(header: u32) -> Result<usize, u32> {
             let opcode = (header >> MI_OPCODE_SHIFT) & MI_OPCODE_MASK;
             match opcode {
                 MI_NOOP | MI_USER_INTERRUPT | MI_BATCH_BUFFER_END => Ok(1),
-                MI_STORE_DATA_IMM | MI_BATCH_BUFFER_START => {
+                MI_STORE_DATA_IMM | MI_LOAD_REGISTER_IMM | MI_BATCH_BUFFER_START => {
                     debug_assert!(opcode >= MI_FIRST_MULTI_DWORD_OPCODE);
                     Ok((header & MI_LENGTH_MASK) as usize + 2)
                 }
@@ -145,6 +156,11 @@ pub fn decode(dwords: &[u32]) -> Result<Command, u32> {
             (MI_BATCH_BUFFER_START, &[_, lo, hi]) => Ok(Command::BatchBufferStart {
                 address: address(lo, hi),
                 second_level: header & MI_BATCH_SECOND_LEVEL != 0,
+                ppgtt: header & BBS_PPGTT != 0,
+            }),
+            // DWord Length = 2n - 1 for n pairs: an even length (odd pair dwords) is malformed.
+            (MI_LOAD_REGISTER_IMM, [_, pairs @ ..]) if pairs.len().is_multiple_of(2) => Ok(Command::LoadRegisterImm {
+                pairs: pairs.chunks_exact(2).map(|pair| (pair[0], pair[1])).collect(),
             }),
             _ => Err(FAULT_MALFORMED_COMMAND),
         },
@@ -209,6 +225,8 @@ mod tests {
         assert_eq!(command_length(mi_instr(MI_STORE_DATA_IMM, 2)), Ok(4));
         assert_eq!(mi_instr(MI_BATCH_BUFFER_START, 1), 0x1880_0001); // ..._START_GEN8
         assert_eq!(command_length(mi_instr(MI_BATCH_BUFFER_START, 1)), Ok(3));
+        assert_eq!(mi_instr(MI_LOAD_REGISTER_IMM, 1), 0x1100_0001); // MI_LOAD_REGISTER_IMM(1)
+        assert_eq!(command_length(mi_instr(MI_LOAD_REGISTER_IMM, 3)), Ok(5));
         assert_eq!(blt_instr(XY_COLOR_BLT, 0), 0x5400_0000); // XY_COLOR_BLT_CMD
         assert_eq!(command_length(blt_instr(XY_COLOR_BLT, 5)), Ok(7));
         assert_eq!(blt_instr(XY_SRC_COPY_BLT, 0), 0x54c0_0000); // XY_SRC_COPY_BLT_CMD
@@ -231,7 +249,15 @@ mod tests {
         );
         assert_eq!(
             decode(&[mi_instr(MI_BATCH_BUFFER_START, 1) | MI_BATCH_SECOND_LEVEL, 0x2000, 0]),
-            Ok(Command::BatchBufferStart { address: 0x2000, second_level: true })
+            Ok(Command::BatchBufferStart { address: 0x2000, second_level: true, ppgtt: false })
+        );
+        assert_eq!(
+            decode(&[mi_instr(MI_BATCH_BUFFER_START, 1) | BBS_PPGTT, 0x3000, 1]),
+            Ok(Command::BatchBufferStart { address: 0x1_0000_3000, second_level: false, ppgtt: true })
+        );
+        assert_eq!(
+            decode(&[mi_instr(MI_LOAD_REGISTER_IMM, 3), 0x22274, 1, 0x22270, 0x2000]),
+            Ok(Command::LoadRegisterImm { pairs: vec![(0x22274, 1), (0x22270, 0x2000)] })
         );
         let br13 = DEPTH_32 << BR13_DEPTH_SHIFT | ROP_PATCOPY << BR13_ROP_SHIFT | 256;
         assert_eq!(
@@ -261,6 +287,9 @@ mod tests {
         assert_eq!(decode(&[mi_instr(MI_STORE_DATA_IMM, 1), 0, 0]), Err(FAULT_MALFORMED_COMMAND));
         assert_eq!(decode(&[mi_instr(MI_BATCH_BUFFER_START, 2), 0, 0, 0]), Err(FAULT_MALFORMED_COMMAND));
         assert_eq!(decode(&[blt_instr(XY_COLOR_BLT, 4), 0, 0, 0, 0, 0]), Err(FAULT_MALFORMED_COMMAND));
+        // MI_LOAD_REGISTER_IMM: DWord Length must be 2n - 1 (0 would be half a pair).
+        assert_eq!(decode(&[mi_instr(MI_LOAD_REGISTER_IMM, 0), 0x22270]), Err(FAULT_MALFORMED_COMMAND));
+        assert_eq!(decode(&[mi_instr(MI_LOAD_REGISTER_IMM, 2), 0x22270, 0, 0x22274]), Err(FAULT_MALFORMED_COMMAND));
         // Slice shorter than the header says.
         assert_eq!(decode(&[mi_instr(MI_STORE_DATA_IMM, 2)]), Err(FAULT_MALFORMED_COMMAND));
         assert_eq!(decode(&[]), Err(FAULT_MALFORMED_COMMAND));

@@ -4,15 +4,27 @@
 //! The register BAR lives in memory shared with the guest, so there is no trap on a register
 //! write: the guest writes RING_TAIL (or clears FAULT_STATUS) and rings the doorbell, and
 //! [`Gpu::process`] looks at the registers then. Register ownership decides who writes what:
-//! software owns RING_START / RING_CTL / RING_TAIL / INT_ENABLE; the model owns RING_HEAD (except
-//! while the ring is stopped by a fault), SEQNO and the fault registers (until software clears
-//! FAULT_STATUS); INT_STATUS is shared through atomic OR (model) / AND (software).
+//! software owns RING_START / RING_CTL / RING_TAIL / INT_ENABLE and PDP0 (which the ring also
+//! loads with MI_LOAD_REGISTER_IMM); the model owns RING_HEAD (except while the ring is stopped
+//! by a fault), SEQNO and the fault registers (until software clears FAULT_STATUS); INT_STATUS
+//! is shared through atomic OR (model) / AND (software).
 //!
 //! Fault policy: a fault stops the ring with RING_HEAD left at the ring command that faulted (or
 //! that called the faulting batch); nothing more runs until software writes 0 to FAULT_STATUS.
+//!
+//! Address spaces (gen8 "legacy ring" mode, `bulkhead_abi::gpu::ppgtt`):
+//!
+//! | where a command runs | its addresses | MI_LOAD_REGISTER_IMM |
+//! |---|---|---|
+//! | ring | global GTT | PDP0_LDW / PDP0_UDW only |
+//! | batch started without `BBS_PPGTT` from the ring or a global-GTT batch | global GTT | PDP0_LDW / PDP0_UDW only |
+//! | batch started with `BBS_PPGTT` from there, and every batch it calls or chains to | PPGTT of the PML4 in PDP0 when the batch started | fault `FAULT_PRIVILEGED` |
+
+use bulkhead_abi::gpu::ppgtt::{FAULT_FORBIDDEN_REGISTER, FAULT_PRIVILEGED, PDP0_LDW, PDP0_UDW};
 
 use crate::command::{command_length, decode, Command, Rect, Surface};
 use crate::memory::Memory;
+use crate::ppgtt;
 use crate::regs::*;
 
 /// Where a graphics address lands after GTT translation.
@@ -31,6 +43,19 @@ pub struct Fault {
     pub code: u32,
     /// The graphics address whose access failed (or the command's address).
     pub address: u64,
+}
+
+/// The translation a command's addresses go through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressSpace {
+    /// The global GTT: the ring and privileged batches.
+    Global,
+    /// A per-process GTT (a non-privileged batch): the 4-level tables whose PML4 is at guest
+    /// physical address `pml4` (PDP0 as read when the batch started).
+    PerProcess {
+        /// PDP0_UDW:PDP0_LDW; bits 38:12 are the PML4's address.
+        pml4: u64,
+    },
 }
 
 /// What one [`Gpu::process`] call did.
@@ -93,7 +118,7 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
         &mut self.ram
     }
 
-    /// Power-on state: registers and GTT zeroed (no entry present, ring disabled), then the
+    /// Power-on state: registers and GTT zeroed (no entry present, ring disabled, PDP0 0), then the
     /// read-only identification registers.
     pub fn reset(&mut self) {
         let zeros = vec![0u8; REG_BAR_SIZE as usize];
@@ -120,6 +145,20 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
 
     /// Translate a graphics address through the global GTT.
     pub fn translate(&self, address: u64) -> Result<Physical, Fault> {
+        self.translate_in(AddressSpace::Global, address)
+    }
+
+    /// Translate a graphics address of `space`.
+    pub fn translate_in(&self, space: AddressSpace, address: u64) -> Result<Physical, Fault> {
+        match space {
+            AddressSpace::Global => self.translate_global(address),
+            AddressSpace::PerProcess { pml4 } => {
+                ppgtt::translate(&self.ram, self.ram_base, self.local.size(), pml4, address)
+            }
+        }
+    }
+
+    fn translate_global(&self, address: u64) -> Result<Physical, Fault> {
         let fault = |code| Err(Fault { code, address });
         if address >= GRAPHICS_ADDRESS_SPACE {
             return fault(FAULT_OUTSIDE_GTT);
@@ -148,12 +187,17 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
 
     /// Read `buf.len()` bytes at a graphics address, page by page through the GTT.
     pub fn read_graphics(&self, address: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        self.read_in(AddressSpace::Global, address, buf)
+    }
+
+    /// Read `buf.len()` bytes at a graphics address of `space`, page by page.
+    pub fn read_in(&self, space: AddressSpace, address: u64, buf: &mut [u8]) -> Result<(), Fault> {
         let mut done = 0;
         while done < buf.len() {
             let at = address.checked_add(done as u64).ok_or(Fault { code: FAULT_OUTSIDE_GTT, address })?;
             let chunk = chunk_len(at, buf.len() - done);
             let part = &mut buf[done..done + chunk];
-            let ok = match self.translate(at)? {
+            let ok = match self.translate_in(space, at)? {
                 Physical::Ram(offset) => self.ram.read(offset, part),
                 Physical::Local(offset) => self.local.read(offset, part),
             };
@@ -168,12 +212,17 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
     /// Write `data` at a graphics address, page by page through the GTT. Pages before a
     /// faulting one have been written (as on hardware, a fault is not a transaction).
     pub fn write_graphics(&mut self, address: u64, data: &[u8]) -> Result<(), Fault> {
+        self.write_in(AddressSpace::Global, address, data)
+    }
+
+    /// Write `data` at a graphics address of `space`, page by page (as [`Gpu::write_graphics`]).
+    pub fn write_in(&mut self, space: AddressSpace, address: u64, data: &[u8]) -> Result<(), Fault> {
         let mut done = 0;
         while done < data.len() {
             let at = address.checked_add(done as u64).ok_or(Fault { code: FAULT_OUTSIDE_GTT, address })?;
             let chunk = chunk_len(at, data.len() - done);
             let part = &data[done..done + chunk];
-            let ok = match self.translate(at)? {
+            let ok = match self.translate_in(space, at)? {
                 Physical::Ram(offset) => self.ram.write(offset, part),
                 Physical::Local(offset) => self.local.write(offset, part),
             };
@@ -185,9 +234,9 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
         Ok(())
     }
 
-    fn read_dword(&self, address: u64) -> Result<u32, Fault> {
+    fn read_dword(&self, space: AddressSpace, address: u64) -> Result<u32, Fault> {
         let mut b = [0; 4];
-        self.read_graphics(address, &mut b)?;
+        self.read_in(space, address, &mut b)?;
         Ok(u32::from_le_bytes(b))
     }
 
@@ -231,7 +280,7 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
             }
             let command_address = start + head;
             let in_command = |fault| CommandFault { fault, header: 0, command_address };
-            let header = self.read_dword(command_address).map_err(in_command)?;
+            let header = self.read_dword(AddressSpace::Global, command_address).map_err(in_command)?;
             let with_header = |fault| CommandFault { fault, header, command_address };
             let length = command_length(header)
                 .map_err(|code| with_header(Fault { code, address: command_address }))?;
@@ -243,15 +292,18 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
             let mut dwords = Vec::with_capacity(length);
             for i in 0..length as u64 {
                 let at = start + (head + i * 4) % size;
-                dwords.push(self.read_dword(at).map_err(with_header)?);
+                dwords.push(self.read_dword(AddressSpace::Global, at).map_err(with_header)?);
             }
             let command = decode(&dwords)
                 .map_err(|code| with_header(Fault { code, address: command_address }))?;
             let cost = match command {
-                Command::BatchBufferStart { address, .. } => self.run_batch(address)?,
+                Command::BatchBufferStart { address, ppgtt, .. } => {
+                    let space = self.batch_space(AddressSpace::Global, ppgtt);
+                    self.run_batch(address, space)?
+                }
                 // A stray batch end in the ring is ignored, as on gen8.
                 Command::BatchBufferEnd => 1,
-                other => self.execute(other).map_err(with_header)?,
+                other => self.execute(other, AddressSpace::Global, command_address).map_err(with_header)?,
             };
             work = work.saturating_sub(cost);
             head = (head + length as u64 * 4) % size;
@@ -261,13 +313,29 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
         Ok(())
     }
 
-    /// Run a first-level batch (and the second-level batches it calls) to its
+    /// The address space of a batch started from a batch (or the ring) in `caller` with
+    /// MI_BATCH_BUFFER_START's [`Command::BatchBufferStart::ppgtt`] bit: a non-privileged batch
+    /// stays non-privileged whatever the bit says; a privileged one starts a PPGTT batch on the
+    /// PML4 PDP0 holds now.
+    fn batch_space(&self, caller: AddressSpace, ppgtt: bool) -> AddressSpace {
+        match caller {
+            AddressSpace::PerProcess { .. } => caller,
+            AddressSpace::Global if ppgtt => {
+                let pdp0 = u64::from(self.reg(u64::from(PDP0_UDW))) << 32 | u64::from(self.reg(u64::from(PDP0_LDW)));
+                AddressSpace::PerProcess { pml4: pdp0 }
+            }
+            AddressSpace::Global => AddressSpace::Global,
+        }
+    }
+
+    /// Run a first-level batch in `space` (and the second-level batches it calls) to its
     /// MI_BATCH_BUFFER_END.
     /// Returns the work it cost (see [`MAX_WORK_PER_BATCH`]).
-    fn run_batch(&mut self, first: u64) -> Result<u64, CommandFault> {
-        // Return addresses of the batches that called a second-level batch.
-        let mut returns: Vec<(u64, u64)> = Vec::new();
-        let (mut at, mut batch_start) = (first, first);
+    fn run_batch(&mut self, first: u64, space: AddressSpace) -> Result<u64, CommandFault> {
+        // Return addresses (with their batch's start and address space) of the batches that
+        // called a second-level batch.
+        let mut returns: Vec<(u64, u64, AddressSpace)> = Vec::new();
+        let (mut at, mut batch_start, mut space) = (first, first, space);
         let mut budget = MAX_WORK_PER_BATCH;
         loop {
             let command_address = at;
@@ -275,35 +343,35 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
             if budget == 0 || at.saturating_sub(batch_start) >= MAX_BATCH_BYTES {
                 return Err(plain(FAULT_BATCH_OVERRUN));
             }
-            let header = self.read_dword(at).map_err(|fault| CommandFault { fault, header: 0, command_address })?;
+            let header = self.read_dword(space, at).map_err(|fault| CommandFault { fault, header: 0, command_address })?;
             let with_header = |fault| CommandFault { fault, header, command_address };
             let length = command_length(header)
                 .map_err(|code| with_header(Fault { code, address: command_address }))?;
             let mut dwords = Vec::with_capacity(length);
             for i in 0..length as u64 {
                 let address = at.checked_add(i * 4).ok_or(with_header(Fault { code: FAULT_OUTSIDE_GTT, address: at }))?;
-                dwords.push(self.read_dword(address).map_err(with_header)?);
+                dwords.push(self.read_dword(space, address).map_err(with_header)?);
             }
             let next = at + length as u64 * 4; // read_dword succeeded, so no overflow
             match decode(&dwords).map_err(|code| with_header(Fault { code, address: command_address }))? {
                 Command::BatchBufferEnd => match returns.pop() {
-                    Some((ret, start)) => (at, batch_start) = (ret, start),
+                    Some((ret, start, caller)) => (at, batch_start, space) = (ret, start, caller),
                     None => return Ok(MAX_WORK_PER_BATCH - budget),
                 },
-                Command::BatchBufferStart { address, second_level: true } => {
+                Command::BatchBufferStart { address, second_level: true, ppgtt } => {
                     // The ring's call is level 1; each second-level call adds one.
                     if returns.len() + 1 >= MAX_BATCH_DEPTH {
                         return Err(with_header(Fault { code: FAULT_BATCH_NESTING, address: command_address }));
                     }
-                    returns.push((next, batch_start));
-                    (at, batch_start) = (address, address);
+                    returns.push((next, batch_start, space));
+                    (at, batch_start, space) = (address, address, self.batch_space(space, ppgtt));
                 }
                 // A chain: jump, same level.
-                Command::BatchBufferStart { address, second_level: false } => {
-                    (at, batch_start) = (address, address);
+                Command::BatchBufferStart { address, second_level: false, ppgtt } => {
+                    (at, batch_start, space) = (address, address, self.batch_space(space, ppgtt));
                 }
                 other => {
-                    let cost = self.execute(other).map_err(with_header)?;
+                    let cost = self.execute(other, space, command_address).map_err(with_header)?;
                     budget = budget.saturating_sub(cost);
                     at = next;
                     continue;
@@ -313,46 +381,67 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
         }
     }
 
-    /// Execute a command that is not batch control. Returns its work: 1 + pages of blit.
-    fn execute(&mut self, command: Command) -> Result<u64, Fault> {
+    /// Execute a command that is not batch control, fetched at `command_address` of `space`,
+    /// with its addresses in `space`. Returns its work: 1 + pages of blit.
+    fn execute(&mut self, command: Command, space: AddressSpace, command_address: u64) -> Result<u64, Fault> {
         match command {
             Command::Noop | Command::BatchBufferEnd | Command::BatchBufferStart { .. } => {}
+            Command::LoadRegisterImm { pairs } => self.load_register_imm(&pairs, space, command_address)?,
             Command::UserInterrupt => {
                 let seqno = self.reg(SEQNO).wrapping_add(1);
                 self.set(SEQNO, seqno);
                 self.regs.fetch_or_u32(INT_STATUS, INT_USER);
             }
+            // The "Use Global GTT" bit (22) is not decoded: a privileged command's addresses are
+            // global-GTT addresses, a non-privileged one's are PPGTT addresses whatever it says.
             Command::StoreDataImm { address, low, high } => match high {
-                None => self.write_graphics(address, &low.to_le_bytes())?,
+                None => self.write_in(space, address, &low.to_le_bytes())?,
                 Some(high) => {
                     let value = u64::from(high) << 32 | u64::from(low);
-                    self.write_graphics(address, &value.to_le_bytes())?
+                    self.write_in(space, address, &value.to_le_bytes())?
                 }
             },
             Command::ColorBlt { dst, rect, color } => {
-                self.color_blt(dst, rect, color)?;
+                self.color_blt(space, dst, rect, color)?;
                 return Ok(1 + blit_bytes(dst, rect) / PAGE_SIZE);
             }
             Command::SrcCopyBlt { dst, rect, src, src_x, src_y } => {
-                self.src_copy_blt(dst, rect, src, src_x, src_y)?;
+                self.src_copy_blt(space, dst, rect, src, src_x, src_y)?;
                 return Ok(1 + blit_bytes(dst, rect) / PAGE_SIZE);
             }
         }
         Ok(1)
     }
 
-    fn color_blt(&mut self, dst: Surface, rect: Rect, color: u32) -> Result<(), Fault> {
+    /// MI_LOAD_REGISTER_IMM: only privileged code may load registers, and only PDP0 (the
+    /// context selection). All pairs are checked before any is written, so a refused command
+    /// loads nothing.
+    fn load_register_imm(&mut self, pairs: &[(u32, u32)], space: AddressSpace, command_address: u64) -> Result<(), Fault> {
+        let refuse = |code| Err(Fault { code, address: command_address });
+        if let AddressSpace::PerProcess { .. } = space {
+            return refuse(FAULT_PRIVILEGED);
+        }
+        if pairs.iter().any(|&(register, _)| register != PDP0_LDW && register != PDP0_UDW) {
+            return refuse(FAULT_FORBIDDEN_REGISTER);
+        }
+        for &(register, value) in pairs {
+            self.set(u64::from(register), value);
+        }
+        Ok(())
+    }
+
+    fn color_blt(&mut self, space: AddressSpace, dst: Surface, rect: Rect, color: u32) -> Result<(), Fault> {
         let row_bytes = check_blit(dst, rect)?;
         let pixel = &color.to_le_bytes()[..dst.cpp as usize];
         let row: Vec<u8> = pixel.iter().copied().cycle().take(row_bytes).collect();
         for y in rect.y1..rect.y2 {
             let at = pixel_address(dst, rect.x1, y)?;
-            self.write_graphics(at, &row)?;
+            self.write_in(space, at, &row)?;
         }
         Ok(())
     }
 
-    fn src_copy_blt(&mut self, dst: Surface, rect: Rect, src: Surface, src_x: u16, src_y: u16) -> Result<(), Fault> {
+    fn src_copy_blt(&mut self, space: AddressSpace, dst: Surface, rect: Rect, src: Surface, src_x: u16, src_y: u16) -> Result<(), Fault> {
         let row_bytes = check_blit(dst, rect)?;
         let height = rect.height() as u16;
         let mut row = vec![0u8; row_bytes];
@@ -363,8 +452,8 @@ impl<R: Memory, L: Memory, G: Memory> Gpu<R, L, G> {
             let i = if bottom_up { height - 1 - i } else { i };
             let from = pixel_address(src, src_x, src_y.saturating_add(i))?;
             let to = pixel_address(dst, rect.x1, rect.y1 + i)?;
-            self.read_graphics(from, &mut row)?;
-            self.write_graphics(to, &row)?;
+            self.read_in(space, from, &mut row)?;
+            self.write_in(space, to, &row)?;
         }
         Ok(())
     }

@@ -8,5 +8,6 @@ pub mod command;
 pub mod gpu;
 pub mod ivshmem;
 pub mod memory;
+pub mod ppgtt;
 pub mod regs;
 pub mod shm;

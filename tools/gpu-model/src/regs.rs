@@ -14,6 +14,10 @@
 //!   page address, `GEN12_GGTT_PTE_LM` bit 1 = the page is in local memory on discrete parts).
 //!
 //! Model-specific (not gen8) choices are marked "model:".
+//!
+//! The per-process GTT (entry format, PDP0_LDW / PDP0_UDW, MI_LOAD_REGISTER_IMM, the
+//! BBS_PPGTT bit, fault codes 9 and 10) is not here: it is the contract with the hypervisor's
+//! mediator, in `bulkhead_abi::gpu::{ppgtt, cmd}`, and the model uses those constants directly.
 
 // ---------------------------------------------------------------------------------------------
 // Shared-memory BAR (ivshmem BAR2) layout
@@ -125,6 +129,7 @@ pub const FAULT_BATCH_NESTING: u32 = 7;
 /// Fault code: a batch ran longer than [`MAX_BATCH_BYTES`] or the submission executed more than
 /// [`MAX_WORK_PER_BATCH`] (a hang watchdog).
 pub const FAULT_BATCH_OVERRUN: u32 = 8;
+// Codes 9 and 10: `bulkhead_abi::gpu::ppgtt::{FAULT_PRIVILEGED, FAULT_FORBIDDEN_REGISTER}`.
 
 /// Blitter (BCS) ring registers: gen8 `BLT_RING_BASE` 0x22000 + the common ring offsets.
 pub const BLT_RING_BASE: u64 = 0x22000;

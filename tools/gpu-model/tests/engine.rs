@@ -1,5 +1,6 @@
 //! Host tests of the device: GTT translation, each command's effect on (fake) memory, ring
-//! wrap, batches, every fault path, and a randomized no-panic run.
+//! wrap, batches, every fault path, and a randomized no-panic run (which also covers PPGTT
+//! batches and MI_LOAD_REGISTER_IMM; `tests/ppgtt.rs` tests those).
 
 use gpu_model::command::{Command, decode};
 use gpu_model::gpu::{Fault, Gpu, Physical};
@@ -461,7 +462,7 @@ fn runaway_batches_are_stopped() {
 #[test]
 fn decoded_commands_round_trip_through_the_test_encoders() {
     assert_eq!(decode(&store(0x1000, 9)), Ok(Command::StoreDataImm { address: 0x1000, low: 9, high: None }));
-    assert_eq!(decode(&bbs(0x2000, false)), Ok(Command::BatchBufferStart { address: 0x2000, second_level: false }));
+    assert_eq!(decode(&bbs(0x2000, false)), Ok(Command::BatchBufferStart { address: 0x2000, second_level: false, ppgtt: false }));
 }
 
 /// xorshift64*: a fixed-seed generator, so the randomized test is reproducible.
@@ -488,6 +489,9 @@ fn random_dword(r: &mut Rng) -> u32 {
         mi_instr(MI_STORE_DATA_IMM, 3),
         mi_instr(MI_BATCH_BUFFER_START, 1),
         mi_instr(MI_BATCH_BUFFER_START, 1) | MI_BATCH_SECOND_LEVEL,
+        mi_instr(MI_BATCH_BUFFER_START, 1) | bulkhead_abi::gpu::cmd::BBS_PPGTT,
+        mi_instr(bulkhead_abi::gpu::cmd::MI_LOAD_REGISTER_IMM, 1),
+        bulkhead_abi::gpu::ppgtt::PDP0_LDW,
         blt_instr(XY_COLOR_BLT, 5),
         blt_instr(XY_SRC_COPY_BLT, 8),
         DEPTH_32 << BR13_DEPTH_SHIFT | ROP_PATCOPY << BR13_ROP_SHIFT | 256,
@@ -528,6 +532,10 @@ fn random_rings_never_panic() {
         let n = r.below(200) as usize;
         let dwords: Vec<u32> = (0..n).map(|_| random_dword(&mut r)).collect();
         submit(&mut g, &dwords);
+        // PDP0: a RAM page (random contents as page tables) or garbage.
+        let pdp0 = if r.below(2) == 0 { RAM_BASE + r.below(RAM_SIZE as u64 / PAGE_SIZE) * PAGE_SIZE } else { r.next() };
+        set(&mut g, bulkhead_abi::gpu::ppgtt::PDP0_LDW.into(), pdp0 as u32);
+        set(&mut g, bulkhead_abi::gpu::ppgtt::PDP0_UDW.into(), (pdp0 >> 32) as u32);
         // Sometimes also random ring registers.
         if r.below(4) == 0 {
             let offset = [RING_HEAD, RING_TAIL, RING_START, RING_CTL][r.below(4) as usize];
