@@ -263,12 +263,18 @@ impl ShadowPpgtt {
     }
 
     /// A submission that used the context at `pml4` completed (or was
-    /// dropped); a context released meanwhile goes now.
-    pub fn finish(&mut self, env: &mut Env<'_>, pml4: Gpa) {
-        let key = pml4.raw();
-        let Some(root) = self.roots.get_mut(&key) else { return };
+    /// dropped); a context released meanwhile goes at the next
+    /// [`ShadowPpgtt::settle`].
+    pub fn finish(&mut self, pml4: Gpa) {
+        let Some(root) = self.roots.get_mut(&pml4.raw()) else { return };
         root.in_flight = root.in_flight.saturating_sub(1);
-        if root.in_flight == 0 && root.released {
+    }
+
+    /// Drops the contexts released while their work was in flight, now
+    /// that it is not.
+    pub fn settle(&mut self, env: &mut Env<'_>) {
+        let done: Vec<u64> = self.roots.iter().filter(|(_, r)| r.released && r.in_flight == 0).map(|(&k, _)| k).collect();
+        for key in done {
             self.roots.remove(&key);
             self.drop_reference(env, key);
         }

@@ -12,6 +12,15 @@
 //! addressing, negative pitches or coordinates), lengths that do not match
 //! — is rejected with the place, the header and the reason.
 //!
+//! Per-process contexts (gen8 legacy ring mode, [`bulkhead_abi::gpu::ppgtt`]):
+//! in the ring, and only there, MI_LOAD_REGISTER_IMM may load exactly the
+//! pair PDP0_UDW / PDP0_LDW ([`Accepted::contexts`] says where, so the
+//! mediator can put its shadow's address in), and MI_BATCH_BUFFER_START may
+//! start a PPGTT batch once such a load came before it in the same scan.
+//! PPGTT batches are not scanned: the GPU runs them non-privileged (no
+//! register loads, every address through the per-process tables), and the
+//! shadow tables let them reach only the partition's own memory.
+//!
 //! The scanner is strict where the hardware is lenient: it refuses what it
 //! cannot bound rather than guessing. It never panics on guest data.
 //!
@@ -25,7 +34,7 @@
 
 use alloc::vec;
 use alloc::vec::Vec;
-use bulkhead_abi::gpu::cmd;
+use bulkhead_abi::gpu::{cmd, ppgtt};
 use core::fmt;
 use core::ops::Range;
 
@@ -173,6 +182,8 @@ pub enum Reason {
     },
     /// The batches scanned exceed [`MAX_SCAN_DWORDS`] (e.g. a chain loop).
     ScanBudgetExceeded,
+    /// A PPGTT batch with no PDP0 load before it in the same submission.
+    NoContext,
 }
 
 /// A rejected command: where, which, why.
@@ -219,6 +230,7 @@ impl fmt::Display for Rejection {
             Reason::BatchLeavesShare { address } => write!(f, "batch runs out of the share at {address:#x}"),
             Reason::BatchUnreadable { address } => write!(f, "batch memory at {address:#x} cannot be read"),
             Reason::ScanBudgetExceeded => write!(f, "more than {MAX_SCAN_DWORDS} batch dwords"),
+            Reason::NoContext => write!(f, "a PPGTT batch with no PDP0 load before it"),
         }
     }
 }
@@ -235,6 +247,18 @@ pub struct BatchSpan {
     pub depth: u8,
 }
 
+/// A PDP0 load in the ring: the guest's PML4 address and where its two
+/// halves are, for the mediator to replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContextLoad {
+    /// The guest-physical address of the PML4 (low 12 bits as loaded).
+    pub pml4: u64,
+    /// Ring dword index of the value loaded into PDP0_UDW.
+    pub upper: usize,
+    /// Ring dword index of the value loaded into PDP0_LDW.
+    pub lower: usize,
+}
+
 /// The commands may run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Accepted {
@@ -243,6 +267,8 @@ pub struct Accepted {
     pub dwords: usize,
     /// The batch buffers scanned, in the order they were reached.
     pub batches: Vec<BatchSpan>,
+    /// The PDP0 loads in the ring, in order.
+    pub contexts: Vec<ContextLoad>,
 }
 
 /// What a checked command does to the flow of commands.
@@ -250,7 +276,14 @@ enum Flow {
     Next,
     BatchStart { address: u64, second_level: bool },
     BatchEnd,
+    /// MI_LOAD_REGISTER_IMM of PDP0: (upper, lower) dword indices of the values.
+    ContextLoad { upper: usize, lower: usize },
+    /// A batch in the per-process GTT.
+    PpgttBatch,
 }
+
+/// Dwords of the one MI_LOAD_REGISTER_IMM form allowed: two registers.
+const PDP0_LOAD_DWORDS: usize = 5;
 
 fn bits(value: u32, mask: u32) -> u32 {
     value & mask
@@ -287,6 +320,7 @@ pub(crate) fn command_dwords(header: u32) -> Result<usize, Reason> {
                 found => Err(Reason::BadLength { found }),
             },
             cmd::MI_BATCH_BUFFER_START => expect_length(header, cmd::BBS_LENGTH_MASK, cmd::MI_BATCH_BUFFER_START_DWORDS),
+            cmd::MI_LOAD_REGISTER_IMM if bits(header, cmd::BBS_LENGTH_MASK) as usize + 2 == PDP0_LOAD_DWORDS => Ok(PDP0_LOAD_DWORDS),
             cmd::MI_LOAD_REGISTER_IMM => Err(Reason::Privileged("MI_LOAD_REGISTER_IMM writes registers")),
             cmd::MI_LOAD_REGISTER_MEM => Err(Reason::Privileged("MI_LOAD_REGISTER_MEM writes registers")),
             cmd::MI_LOAD_REGISTER_REG => Err(Reason::Privileged("MI_LOAD_REGISTER_REG writes registers")),
@@ -313,8 +347,9 @@ fn expect_length(header: u32, mask: u32, dwords: usize) -> Result<usize, Reason>
     if found as usize + 2 == dwords { Ok(dwords) } else { Err(Reason::BadLength { found }) }
 }
 
-/// Checks one whole command (`c.len()` is what [`command_dwords`] said).
-fn check_command(c: &[u32], share: &Share) -> Result<Flow, Reason> {
+/// Checks one whole command (`c.len()` is what [`command_dwords`] said);
+/// `in_ring`: it is a ring command, not in a batch.
+fn check_command(c: &[u32], share: &Share, in_ring: bool) -> Result<Flow, Reason> {
     let header = c[0];
     if cmd::client(header) == cmd::CLIENT_2D {
         return check_blit(c, share).map(|()| Flow::Next);
@@ -346,10 +381,27 @@ fn check_command(c: &[u32], share: &Share) -> Result<Flow, Reason> {
             check_range(share, target, len)?;
             Ok(Flow::Next)
         }
-        cmd::MI_BATCH_BUFFER_START => {
-            if header & cmd::BBS_PPGTT != 0 {
+        cmd::MI_LOAD_REGISTER_IMM => {
+            const WRITES: Reason = Reason::Privileged("MI_LOAD_REGISTER_IMM of anything but the PDP0 pair, or in a batch");
+            only(header, cmd::mi(cmd::MI_LOAD_REGISTER_IMM, cmd::BBS_LENGTH_MASK), 0).map_err(|_| WRITES)?;
+            match (in_ring, c[1], c[3]) {
+                (true, ppgtt::PDP0_UDW, ppgtt::PDP0_LDW) => Ok(Flow::ContextLoad { upper: 2, lower: 4 }),
+                (true, ppgtt::PDP0_LDW, ppgtt::PDP0_UDW) => Ok(Flow::ContextLoad { upper: 4, lower: 2 }),
+                _ => Err(WRITES),
+            }
+        }
+        cmd::MI_BATCH_BUFFER_START if header & cmd::BBS_PPGTT != 0 => {
+            if !in_ring || header & cmd::BBS_SECOND_LEVEL != 0 {
                 return Err(Reason::PerProcessAddressing);
             }
+            only(header, cmd::mi(cmd::MI_BATCH_BUFFER_START, cmd::BBS_PPGTT | cmd::BBS_LENGTH_MASK), 0)?;
+            let start = address(c[1], c[2], 1)?;
+            if start % 4 != 0 {
+                return Err(Reason::Misaligned(start));
+            }
+            Ok(Flow::PpgttBatch)
+        }
+        cmd::MI_BATCH_BUFFER_START => {
             only(header, cmd::mi(cmd::MI_BATCH_BUFFER_START, cmd::BBS_SECOND_LEVEL | cmd::BBS_LENGTH_MASK), 0)?;
             let start = address(c[1], c[2], 1)?;
             if start % 4 != 0 {
@@ -473,10 +525,11 @@ impl<M: BatchMemory> Scanner<'_, M> {
             let header = batch.dwords[pos];
             let len = command_dwords(header).map_err(|r| reject(header, r))?;
             self.fetch(&mut batch, pos + len).map_err(|r| reject(header, r))?;
-            let flow = check_command(&batch.dwords[pos..pos + len], self.share).map_err(|r| reject(header, r))?;
+            let flow = check_command(&batch.dwords[pos..pos + len], self.share, false).map_err(|r| reject(header, r))?;
             pos += len;
             match flow {
-                Flow::Next => {}
+                // `check_command` refuses both outside the ring.
+                Flow::Next | Flow::ContextLoad { .. } | Flow::PpgttBatch => {}
                 Flow::BatchEnd => {
                     self.batches.push(BatchSpan { address: batch.address, dwords: pos, depth: batch.depth });
                     return Ok(());
@@ -506,6 +559,7 @@ impl<M: BatchMemory> Scanner<'_, M> {
 /// The first command that may not run, with where it is and why.
 pub fn scan<M: BatchMemory>(ring: &[u32], share: &Share, memory: &mut M) -> Result<Accepted, Rejection> {
     let mut scanner = Scanner { share, memory, batches: Vec::new(), budget: MAX_SCAN_DWORDS };
+    let mut contexts: Vec<ContextLoad> = Vec::new();
     let mut pos = 0usize;
     while pos < ring.len() {
         let header = ring[pos];
@@ -516,15 +570,21 @@ pub fn scan<M: BatchMemory>(ring: &[u32], share: &Share, memory: &mut M) -> Resu
         if len > available {
             return Err(reject(Reason::Truncated { needed: len, available }));
         }
-        match check_command(&ring[pos..pos + len], share).map_err(reject)? {
+        match check_command(&ring[pos..pos + len], share, true).map_err(reject)? {
             Flow::Next => {}
+            Flow::ContextLoad { upper, lower } => {
+                let pml4 = (u64::from(ring[pos + upper]) << 32) | u64::from(ring[pos + lower]);
+                contexts.push(ContextLoad { pml4, upper: pos + upper, lower: pos + lower });
+            }
+            Flow::PpgttBatch if contexts.is_empty() => return Err(reject(Reason::NoContext)),
+            Flow::PpgttBatch => {}
             Flow::BatchEnd => return Err(reject(Reason::BatchEndInRing)),
             Flow::BatchStart { second_level: true, .. } => return Err(reject(Reason::NestingTooDeep)),
             Flow::BatchStart { address, second_level: false } => scanner.scan_batch(address, 1)?,
         }
         pos += len;
     }
-    Ok(Accepted { dwords: ring.len(), batches: scanner.batches })
+    Ok(Accepted { dwords: ring.len(), batches: scanner.batches, contexts })
 }
 
 #[cfg(test)]
@@ -623,7 +683,7 @@ mod tests {
         ring.extend(color(LO, 256, 0, 0, 64, 4));
         ring.extend(copy(LO + 0x1000, 256, 0, 0, 64, 4, LO, 256, 0, 0));
         let accepted = scan(&ring, &share(), &mut none()).unwrap();
-        assert_eq!(accepted, Accepted { dwords: 2 + 4 + 5 + 7 + 10, batches: Vec::new() });
+        assert_eq!(accepted, Accepted { dwords: 2 + 4 + 5 + 7 + 10, batches: Vec::new(), contexts: Vec::new() });
         assert_eq!(scan(&[], &share(), &mut none()).unwrap().dwords, 0);
     }
 
@@ -777,7 +837,7 @@ mod tests {
         let r = scan(&bbs(HI, 0), &share(), &mut Memory::default()).unwrap_err();
         assert_eq!((r.location, r.reason), (Location::Ring { offset: 0 }, Reason::OutsideShare { start: HI, len: 4 }));
         assert_eq!(reason(&bbs(LO + 2, 0), &mut Memory::default()), Reason::Misaligned(LO + 2));
-        assert_eq!(reason(&bbs(LO, cmd::BBS_PPGTT), &mut Memory::default()), Reason::PerProcessAddressing);
+        assert_eq!(reason(&bbs(LO, cmd::BBS_PPGTT), &mut Memory::default()), Reason::NoContext);
         assert_eq!(reason(&bbs(LO, cmd::BBS_SECOND_LEVEL), &mut Memory::default()), Reason::NestingTooDeep);
         // A privileged command inside a batch, located by graphics address.
         let mut memory = Memory::default();
@@ -883,5 +943,58 @@ mod tests {
             }
         }
         assert!(accepted > 0, "the generator should produce some valid streams");
+    }
+
+    #[test]
+    fn a_pdp0_load_selects_a_context_for_the_ppgtt_batches_after_it() {
+        use bulkhead_abi::gpu::encode::{load_pdp0, mi_batch_buffer_start};
+        let mut memory = Memory::default();
+        let mut ring = Vec::new();
+        ring.extend(load_pdp0(0x4010_0000));
+        ring.extend(mi_batch_buffer_start(0x7fff_0000_1000, true));
+        ring.push(mi(cmd::MI_USER_INTERRUPT, 0));
+        // Either order of the pair.
+        ring.extend([mi(cmd::MI_LOAD_REGISTER_IMM, 3), ppgtt::PDP0_LDW, 0x4020_0000, ppgtt::PDP0_UDW, 1]);
+        ring.extend(mi_batch_buffer_start(0, true));
+        let accepted = scan(&ring, &share(), &mut memory).unwrap();
+        assert!(accepted.batches.is_empty(), "PPGTT batches are the GPU's to confine, not scanned");
+        assert_eq!(
+            accepted.contexts,
+            [ContextLoad { pml4: 0x4010_0000, upper: 2, lower: 4 }, ContextLoad { pml4: 0x1_4020_0000, upper: 13, lower: 11 }]
+        );
+    }
+
+    #[test]
+    fn ppgtt_batches_need_a_context_and_register_loads_stay_privileged() {
+        use bulkhead_abi::gpu::encode::{load_pdp0, mi_batch_buffer_start, mi_load_register_imm};
+        let mut memory = Memory::default();
+        let reason = |ring: &[u32], memory: &mut Memory| scan(ring, &share(), memory).unwrap_err().reason;
+        assert_eq!(reason(&mi_batch_buffer_start(0x1000, true), &mut memory), Reason::NoContext);
+        // The PDP0 load must come first.
+        let mut ring = Vec::from(mi_batch_buffer_start(0x1000, true));
+        ring.extend(load_pdp0(0x4010_0000));
+        assert_eq!(reason(&ring, &mut memory), Reason::NoContext);
+        // Anything but the PDP0 pair, or one half, is a register write.
+        let other = [mi(cmd::MI_LOAD_REGISTER_IMM, 3), ppgtt::PDP0_UDW, 0, 0x2030, 0];
+        assert!(matches!(reason(&other, &mut memory), Reason::Privileged(_)));
+        let twice = [mi(cmd::MI_LOAD_REGISTER_IMM, 3), ppgtt::PDP0_LDW, 0, ppgtt::PDP0_LDW, 0];
+        assert!(matches!(reason(&twice, &mut memory), Reason::Privileged(_)));
+        assert!(matches!(reason(&mi_load_register_imm(ppgtt::PDP0_LDW, 0), &mut memory), Reason::Privileged(_)));
+        // Not in a global-GTT batch either, and a GGTT batch cannot start a PPGTT one.
+        let mut batch = Vec::from(load_pdp0(0x4010_0000));
+        batch.push(mi(cmd::MI_BATCH_BUFFER_END, 0));
+        memory.put(LO, &batch);
+        let start = [mi(cmd::MI_BATCH_BUFFER_START, 1), LO as u32, 0];
+        assert!(matches!(reason(&start, &mut memory), Reason::Privileged(_)));
+        let mut batch = Vec::from(mi_batch_buffer_start(0x1000, true));
+        batch.push(mi(cmd::MI_BATCH_BUFFER_END, 0));
+        memory.put(LO, &batch);
+        let mut ring = Vec::from(load_pdp0(0x4010_0000));
+        ring.extend(start);
+        assert_eq!(reason(&ring, &mut memory), Reason::PerProcessAddressing);
+        // A second-level PPGTT batch from the ring: refused.
+        let mut ring = Vec::from(load_pdp0(0x4010_0000));
+        ring.extend([mi(cmd::MI_BATCH_BUFFER_START, cmd::BBS_PPGTT | cmd::BBS_SECOND_LEVEL | 1), 0x1000, 0]);
+        assert_eq!(reason(&ring, &mut memory), Reason::PerProcessAddressing);
     }
 }

@@ -37,14 +37,15 @@
 //! commands), so a guest sees its ring drain as the GPU finishes its work.
 
 use super::gtt::{EntryState, GttWrite, RealGttUpdate, Target, VirtualGtt};
-use super::scan::{self, BatchMemory, Location, Reason, Rejection, Share};
-use crate::address::Hpa;
+use super::ppgtt::{ContextError, Env, PpgttMemory, ShadowPpgtt};
+use super::scan::{self, BatchMemory, ContextLoad, Location, Reason, Rejection, Share};
+use crate::address::{Gpa, Hpa};
 use crate::address_space::AddressSpace;
 use crate::pinning::PinnedPages;
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec;
 use alloc::vec::Vec;
-use bulkhead_abi::gpu::{cmd, gtt, vgpu};
+use bulkhead_abi::gpu::{cmd, gtt, ppgtt as ppgtt_format, vgpu};
 
 /// Submissions a partition may have accepted but not completed; one more
 /// is rejected with [`vgpu::REJECT_BUSY`]. This bounds the memory and the
@@ -223,6 +224,9 @@ pub struct Submission {
     pub user_interrupts: u32,
     /// The guest's RING_TAIL that ends it: RING_HEAD when it completes.
     pub end_tail: u32,
+    /// The per-process contexts (guest PML4 addresses) its PDP0 loads
+    /// select; their shadows stay while it is outstanding.
+    pub contexts: Vec<Gpa>,
 }
 
 /// Why the ring registers refused a submission ([`vgpu::REJECT_RING`]).
@@ -265,6 +269,13 @@ pub enum RejectCause {
     /// A scanned stream did not decode again for relocation (cannot
     /// happen with a consistent scanner; rejected rather than trusted).
     Inconsistent,
+    /// A PDP0 load's context could not be shadowed.
+    Context {
+        /// The guest's PML4 address.
+        pml4: u64,
+        /// Why.
+        error: ContextError,
+    },
 }
 
 /// A rejected submission, as recorded in the information page.
@@ -327,10 +338,11 @@ pub enum VgpuConfigError {
 }
 
 /// Accepted work not yet completed.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Outstanding {
     end_tail: u32,
     user_interrupts: u32,
+    contexts: Vec<Gpa>,
 }
 
 /// The guest-visible registers (power-on values: all zero).
@@ -350,6 +362,8 @@ struct Registers {
     ring_head: u32,
     ring_start: u32,
     ring_ctl: u32,
+    pt_traps: u32,
+    context_release_lo: u32,
 }
 
 /// What a guest write may need of the partition and the machine.
@@ -363,11 +377,23 @@ pub struct WriteContext<'a> {
     pub memory: &'a mut dyn PhysicalReader,
     /// Places shadow batches.
     pub shadows: &'a mut dyn ShadowPlacement,
+    /// Shadow page-table pages and write protection (per-process GTTs).
+    pub tables: &'a mut dyn PpgttMemory,
+}
+
+impl WriteContext<'_> {
+    fn env(&mut self) -> Env<'_> {
+        Env { space: self.space, pins: self.pins, memory: self.tables }
+    }
 }
 
 /// One partition's virtual GPU.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct VirtualGpu {
+    /// Shadows of its per-process page tables.
+    shadow: ShadowPpgtt,
+    /// INFO_PT_SHADOW_LIMIT.
+    shadow_limit: u32,
     gtt: VirtualGtt,
     /// INFO_INTERRUPT.
     interrupt: u32,
@@ -402,7 +428,48 @@ impl VirtualGpu {
         if range.end > u64::from(u32::MAX) {
             return Err(VgpuConfigError::RangeTooHigh { end: range.end });
         }
-        Ok(VirtualGpu { gtt, interrupt, regs: Registers::default(), consumed: 0, outstanding: VecDeque::new(), ignored: 0 })
+        let scratch = gtt.scratch_entry();
+        let scratch_leaf = match scratch & vgpu::GTT_LOCAL_MEMORY {
+            0 => gtt::entry_address(scratch) | ppgtt_format::PRESENT,
+            _ => gtt::entry_address(scratch) | ppgtt_format::LOCAL_MEMORY | ppgtt_format::PRESENT,
+        };
+        let shadow = ShadowPpgtt::new(scratch_leaf, gtt.local_memory());
+        Ok(VirtualGpu {
+            shadow,
+            shadow_limit: 0,
+            gtt,
+            interrupt,
+            regs: Registers::default(),
+            consumed: 0,
+            outstanding: VecDeque::new(),
+            ignored: 0,
+        })
+    }
+
+    /// Announces `pages` in INFO_PT_SHADOW_LIMIT: the shadow pages the
+    /// caller's [`PpgttMemory::allocate`] gives this partition at most.
+    pub fn with_shadow_limit(mut self, pages: u32) -> VirtualGpu {
+        self.shadow_limit = pages;
+        self
+    }
+
+    /// Its shadow per-process GTTs.
+    pub fn shadows(&self) -> &ShadowPpgtt {
+        &self.shadow
+    }
+
+    /// Trapped stores to its tracked page-table pages, already performed
+    /// in guest memory, from one instruction (two for a pair). Returns
+    /// whether any of them hit a shadowed table.
+    pub fn tracked_write(&mut self, env: &mut Env<'_>, writes: &[(Gpa, u8)]) -> bool {
+        let mut hit = false;
+        for &(gpa, width) in writes {
+            hit |= self.shadow.on_write(env, gpa, width);
+        }
+        if hit {
+            self.regs.pt_traps = self.regs.pt_traps.wrapping_add(1);
+        }
+        hit
     }
 
     /// Its virtual GTT.
@@ -455,6 +522,7 @@ impl VirtualGpu {
         let local = self.gtt.local_memory().size;
         // `new` checked that the graphics range fits 32 bits.
         let graphics_base = self.gtt.graphics_range().start;
+        let stats = self.shadow.stats();
         Some(match offset {
             vgpu::GPU_ID => vgpu::GPU_ID_VALUE,
             vgpu::GPU_VERSION => vgpu::GPU_VERSION_VALUE,
@@ -480,6 +548,11 @@ impl VirtualGpu {
             vgpu::INFO_REJECTED => r.rejected,
             vgpu::INFO_SUBMITTED => r.submitted,
             vgpu::INFO_GTT_REFUSED => r.gtt_refused,
+            vgpu::INFO_PT_TRAPS => r.pt_traps,
+            vgpu::INFO_PT_TRACKED => stats.tables as u32,
+            vgpu::INFO_PT_REFUSED => stats.refused as u32,
+            vgpu::INFO_PT_SHADOW_PAGES => stats.shadow_pages as u32,
+            vgpu::INFO_PT_SHADOW_LIMIT => self.shadow_limit,
             vgpu::RING_TAIL => r.ring_tail,
             vgpu::RING_HEAD => r.ring_head,
             vgpu::RING_START => r.ring_start,
@@ -492,6 +565,7 @@ impl VirtualGpu {
     /// BAR (a 4-byte write uses the low 32 bits of `value`).
     pub fn write(&mut self, context: &mut WriteContext<'_>, offset: u64, size: u8, value: u64) -> WriteEffect {
         let mut effect = WriteEffect::default();
+        self.shadow.settle(&mut context.env());
         if let Some(gtt_offset) = offset.checked_sub(vgpu::GTT_OFFSET) {
             let result = match size {
                 // A 4-byte access carries the low 32 bits of `value`.
@@ -527,6 +601,13 @@ impl VirtualGpu {
             vgpu::INT_ENABLE => self.regs.int_enable = value & INT_ALL,
             vgpu::FAULT_STATUS if value == 0 => self.regs.fault.status = 0,
             vgpu::RING_START => self.regs.ring_start = value,
+            vgpu::CONTEXT_RELEASE_LO => self.regs.context_release_lo = value,
+            vgpu::CONTEXT_RELEASE_HI => {
+                let pml4 = (u64::from(value) << 32) | u64::from(self.regs.context_release_lo);
+                if !self.shadow.release(&mut context.env(), Gpa::new(pml4)) {
+                    self.ignore();
+                }
+            }
             vgpu::RING_CTL | vgpu::RING_TAIL => {
                 // As on gen8, a disabled ring runs nothing: TAIL written
                 // while it is off (a driver setting the ring up) is kept,
@@ -539,7 +620,7 @@ impl VirtualGpu {
                 }
                 let enabled = self.regs.ring_ctl & vgpu::RING_CTL_ENABLE != 0;
                 if enabled && (offset == vgpu::RING_TAIL || !was_enabled) {
-                    match self.submit(context.memory, context.shadows) {
+                    match self.submit(context) {
                         Ok(submission) => effect.submission = submission,
                         Err(rejection) => effect.rejection = Some(rejection),
                     }
@@ -584,7 +665,7 @@ impl VirtualGpu {
     }
 
     /// A RING_TAIL write: `Ok(None)` if there is nothing new to run.
-    fn submit(&mut self, memory: &mut dyn PhysicalReader, shadows: &mut dyn ShadowPlacement) -> Result<Option<Submission>, SubmitRejection> {
+    fn submit(&mut self, context: &mut WriteContext<'_>) -> Result<Option<Submission>, SubmitRejection> {
         let ring = match self.ring() {
             Ok(ring) => ring,
             Err(error) => return Err(self.reject_ring(error)),
@@ -596,20 +677,37 @@ impl VirtualGpu {
         if self.outstanding.len() >= MAX_OUTSTANDING {
             return Err(self.reject(vgpu::REJECT_BUSY, head, 0, RejectCause::Busy));
         }
-        let mut physical = GttMemory::new(&self.gtt, memory);
+        // Entries the guest half wrote are what they are now.
+        self.shadow.reapply_parked(&mut context.env());
+        let mut physical = GttMemory::new(&self.gtt, &mut *context.memory);
         let commands = match copy_ring(&mut physical, &ring, head, tail) {
             Ok(commands) => commands,
             Err(error) => return Err(self.reject_ring(error)),
         };
         let share = Share::new(self.gtt.graphics_range());
         let mut snapshot = Snapshot::new(&mut physical);
-        let frozen = freeze(&commands, &share, &mut snapshot, shadows);
+        let frozen = freeze(&commands, &share, &mut snapshot, &mut *context.shadows);
         match frozen {
-            Ok((commands, batches, user_interrupts)) => {
+            Ok(Frozen { mut commands, batches, user_interrupts, loads }) => {
+                let contexts = match self.select_contexts(&mut context.env(), &mut commands, &loads) {
+                    Ok(contexts) => contexts,
+                    Err((load, error)) => {
+                        // The command's header: two dwords before its first value.
+                        let first = load.upper.min(load.lower).saturating_sub(2);
+                        let at = first as u64 * DWORD_BYTES;
+                        let offset = ((u64::from(head) + at) % ring.size) as u32;
+                        let code = match error {
+                            ContextError::NotATable(_) => vgpu::REJECT_CONTEXT,
+                            ContextError::ShadowFull => vgpu::REJECT_SHADOW_FULL,
+                        };
+                        let header = commands.get(first).copied().unwrap_or(0);
+                        return Err(self.reject(code, offset, header, RejectCause::Context { pml4: load.pml4, error }));
+                    }
+                };
                 self.consumed = tail;
-                self.outstanding.push_back(Outstanding { end_tail: tail, user_interrupts });
+                self.outstanding.push_back(Outstanding { end_tail: tail, user_interrupts, contexts: contexts.clone() });
                 self.regs.submitted = self.regs.submitted.wrapping_add(1);
-                Ok(Some(Submission { commands, batches, user_interrupts, end_tail: tail }))
+                Ok(Some(Submission { commands, batches, user_interrupts, end_tail: tail, contexts }))
             }
             Err(Failure::Scan(rejection)) => {
                 let at = match rejection.location {
@@ -623,6 +721,37 @@ impl VirtualGpu {
             Err(Failure::NoShadowSpace) => Err(self.reject(vgpu::REJECT_BUSY, head, 0, RejectCause::NoShadowSpace)),
             Err(Failure::Inconsistent) => Err(self.reject(vgpu::REJECT_MALFORMED, head, 0, RejectCause::Inconsistent)),
         }
+    }
+
+    /// Shadows the context of each PDP0 load and puts the shadow PML4's
+    /// address in its place. On failure the contexts taken so far are let
+    /// go again.
+    fn select_contexts(&mut self, env: &mut Env<'_>, commands: &mut [u32], loads: &[ContextLoad]) -> Result<Vec<Gpa>, (ContextLoad, ContextError)> {
+        let mut taken = Vec::with_capacity(loads.len());
+        for load in loads {
+            // The low bits of PDP0 are not part of the address.
+            let pml4 = Gpa::new(load.pml4 & ppgtt_format::ADDRESS_MASK);
+            let result = if load.pml4 & !ppgtt_format::ADDRESS_MASK != 0 {
+                Err(ContextError::NotATable(Gpa::new(load.pml4)))
+            } else {
+                self.shadow.begin(env, pml4)
+            };
+            match result {
+                Ok(root) => {
+                    taken.push(pml4);
+                    // Both indices came from the scan of these commands.
+                    commands[load.upper] = (root.raw() >> 32) as u32;
+                    commands[load.lower] = root.raw() as u32;
+                }
+                Err(error) => {
+                    for pml4 in taken {
+                        self.shadow.finish(pml4);
+                    }
+                    return Err((*load, error));
+                }
+            }
+        }
+        Ok(taken)
     }
 
     /// Records a ring-register rejection: nothing is consumed (the
@@ -665,6 +794,9 @@ impl VirtualGpu {
     /// it the work did not all run). Returns the interrupt line's level.
     pub fn complete(&mut self, fault: Option<GpuFault>) -> bool {
         if let Some(done) = self.outstanding.pop_front() {
+            for pml4 in &done.contexts {
+                self.shadow.finish(*pml4);
+            }
             let r = &mut self.regs;
             r.ring_head = done.end_tail;
             r.seqno = r.seqno.wrapping_add(done.user_interrupts);
@@ -683,8 +815,9 @@ impl VirtualGpu {
     /// unpinned and cleared, registers zeroed, outstanding work forgotten
     /// (the caller drops the partition's queue in the scheduler and fills
     /// its real-GTT slice with scratch, as [`VirtualGtt::reset`] says).
-    pub fn reset(&mut self, pins: &mut PinnedPages) {
-        self.gtt.reset(pins);
+    pub fn reset(&mut self, env: &mut Env<'_>) {
+        self.gtt.reset(env.pins);
+        self.shadow.reset(env);
         self.regs = Registers::default();
         self.consumed = 0;
         self.outstanding.clear();
@@ -719,6 +852,7 @@ fn reject_code(reason: Reason) -> u32 {
         Reason::Unknown | Reason::Privileged(_) | Reason::PerProcessAddressing | Reason::Tiled => vgpu::REJECT_FORBIDDEN,
         Reason::OutsideShare { .. } | Reason::BatchLeavesShare { .. } | Reason::BatchUnreadable { .. } => vgpu::REJECT_OUTSIDE_SHARE,
         Reason::NestingTooDeep | Reason::ScanBudgetExceeded => vgpu::REJECT_TOO_DEEP,
+        Reason::NoContext => vgpu::REJECT_CONTEXT,
         Reason::BadLength { .. }
         | Reason::ReservedBits { .. }
         | Reason::Truncated { .. }
@@ -747,8 +881,9 @@ fn ring_command_of_batch<M: BatchMemory>(commands: &[u32], share: &Share, memory
     at
 }
 
+/// A global-GTT batch start (PPGTT batches are neither scanned nor frozen).
 fn is_batch_start(header: u32) -> bool {
-    cmd::client(header) == cmd::CLIENT_MI && cmd::mi_opcode(header) == cmd::MI_BATCH_BUFFER_START
+    cmd::client(header) == cmd::CLIENT_MI && cmd::mi_opcode(header) == cmd::MI_BATCH_BUFFER_START && header & cmd::BBS_PPGTT == 0
 }
 
 fn is_user_interrupt(header: u32) -> bool {
@@ -769,6 +904,15 @@ fn walk(stream: &[u32], mut visit: impl FnMut(usize, usize, u32) -> bool) -> Res
         pos = end;
     }
     Ok(())
+}
+
+/// A scanned submission: relocated ring commands, the shadow batches, its
+/// MI_USER_INTERRUPTs, and its PDP0 loads (still holding guest addresses).
+struct Frozen {
+    commands: Vec<u32>,
+    batches: Vec<ShadowBatch>,
+    user_interrupts: u32,
+    loads: Vec<ContextLoad>,
 }
 
 /// Why a submission could not be frozen.
@@ -822,7 +966,7 @@ fn freeze<M: BatchMemory>(
     share: &Share,
     snapshot: &mut M,
     placement: &mut dyn ShadowPlacement,
-) -> Result<(Vec<u32>, Vec<ShadowBatch>, u32), Failure> {
+) -> Result<Frozen, Failure> {
     let accepted = scan::scan(commands, share, snapshot).map_err(Failure::Scan)?;
     // One shadow per distinct batch address: from one address a
     // consistent snapshot always scans the same commands. Keep the longest
@@ -867,7 +1011,7 @@ fn freeze<M: BatchMemory>(
         shadow.address = address;
         apply(&mut shadow.dwords, patches, &addresses);
     }
-    Ok((ring, shadows, user_interrupts))
+    Ok(Frozen { commands: ring, batches: shadows, user_interrupts, loads: accepted.contexts })
 }
 
 /// Asks `placement` for the shadows' addresses and checks them.
@@ -931,8 +1075,42 @@ mod tests {
         }
     }
 
+    /// Guest page tables (host address of an entry → value), the shadow
+    /// pool and the write protection.
+    #[derive(Default)]
+    struct Tables {
+        guest: BTreeMap<u64, u64>,
+        shadow: BTreeMap<u64, u64>,
+        next: u64,
+        tracked: alloc::collections::BTreeSet<u64>,
+    }
+
+    /// Where the fake pool hands out shadow pages.
+    const POOL: u64 = 0x2_0000_0000;
+
+    impl PpgttMemory for Tables {
+        fn read_guest_entry(&self, table: Hpa, index: usize) -> u64 {
+            self.guest.get(&(table.raw() + index as u64 * 8)).copied().unwrap_or(0)
+        }
+        fn allocate(&mut self) -> Option<Hpa> {
+            self.next += 1;
+            Some(Hpa::new(POOL + self.next * 4096))
+        }
+        fn free(&mut self, _: Hpa) {}
+        fn write_shadow_entry(&mut self, page: Hpa, index: usize, entry: u64) {
+            self.shadow.insert(page.raw() + index as u64 * 8, entry);
+        }
+        fn track(&mut self, page: Gpa) -> bool {
+            self.tracked.insert(page.raw())
+        }
+        fn untrack(&mut self, page: Gpa) {
+            self.tracked.remove(&page.raw());
+        }
+    }
+
     struct Rig {
         gpu: VirtualGpu,
+        tables: Tables,
         space: AddressSpace,
         pins: PinnedPages,
         mem: Fake,
@@ -954,6 +1132,7 @@ mod tests {
             let gtt = VirtualGtt::new(BASE, ENTRIES, Hpa::new(0x7000_0000)).unwrap().with_local_memory(LOCAL).unwrap();
             let mut rig = Rig {
                 gpu: VirtualGpu::new(gtt, INTERRUPT).unwrap(),
+                tables: Tables::default(),
                 space,
                 pins: PinnedPages::new("p", 64),
                 mem: Fake { ram: vec![0; RAM_SIZE as usize], local: vec![0; LOCAL.size as usize] },
@@ -989,7 +1168,8 @@ mod tests {
                         .collect(),
                 )
             };
-            let mut context = WriteContext { space: &self.space, pins: &mut self.pins, memory: &mut self.mem, shadows: &mut place };
+            let mut context =
+                WriteContext { space: &self.space, pins: &mut self.pins, memory: &mut self.mem, shadows: &mut place, tables: &mut self.tables };
             self.gpu.write(&mut context, offset, size, value)
         }
 
@@ -1165,7 +1345,7 @@ mod tests {
         ring.extend([user(), 0]);
         let effect = rig.submit_at(0, &ring);
         let submission = effect.submission.unwrap();
-        assert_eq!(submission, Submission { commands: ring.clone(), batches: Vec::new(), user_interrupts: 1, end_tail: 24 });
+        assert_eq!(submission, Submission { commands: ring.clone(), batches: Vec::new(), user_interrupts: 1, end_tail: 24, contexts: Vec::new() });
         assert!(!effect.interrupt_asserted);
         assert_eq!((rig.read(vgpu::RING_HEAD), rig.read(vgpu::RING_TAIL), rig.read(vgpu::INFO_SUBMITTED)), (0, 24, 1));
         assert_eq!(rig.gpu.outstanding(), 1);
@@ -1457,7 +1637,7 @@ mod tests {
         rig.submit_at(0, &[user(), 0]).submission.unwrap();
         rig.submit_at(8, &[BBE, 0]).rejection.unwrap();
         assert!(rig.pins.pinned() > 0);
-        rig.gpu.reset(&mut rig.pins);
+        rig.gpu.reset(&mut Env { space: &rig.space, pins: &mut rig.pins, memory: &mut rig.tables });
         assert_eq!(rig.pins.pinned(), 0);
         assert_eq!(rig.gpu.outstanding(), 0);
         for offset in [vgpu::INT_STATUS, vgpu::INT_ENABLE, vgpu::RING_HEAD, vgpu::RING_TAIL, vgpu::RING_CTL, vgpu::INFO_REJECTED, vgpu::INFO_SUBMITTED] {
@@ -1466,5 +1646,59 @@ mod tests {
         assert_eq!(rig.gpu.read(vgpu::GTT_OFFSET, 8), 0);
         assert_eq!(rig.read(vgpu::INFO_INTERRUPT), INTERRUPT, "configuration stays");
         assert!(!rig.gpu.complete(None));
+    }
+
+    #[test]
+    fn a_context_load_gets_the_shadow_root_and_keeps_the_context_while_in_flight() {
+        use bulkhead_abi::gpu::encode::{load_pdp0, mi_batch_buffer_start};
+        use bulkhead_abi::gpu::ppgtt;
+        let mut rig = Rig::new();
+        // A PML4 in its RAM with one PDP entry pointing at another page.
+        let (pml4, pdp) = (RAM_GPA + 0x8_0000, RAM_GPA + 0x8_1000);
+        rig.tables.guest.insert(RAM_HPA + 0x8_0000, pdp | ppgtt::PRESENT);
+        let mut ring = Vec::from(load_pdp0(pml4));
+        ring.extend(mi_batch_buffer_start(0x10_0000, true));
+        ring.push(user());
+        ring.push(0);
+        let effect = rig.submit_at(0, &ring);
+        let submission = effect.submission.expect("accepted");
+        assert_eq!(submission.contexts, [Gpa::new(pml4)]);
+        let root = (u64::from(submission.commands[2]) << 32) | u64::from(submission.commands[4]);
+        assert!(root >= POOL, "PDP0 holds the shadow PML4, {root:#x}, not the guest's");
+        assert_eq!(submission.commands[5..], ring[5..], "the batch start is left alone");
+        assert_eq!(submission.user_interrupts, 1);
+        assert_eq!(rig.tables.tracked, alloc::collections::BTreeSet::from([pml4, pdp]));
+        assert_eq!(rig.read(vgpu::INFO_PT_TRACKED), 2);
+        // A trapped write to the PDP page counts and changes the shadow.
+        let mut env = Env { space: &rig.space, pins: &mut rig.pins, memory: &mut rig.tables };
+        assert!(rig.gpu.tracked_write(&mut env, &[(Gpa::new(pdp), 8)]));
+        assert!(!rig.gpu.tracked_write(&mut env, &[(Gpa::new(RAM_GPA), 8)]));
+        assert_eq!(rig.read(vgpu::INFO_PT_TRAPS), 1);
+        // Released while in flight: the tables stay protected until it completes.
+        rig.write(vgpu::CONTEXT_RELEASE_LO, 4, pml4 & 0xffff_ffff);
+        rig.write(vgpu::CONTEXT_RELEASE_HI, 4, pml4 >> 32);
+        assert_eq!(rig.tables.tracked.len(), 2);
+        rig.gpu.complete(None);
+        rig.write(vgpu::INT_ENABLE, 4, 0);
+        assert!(rig.tables.tracked.is_empty());
+        assert_eq!(rig.read(vgpu::INFO_PT_TRACKED), 0);
+    }
+
+    #[test]
+    fn a_context_outside_its_ram_or_no_context_is_rejected_before_anything_runs() {
+        use bulkhead_abi::gpu::encode::{load_pdp0, mi_batch_buffer_start};
+        let mut rig = Rig::new();
+        let mut ring = Vec::from(load_pdp0(0x7b00_0000));
+        ring.extend(mi_batch_buffer_start(0x10_0000, true));
+        ring.extend([user(), 0]);
+        let effect = rig.submit_at(0, &ring);
+        assert!(effect.submission.is_none());
+        assert_eq!(effect.rejection.map(|r| (r.code, r.offset)), Some((vgpu::REJECT_CONTEXT, 0)));
+        assert!(rig.tables.tracked.is_empty());
+        let mut ring = Vec::from(mi_batch_buffer_start(0x10_0000, true));
+        ring.push(0);
+        let effect = rig.submit_at(40, &ring);
+        assert_eq!(effect.rejection.map(|r| (r.code, r.offset)), Some((vgpu::REJECT_CONTEXT, 40)));
+        assert_eq!(rig.read(vgpu::INFO_SUBMIT_ERROR), vgpu::REJECT_CONTEXT);
     }
 }

@@ -118,7 +118,8 @@ impl Rig {
 
     fn finish(&mut self, pml4: u64) {
         let (mut env, shadow) = self.env();
-        shadow.finish(&mut env, Gpa::new(pml4));
+        shadow.finish(Gpa::new(pml4));
+        shadow.settle(&mut env);
     }
 
     fn release(&mut self, pml4: u64) -> bool {
