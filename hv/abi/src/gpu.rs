@@ -418,9 +418,10 @@ pub mod vgpu {
     /// Rejection: too much work already queued for this partition.
     pub const REJECT_BUSY: u32 = 6;
     /// Rejection: a PPGTT batch with no PDP0 load before it in the same
-    /// submission, a PDP0 load that is not exactly the pair
-    /// `PDP0_UDW`/`PDP0_LDW`, or a PML4 address that is not a page of its
-    /// own RAM.
+    /// submission, or a PML4 address that is not a page of its own RAM (or
+    /// is already one of its tables at a lower level). A register load that
+    /// is not exactly the pair `PDP0_UDW`/`PDP0_LDW` in the ring is
+    /// [`REJECT_FORBIDDEN`].
     pub const REJECT_CONTEXT: u32 = 7;
     /// Rejection: its shadow page-table pages are used up (see
     /// [`INFO_PT_SHADOW_PAGES`]); release contexts it no longer uses.

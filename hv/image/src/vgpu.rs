@@ -26,7 +26,15 @@
 //! real graphics addresses (no relocation): the scanner keeps every
 //! command inside the partition's slice.
 //!
-//! Lock order: a partition's lock, then [`MEDIATOR`], then the device's.
+//! Per-process page tables: a PDP0 load the scanner accepted gets the
+//! address of the context's shadow PML4 ([`bulkhead_core::gpu::ppgtt`]). The
+//! shadow pages come from the hypervisor's heap, at most
+//! [`SHADOW_TABLE_PAGES`] per partition; the guest's table pages are
+//! write-protected through [`crate::page_track`], whose handler
+//! ([`tracked_write`]) brings every trapped store here.
+//!
+//! Lock order: a partition's lock, then [`MEDIATOR`], then the page
+//! tracker's, then the CPU tables', then the device's.
 //! Nothing here takes a partition's lock: interrupts reach partitions
 //! through [`CHANGED`] / [`LEVEL`] and a kick of the CPU that runs them.
 
@@ -45,6 +53,8 @@ use bulkhead_core::address::{Gpa, Hpa};
 use bulkhead_core::address_space::{AddressSpace, Region, RegionKind};
 use bulkhead_core::devices::pci_config::{BarKind, SyntheticFunction, VirtualBar, VirtualFunction};
 use bulkhead_core::gpu::gtt::{LocalMemory, VirtualGtt};
+use bulkhead_core::gpu::ppgtt::{Env, PpgttMemory};
+use bulkhead_core::page_track::TrackedWrite;
 use bulkhead_core::gpu::sched::Scheduler;
 use bulkhead_core::gpu::vgpu::{GpuFault, PhysicalReader, Submission, VirtualGpu, WriteContext};
 use bulkhead_core::mmio::{AccessSize, MmioDevice, VcpuId};
@@ -58,6 +68,9 @@ pub const SHADOW_RING_BYTES: u64 = 64 << 10;
 /// Bytes of each partition's shadow batch area (its outstanding
 /// submissions' frozen batch buffers together).
 pub const SHADOW_BATCH_BYTES: u64 = 256 << 10;
+/// Shadow page-table pages (hypervisor heap) each partition may use: 2 MiB,
+/// enough for 256 MiB of 4 KiB mappings plus the upper levels.
+pub const SHADOW_TABLE_PAGES: u32 = 512;
 /// GTT writes refused, submissions rejected and GPU faults logged per
 /// partition before going quiet: a guest controls how many there are.
 const LOG_LIMIT: u32 = 16;
@@ -239,6 +252,11 @@ struct Slot {
     batches: u64,
     batches_next: u64,
     kick: Option<(Kick, u64)>,
+    /// Its address space, kept from its first register write (regions do
+    /// not change while it exists): trapped table writes arrive without it.
+    space: Option<AddressSpace>,
+    /// Shadow page-table pages it holds.
+    shadow_pages: u32,
     /// The interrupt line's level last published in [`LEVEL`].
     line: bool,
     logged: u32,
@@ -295,7 +313,7 @@ pub fn init(config: &Config, shares: &[Option<Share>], info: &gpu_hw::Info) -> R
             gpu_hw::write_gtt(i, scratch).map_err(|e| field(&format!("GTT entry {i}: {e}")))?;
         }
         let interrupt = interrupt_number();
-        let vgpu = VirtualGpu::new(gtt, interrupt).map_err(|e| field(&format!("{e:?}")))?;
+        let vgpu = VirtualGpu::new(gtt, interrupt).map_err(|e| field(&format!("{e:?}")))?.with_shadow_limit(SHADOW_TABLE_PAGES);
         let (ring, _) = gpu_hw::reserve(SHADOW_RING_BYTES).map_err(|e| field(&format!("shadow ring: {e}")))?;
         let (batches, _) = gpu_hw::reserve(SHADOW_BATCH_BYTES).map_err(|e| field(&format!("shadow batches: {e}")))?;
         gpu_hw::fill_local(share.local_offset, share.local_size, 0).map_err(|e| field(&format!("{e}")))?;
@@ -315,17 +333,21 @@ pub fn init(config: &Config, shares: &[Option<Share>], info: &gpu_hw::Info) -> R
         slots.push(Some(Slot {
             name: p.name.clone(),
             vgpu,
-            // Every page the guest maps is pinned once; the GTT bounds it.
-            pins: PinnedPages::new(&p.name, share.gtt_entries as usize),
+            // Every page the guest maps (GTT or per-process tables) is
+            // pinned once: its own memory bounds the count.
+            pins: PinnedPages::new(&p.name, p.memory.iter().map(|m| (m.size / gtt::PAGE_SIZE) as usize).sum::<usize>().max(1)),
             ring,
             batches,
             batches_next: 0,
             kick: None,
+            space: None,
+            shadow_pages: 0,
             line: false,
             logged: 0,
         }));
         weights.push(share.weight);
     }
+    crate::page_track::set_handler(tracked_write);
     MEDIATOR.call_once(|| {
         Mutex::new(Mediator {
             slots,
@@ -378,7 +400,9 @@ pub fn reset(index: usize) {
     let mut m = m.lock();
     m.scheduler.drop_partition(index);
     if let Some(Some(slot)) = m.slots.get_mut(index) {
-        slot.vgpu.reset(&mut slot.pins);
+        let space = slot.space.take().unwrap_or_default();
+        let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
+        slot.vgpu.reset(&mut Env { space: &space, pins: &mut slot.pins, memory: &mut tables });
         slot.batches_next = 0;
         slot.line = false;
         if let Some(bit) = partition_bit(index) {
@@ -393,6 +417,85 @@ pub fn reset(index: usize) {
             }
         }
     }
+}
+
+/// The shadow page tables' memory and the write protection of the guest's
+/// tables, for one partition.
+struct Tables<'a> {
+    partition: usize,
+    in_use: &'a mut u32,
+}
+
+/// One shadow page-table page.
+const TABLE_LAYOUT: core::alloc::Layout = match core::alloc::Layout::from_size_align(4096, 4096) {
+    Ok(layout) => layout,
+    Err(_) => panic!("a page layout"),
+};
+
+impl PpgttMemory for Tables<'_> {
+    fn read_guest_entry(&self, table: Hpa, index: usize) -> u64 {
+        // SAFETY: `table` is a page of the partition's own RAM (the shadow
+        // validated it through the address space) and `index` < 512; the
+        // hypervisor identity-maps all RAM. Volatile: the guest may store
+        // to it (that store traps and is performed by us, but another vCPU
+        // may be mid-way).
+        unsafe { ((table.raw() as usize + index * 8) as *const u64).read_volatile() }
+    }
+
+    fn allocate(&mut self) -> Option<Hpa> {
+        if *self.in_use >= SHADOW_TABLE_PAGES {
+            return None;
+        }
+        // SAFETY: a non-zero-sized layout.
+        let page = unsafe { alloc::alloc::alloc_zeroed(TABLE_LAYOUT) };
+        if page.is_null() {
+            return None;
+        }
+        *self.in_use += 1;
+        // The heap is identity mapped: its address is the GPU's address.
+        Some(Hpa::new(page as u64))
+    }
+
+    fn free(&mut self, page: Hpa) {
+        *self.in_use = self.in_use.saturating_sub(1);
+        // SAFETY: `page` came from `allocate` with this layout, and the
+        // shadow frees each page once, after unlinking it.
+        unsafe { alloc::alloc::dealloc(page.raw() as usize as *mut u8, TABLE_LAYOUT) }
+    }
+
+    fn write_shadow_entry(&mut self, page: Hpa, index: usize, entry: u64) {
+        if index < bulkhead_abi::gpu::ppgtt::ENTRIES {
+            // SAFETY: `page` is a shadow page from `allocate`, inside it.
+            // Volatile: the GPU (another agent) reads it.
+            unsafe { ((page.raw() as usize + index * 8) as *mut u64).write_volatile(entry) }
+        }
+    }
+
+    fn track(&mut self, page: Gpa) -> bool {
+        match crate::page_track::track(self.partition, page) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("partition {}: GPU page table at {page}: cannot write-protect it: {e:?}", self.partition);
+                false
+            }
+        }
+    }
+
+    fn untrack(&mut self, page: Gpa) {
+        crate::page_track::untrack(self.partition, page);
+    }
+}
+
+/// The page tracker's handler: stores to a partition's GPU page tables,
+/// already performed.
+fn tracked_write(index: usize, writes: &[TrackedWrite]) {
+    let Some(m) = MEDIATOR.get() else { return };
+    let mut m = m.lock();
+    let Some(Some(slot)) = m.slots.get_mut(index) else { return };
+    let Some(space) = &slot.space else { return };
+    let stores: Vec<(Gpa, u8)> = writes.iter().map(|w| (w.gpa, w.width)).collect();
+    let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
+    slot.vgpu.tracked_write(&mut Env { space, pins: &mut slot.pins, memory: &mut tables }, &stores);
 }
 
 /// Reads machine memory for a virtual GPU: host RAM through the
@@ -454,7 +557,12 @@ impl Mediator {
             *used = at;
             Some(addresses)
         };
-        let mut context = WriteContext { space, pins: &mut slot.pins, memory: &mut physical, shadows: &mut place };
+        if slot.space.is_none() {
+            slot.space = Some(space.clone());
+        }
+        let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
+        let mut context =
+            WriteContext { space, pins: &mut slot.pins, memory: &mut physical, shadows: &mut place, tables: &mut tables };
         let effect = slot.vgpu.write(&mut context, offset, size.bytes() as u8, value);
         for update in &effect.gtt_updates {
             if let Ok(i) = u32::try_from(update.index)
