@@ -13,6 +13,7 @@
 //! and stores ([`ram_read32`], [`ram_write32`]).
 
 pub mod commands;
+pub mod ppgtt;
 
 use crate::edu::{VIRTUAL_ECAM, read32, write32};
 use crate::intx::{self, Intx, IntxError};
