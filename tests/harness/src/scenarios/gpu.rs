@@ -196,7 +196,7 @@ mod tests {
             for check in scenario.ram_checks {
                 let offset = match check.expected {
                     Expected::Pattern => bulkhead_abi::testdata::pattern::RAM_OFFSET,
-                    Expected::FinalImage { .. } => bulkhead_abi::testdata::final_image::RAM_OFFSET,
+                    Expected::FinalImage { .. } | Expected::PpgttImage { .. } => bulkhead_abi::testdata::final_image::RAM_OFFSET,
                 };
                 let host = check.host - offset;
                 let spelled = format!("{:x}", host);
