@@ -23,7 +23,7 @@
 //!
 //! The memory is behind [`Memory`], so the builder is tested on the host.
 
-use super::{Gpu, ram_read32, ram_write32, write64};
+use super::{Gpu, GpuError, Outcome, ram_read32, ram_write32, write64};
 use crate::edu::write32;
 use bulkhead_abi::gpu::cmd;
 use bulkhead_abi::gpu::encode::{load_pdp0, mi_batch_buffer_end, mi_batch_buffer_start, mi_noop, mi_user_interrupt};
@@ -549,6 +549,13 @@ pub const fn context_submission(pml4: u64, batch: u64) -> [u32; SUBMISSION_DWORD
     dwords
 }
 
+/// MI_STORE_DATA_IMM of one dword at per-process graphics address `address`
+/// (without "Use Global GTT", the form for a PPGTT batch).
+pub const fn mi_store_data_imm(address: u64, value: u32) -> [u32; cmd::MI_STORE_DATA_IMM_DWORDS] {
+    let global = bulkhead_abi::gpu::encode::mi_store_data_imm(address, value);
+    [global[0] & !cmd::SDI_USE_GLOBAL_GTT, global[1], global[2], global[3]]
+}
+
 /// Writes `commands` and MI_BATCH_BUFFER_END at guest-physical `memory`
 /// (the page a batch's graphics address maps to); returns the dwords
 /// written.
@@ -557,6 +564,18 @@ pub fn write_batch(memory: u64, commands: &[u32]) -> usize {
         ram_write32(memory + 4 * i as u64, dword);
     }
     commands.len() + 1
+}
+
+/// Writes the batch `commands` (MI_BATCH_BUFFER_END appended) at
+/// guest-physical `batch_memory`, which `context` maps at graphics address
+/// `batch_address`, and runs it in `context` ([`context_submission`]),
+/// waiting as [`Gpu::run`] does.
+///
+/// # Errors
+/// As [`Gpu::run`].
+pub fn run_in_context(gpu: &mut Gpu, context: Context, batch_memory: u64, batch_address: u64, commands: &[u32]) -> Result<Outcome, GpuError> {
+    write_batch(batch_memory, commands);
+    gpu.run(&context_submission(context.pml4, batch_address))
 }
 
 /// Tells the hypervisor that the context whose PML4 is `pml4` will not be
@@ -748,5 +767,8 @@ mod tests {
         assert_eq!(dwords[8], mi_user_interrupt());
         assert!(dwords[9..].iter().all(|&d| d == mi_noop()));
         assert!(SUBMISSION_DWORDS.is_multiple_of(2));
+        let store = mi_store_data_imm(0x1_0000_1000, 7);
+        assert_eq!(store, [0x1000_0002, 0x1000, 1, 7]);
+        assert_eq!(cmd::mi_opcode(store[0]), cmd::MI_STORE_DATA_IMM);
     }
 }
