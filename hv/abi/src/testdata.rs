@@ -6,7 +6,8 @@
 //! - [`pattern`]: the words an isolation victim writes before an attack and
 //!   checks after it;
 //! - [`final_image`]: the picture `gpu-client` composes with its virtual GPU
-//!   and leaves in its RAM.
+//!   and leaves in its RAM (and `gpu-ppgtt`, through its per-process page
+//!   tables, with its own square colour).
 
 /// The isolation victims' memory pattern (`isolation-victim`,
 /// `x86-isolation-victim`): [`WORDS`] words `word(0)`, `word(1)`, ... as
@@ -70,6 +71,19 @@ pub mod final_image {
         if SQUARE.contains(x, y) { square_color(tag) } else { BACKGROUND }
     }
 
+    /// The square's colour in the image `gpu-ppgtt` composes through its
+    /// per-process page tables (same place, size and background): its round
+    /// colour for round 0xf2, so that a client image cannot pass for it.
+    pub const fn ppgtt_square_color(tag: u64) -> u32 {
+        round_color(tag, 0xf2)
+    }
+
+    /// Pixel `(x, y)` of `gpu-ppgtt`'s image: [`SQUARE`] in
+    /// [`ppgtt_square_color`], the rest [`BACKGROUND`].
+    pub const fn ppgtt_pixel(x: u32, y: u32, tag: u64) -> u32 {
+        if SQUARE.contains(x, y) { ppgtt_square_color(tag) } else { BACKGROUND }
+    }
+
     const _: () = assert!(BYTES.is_multiple_of(4096), "whole pages");
 }
 
@@ -94,6 +108,9 @@ mod tests {
         assert_eq!(pixel(96, 95, tag), BACKGROUND);
         assert_ne!(square_color(tag), BACKGROUND);
         assert_eq!(BYTES, 0x1_0000);
+        assert_eq!(ppgtt_pixel(0, 0, tag), BACKGROUND);
+        assert_eq!(ppgtt_pixel(40, 40, tag), ppgtt_square_color(tag));
+        assert_ne!(ppgtt_square_color(tag), square_color(tag));
     }
 
     #[test]

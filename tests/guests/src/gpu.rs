@@ -13,6 +13,7 @@
 //! and stores ([`ram_read32`], [`ram_write32`]).
 
 pub mod commands;
+pub mod ppgtt;
 
 use crate::edu::{VIRTUAL_ECAM, read32, write32};
 use crate::intx::{self, Intx, IntxError};
@@ -50,6 +51,12 @@ pub mod layout {
     pub const WORK: u64 = RAM_BASE + 0x80_0000;
     /// Bytes of the work area.
     pub const WORK_SIZE: u64 = 0x40_0000;
+    /// The area the per-process page-table programs (`gpu-ppgtt*`) keep
+    /// their ring, table pool and small pages in (4 MiB below [`WORK`];
+    /// they use [`WORK`] for two 2 MiB pages).
+    pub const PPGTT_AREA: u64 = RAM_BASE + 0x40_0000;
+    /// Bytes of [`PPGTT_AREA`].
+    pub const PPGTT_AREA_SIZE: u64 = 0x40_0000;
     /// Where `gpu-client` leaves its final image (see
     /// [`super::commands::final_pixel`]).
     pub const FINAL_IMAGE: u64 = RAM_BASE + bulkhead_abi::testdata::final_image::RAM_OFFSET;
@@ -60,16 +67,27 @@ pub mod layout {
     /// # Errors
     /// The end of the program's stack.
     pub fn check_program_below_work() -> Result<(), u64> {
+        check_program_below(WORK)
+    }
+
+    /// Checks that the program (code, data, stack) ends below `limit`;
+    /// returns where it ends otherwise.
+    ///
+    /// # Errors
+    /// The end of the program's stack.
+    pub fn check_program_below(limit: u64) -> Result<(), u64> {
         #[cfg(target_os = "none")]
         {
             unsafe extern "C" {
                 static __stack_top: u8;
             }
             let end = core::ptr::addr_of!(__stack_top) as u64;
-            if end > WORK {
+            if end > limit {
                 return Err(end);
             }
         }
+        #[cfg(not(target_os = "none"))]
+        let _ = limit;
         Ok(())
     }
 }

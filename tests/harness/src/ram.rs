@@ -15,7 +15,10 @@
 //!   colour follows from the client's graphics base. The graphics base is
 //!   the hypervisor's choice (its GTT slice), so it is read from the
 //!   client's first log line; the colour the client prints on its
-//!   `final image at` line must agree with the rule.
+//!   `final image at` line must agree with the rule;
+//! - [`Expected::PpgttImage`]: the same for `gpu-ppgtt`'s picture (composed
+//!   through its per-process page tables; its square colour is
+//!   [`final_image::ppgtt_square_color`], its lines start `gpu ppgtt: `).
 //!
 //! File offset = host-physical address − the machine's RAM base
 //! (`GpuModel::ram_base` in xtask: 0x4000_0000 on arm64 `virt`, 0 on
@@ -41,7 +44,25 @@ pub enum Expected {
         /// The client's partition name (its log lines start `[name] `).
         partition: &'static str,
     },
+    /// `gpu-ppgtt`'s final image ([`final_image::ppgtt_pixel`]) for the
+    /// graphics base that partition's log gives.
+    PpgttImage {
+        /// The partition's name.
+        partition: &'static str,
+    },
 }
+
+/// How each program that leaves an image names itself in the log, and its
+/// square colour and pixel rules.
+struct ImageRule {
+    program: &'static str,
+    square: fn(u64) -> u32,
+    pixel: fn(u32, u32, u64) -> u32,
+}
+
+const CLIENT_RULE: ImageRule = ImageRule { program: "gpu client", square: final_image::square_color, pixel: final_image::pixel };
+const PPGTT_RULE: ImageRule =
+    ImageRule { program: "gpu ppgtt", square: final_image::ppgtt_square_color, pixel: final_image::ppgtt_pixel };
 
 /// One region of guest RAM to check after the run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +92,16 @@ impl RamCheck {
         }
     }
 
+    /// The final image of the `gpu-ppgtt` in `partition`, whose RAM region
+    /// is backed at host-physical `ram_host`.
+    pub const fn ppgtt_image(partition: &'static str, ram_host: u64) -> RamCheck {
+        RamCheck {
+            what: "a gpu-ppgtt client's final image",
+            host: ram_host + final_image::RAM_OFFSET,
+            expected: Expected::PpgttImage { partition },
+        }
+    }
+
     /// The bytes the region must hold; `lines` is the run's log.
     ///
     /// # Errors
@@ -79,51 +110,64 @@ impl RamCheck {
     pub fn expected_bytes(&self, lines: &[String]) -> Result<Vec<u8>, String> {
         match self.expected {
             Expected::Pattern => Ok((0..pattern::WORDS).flat_map(|i| pattern::word(i).to_le_bytes()).collect()),
-            Expected::FinalImage { partition } => {
-                let tag = client_graphics_base(partition, lines)?;
-                if let Some(printed) = client_square_color(partition, lines)
-                    && printed != final_image::square_color(tag)
-                {
-                    return Err(format!(
-                        "partition {partition} printed square colour {printed:#010x}, but its graphics base {tag:#x} gives {:#010x}",
-                        final_image::square_color(tag)
-                    ));
-                }
-                Ok(final_image_bytes(tag))
-            }
+            Expected::FinalImage { partition } => image_bytes(&CLIENT_RULE, partition, lines),
+            Expected::PpgttImage { partition } => image_bytes(&PPGTT_RULE, partition, lines),
         }
     }
 }
 
+/// The image `rule`'s program in `partition` must have left.
+fn image_bytes(rule: &ImageRule, partition: &str, lines: &[String]) -> Result<Vec<u8>, String> {
+    let tag = client_graphics_base(rule.program, partition, lines)?;
+    if let Some(printed) = client_square_color(rule.program, partition, lines)
+        && printed != (rule.square)(tag)
+    {
+        return Err(format!(
+            "partition {partition} printed square colour {printed:#010x}, but its graphics base {tag:#x} gives {:#010x}",
+            (rule.square)(tag)
+        ));
+    }
+    Ok(rule_image_bytes(rule.pixel, tag))
+}
+
 /// The final image for graphics base `tag`, as bytes.
 pub fn final_image_bytes(tag: u64) -> Vec<u8> {
+    rule_image_bytes(final_image::pixel, tag)
+}
+
+/// `gpu-ppgtt`'s final image for graphics base `tag`, as bytes.
+pub fn ppgtt_image_bytes(tag: u64) -> Vec<u8> {
+    rule_image_bytes(final_image::ppgtt_pixel, tag)
+}
+
+fn rule_image_bytes(pixel: fn(u32, u32, u64) -> u32, tag: u64) -> Vec<u8> {
     let size = u32::from(final_image::SIZE);
     (0..size)
         .flat_map(|y| (0..size).map(move |x| (x, y)))
-        .flat_map(|(x, y)| final_image::pixel(x, y, tag).to_le_bytes())
+        .flat_map(|(x, y)| pixel(x, y, tag).to_le_bytes())
         .collect()
 }
 
-/// The graphics base from the client's `gpu client: vGPU registers at ...,
+/// The graphics base from the program's `<program>: vGPU registers at ...,
 /// graphics base 0x..., ...` line.
-fn client_graphics_base(partition: &str, lines: &[String]) -> Result<u64, String> {
-    client_value(partition, lines, "graphics base ")
-        .ok_or_else(|| format!("no 'graphics base' line from partition {partition} in the log"))
+fn client_graphics_base(program: &str, partition: &str, lines: &[String]) -> Result<u64, String> {
+    client_value(program, partition, lines, "graphics base ")
+        .ok_or_else(|| format!("no '{program}: ... graphics base' line from partition {partition} in the log"))
 }
 
 /// The square colour the client printed on its `final image at` line
 /// (`... square (32, 32)-(96, 96) 0xffrrggbb`), if it printed one.
-fn client_square_color(partition: &str, lines: &[String]) -> Option<u32> {
-    let prefix = format!("[{partition}] gpu client: final image at ");
+fn client_square_color(program: &str, partition: &str, lines: &[String]) -> Option<u32> {
+    let prefix = format!("[{partition}] {program}: final image at ");
     let line = lines.iter().find_map(|l| l.split_once(&prefix).map(|(_, rest)| rest))?;
     let colour = line.rsplit(' ').next()?;
     u32::from_str_radix(colour.trim().strip_prefix("0x")?, 16).ok()
 }
 
 /// The hexadecimal number after `key` on the partition's first
-/// `gpu client:` line that has it.
-fn client_value(partition: &str, lines: &[String], key: &str) -> Option<u64> {
-    let prefix = format!("[{partition}] gpu client: ");
+/// `<program>:` line that has it.
+fn client_value(program: &str, partition: &str, lines: &[String], key: &str) -> Option<u64> {
+    let prefix = format!("[{partition}] {program}: ");
     lines.iter().find_map(|line| {
         let (_, rest) = line.split_once(&prefix)?;
         let (_, after) = rest.split_once(key)?;
@@ -299,6 +343,19 @@ mod tests {
         let wrong = good.replace(&format!("{:#010x}", final_image::square_color(0x40_0000)), "0xff000001");
         let error = a.expected_bytes(&log(&wrong)).unwrap_err();
         assert!(error.contains("printed square colour 0xff000001"), "{error}");
+    }
+
+    #[test]
+    fn the_ppgtt_image_follows_its_own_lines_and_colour() {
+        let lines = log("[p] gpu ppgtt: vGPU registers at 0x10000000, local memory at 0x10200000 (0x100000 bytes), graphics base 0x600000, 256 GTT entries, interrupt 40\n");
+        let check = RamCheck::ppgtt_image("p", 0x5000_0000);
+        assert_eq!(check.host, 0x50c0_0000);
+        let image = check.expected_bytes(&lines).unwrap();
+        assert_eq!(image, ppgtt_image_bytes(0x60_0000));
+        assert_ne!(image, final_image_bytes(0x60_0000), "not a gpu-client image");
+        assert!(RamCheck::final_image("p", 0x5000_0000).expected_bytes(&lines).is_err(), "no gpu client line");
+        let wrong = format!("{}\n[p] gpu ppgtt: final image at 0x40c00000: square 0xff000001", lines[0]);
+        assert!(check.expected_bytes(&log(&wrong)).unwrap_err().contains("printed square colour 0xff000001"));
     }
 
     #[test]

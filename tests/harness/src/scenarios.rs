@@ -83,6 +83,10 @@ pub const SCENARIOS: &[Scenario] = &[
     gpu::TWO_CLIENTS,
     gpu::ATTACK,
     gpu::BENCH,
+    // Per-process GPU page tables (shadowed by the hypervisor).
+    gpu::PPGTT_TWO_CLIENTS,
+    gpu::PPGTT_ATTACK,
+    gpu::PPGTT_BENCH,
     Scenario {
         name: "dma-unassigned",
         bootargs: Some("selftest=dma"),
@@ -602,6 +606,9 @@ pub const SCENARIOS: &[Scenario] = &[
     gpu::X86_TWO_CLIENTS,
     gpu::X86_ATTACK,
     gpu::X86_BENCH,
+    gpu::X86_PPGTT_TWO_CLIENTS,
+    gpu::X86_PPGTT_ATTACK,
+    gpu::X86_PPGTT_BENCH,
     Scenario {
         name: "x86-dma-unassigned",
         arch: Arch::X86_64,

@@ -27,6 +27,11 @@
 //!    `gpu-bench` partition times a trapped GTT entry write and the same
 //!    workload through its virtual GPU; printed with the ratio mediated/direct
 //!    ticks per blit of the real-time run.
+//! 6. Per-process GPU page tables, on each architecture (the `gpu-ppgtt-bench`
+//!    scenarios, under `-icount`, see [`bench_ppgtt`]): one trapped page-table
+//!    write against an untracked store (ticks and ratio), and the traps to map
+//!    64 MiB in a submitted context linking each PT page first or filling it
+//!    first, with the shadow pages in use.
 
 use crate::build::{self, BuildOptions};
 use crate::config;
@@ -89,6 +94,7 @@ pub fn bench(ws: &Workspace, options: &BuildOptions) -> Result<ExitCode> {
     }
 
     bench_gpu(ws, &artifacts, &bulkhead_harness::scenarios::gpu::BENCH)?;
+    bench_ppgtt(ws, &artifacts, &bulkhead_harness::scenarios::gpu::PPGTT_BENCH);
 
     println!("\n== Linux boot to /init: under Bulkhead / booted directly (QEMU TCG, -icount shift=0) ==");
     let kernels = crate::linux::ensure_kernels(ws)?;
@@ -146,6 +152,7 @@ fn bench_x86_64(ws: &Workspace, options: &BuildOptions) -> Result<ExitCode> {
         println!("{}", line.trim_end());
     }
     bench_gpu(ws, &artifacts, &bulkhead_harness::scenarios::gpu::X86_BENCH)?;
+    bench_ppgtt(ws, &artifacts, &bulkhead_harness::scenarios::gpu::X86_PPGTT_BENCH);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -193,7 +200,7 @@ fn gpu_run(ws: &Workspace, artifacts: &build::Artifacts, scenario: &Scenario, ic
     running.stop();
     let outcome = outcome?;
     let clock = if icount { "-icount, ticks = instructions" } else { "real time" };
-    for line in outcome.lines.iter().filter(|l| l.contains("gpu bench")) {
+    for line in outcome.lines.iter().filter(|l| l.contains("gpu bench") || l.contains("gpu ppgtt bench")) {
         println!("{} [{clock}]", line.trim_end());
     }
     Ok(outcome.lines)
@@ -241,6 +248,72 @@ fn gpu_figures(lines: &[String]) -> Result<GpuFigures, &'static str> {
     })
 }
 
+/// The per-process page-table benchmark of one architecture: `scenario`
+/// (`gpu-ppgtt-bench`) under `-icount`, with the GPU model. A run that
+/// fails or prints no figures is reported as not measured, and the other
+/// benchmarks go on.
+fn bench_ppgtt(ws: &Workspace, artifacts: &build::Artifacts, scenario: &Scenario) {
+    println!("\n== {} GPU per-process page tables (QEMU TCG, GPU model, -icount shift=0) ==", artifacts.arch);
+    let figures = gpu_run(ws, artifacts, scenario, true).and_then(|lines| {
+        ppgtt_figures(&lines).map_err(|missing| {
+            anyhow::anyhow!("the benchmark printed no {missing} (log: target/xtask/logs/bench-{}-icount*)", scenario.name)
+        })
+    });
+    match figures {
+        Ok(figures) => println!("{}", figures.summary(artifacts.arch)),
+        Err(e) => println!("GPU PPGTT {}: not measured: {e:#}", artifacts.arch),
+    }
+}
+
+/// The per-process page-table benchmark's figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PpgttFigures {
+    /// Ticks per store to a tracked (write-protected) table page.
+    trapped: u64,
+    /// Ticks per store to an untracked page.
+    untracked: u64,
+    /// Traps to map 64 MiB linking each PT page before filling it.
+    linked_first: u64,
+    /// Traps to map 64 MiB filling each PT page before linking it.
+    filled_first: u64,
+    /// Shadow pages in use after the second build.
+    shadow_pages: u64,
+}
+
+impl PpgttFigures {
+    fn summary(&self, arch: bulkhead_harness::Arch) -> String {
+        let ratio = if self.untracked == 0 { f64::NAN } else { self.trapped as f64 / self.untracked as f64 };
+        format!(
+            "GPU PPGTT {arch}: page-table write {} ticks trapped, {} ticks untracked: ratio {ratio:.1} (-icount); 64 MiB mapping: {} traps linking PT pages first, {} filling them first; {} shadow pages",
+            self.trapped, self.untracked, self.linked_first, self.filled_first, self.shadow_pages
+        )
+    }
+}
+
+/// Reads [`PpgttFigures`] from `gpu-ppgtt-bench`'s lines.
+///
+/// # Errors
+/// The figure that is missing.
+fn ppgtt_figures(lines: &[String]) -> Result<PpgttFigures, &'static str> {
+    // The number just before `unit` in the text after `marker`.
+    let find = |marker: &str, unit: &str| {
+        lines.iter().find_map(|line| {
+            let (_, rest) = line.split_once(marker)?;
+            let (before, _) = rest.split_once(unit)?;
+            before.split_whitespace().last()?.parse::<u64>().ok()
+        })
+    };
+    let write = "gpu ppgtt bench: page-table write: ";
+    let filled = "gpu ppgtt bench: 64 MiB mapping, PT pages filled first: ";
+    Ok(PpgttFigures {
+        trapped: find(write, " ticks/store trapped").ok_or("trapped write figure")?,
+        untracked: find(write, " ticks/store untracked").ok_or("untracked store figure")?,
+        linked_first: find("gpu ppgtt bench: 64 MiB mapping, PT pages linked first: ", " traps").ok_or("linked-first trap count")?,
+        filled_first: find(filled, " traps").ok_or("filled-first trap count")?,
+        shadow_pages: find(filled, " shadow pages").ok_or("shadow page count")?,
+    })
+}
+
 /// Boots `command` and returns the kernel's uptime, in seconds, when `/init`
 /// started (the init script's `uptime at /init` line).
 fn uptime_at_init(command: &QemuCommand, log: &Path) -> Result<f64> {
@@ -260,6 +333,21 @@ fn uptime_at_init(command: &QemuCommand, log: &Path) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ppgtt_figures_are_read_from_the_bench_lines() {
+        let lines: Vec<String> = [
+            "[gpu-ppgtt-bench] gpu ppgtt bench: page-table write: 812 ticks/store trapped, 6 ticks/store untracked, ratio 135.33 (256 stores each; INFO_PT_TRAPS +256 and +0)",
+            "[gpu-ppgtt-bench] gpu ppgtt bench: 64 MiB mapping, PT pages linked first: 16416 traps, 36 shadow pages",
+            "[gpu-ppgtt-bench] gpu ppgtt bench: 64 MiB mapping, PT pages filled first: 32 traps, 36 shadow pages (4 after unlinking the first build's 32 PT pages)",
+        ]
+        .map(String::from)
+        .to_vec();
+        let figures = ppgtt_figures(&lines).unwrap();
+        assert_eq!(figures, PpgttFigures { trapped: 812, untracked: 6, linked_first: 16416, filled_first: 32, shadow_pages: 36 });
+        assert!(figures.summary(bulkhead_harness::Arch::Aarch64).contains("ratio 135.3"));
+        assert_eq!(ppgtt_figures(&lines[..1]), Err("linked-first trap count"));
+    }
 
     #[test]
     fn gpu_figures_come_from_the_three_lines_of_one_run() {

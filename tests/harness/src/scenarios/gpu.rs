@@ -167,9 +167,160 @@ pub const X86_BENCH: Scenario = Scenario {
     ..BENCH
 };
 
+/// The lines one `gpu-ppgtt` partition must print (any order against the
+/// other partition's), for partition `$p` whose final image is at `$image`.
+macro_rules! ppgtt_client_lines {
+    ($p:literal, $image:literal) => {
+        [
+            concat!("[", $p, "] gpu ppgtt: contexts A (PML4 "),
+            concat!("[", $p, "] gpu ppgtt: (1) context A: fill and store through its own tables: correct"),
+            concat!("[", $p, "] gpu ppgtt: (2) context B: fill and store through its own tables: correct"),
+            concat!("[", $p, "] gpu ppgtt: (3) a page remapped with one 8-byte store (1 trap): the GPU wrote the new page, the old one kept its contents"),
+            concat!("[", $p, "] gpu ppgtt: (4) context B: copies RAM -> local memory -> RAM through its tables: correct"),
+            concat!("[", $p, "] gpu ppgtt: (5) a 2 MiB page mapped at 0x100000000, then switched to another 2 MiB page: the GPU followed"),
+            concat!("[", $p, "] gpu ppgtt: (6) an entry written as two 4-byte halves just before the submission (2 traps): the GPU followed"),
+            concat!("[", $p, "] gpu ppgtt: (7) two adjacent entries in "),
+            concat!("[", $p, "] gpu ppgtt: (8) a PT page shared by both contexts: one remap in it took effect in both"),
+            concat!("[", $p, "] gpu ppgtt: (9) context B released: "),
+            concat!("[", $p, "] gpu ppgtt: final image at ", $image),
+            concat!("[", $p, "] gpu ppgtt: passed: "),
+            concat!("partition ", $p, ": passed"),
+        ]
+    };
+}
+
+/// [`PPGTT_TWO_CLIENTS`]'s lines (arm64: RAM at 0x4000_0000).
+const PPGTT_CLIENT_LINES: [&str; 26] = {
+    let (a, b) = (ppgtt_client_lines!("client-a", "0x40c00000"), ppgtt_client_lines!("client-b", "0x40c00000"));
+    let mut lines = [""; 26];
+    let mut i = 0;
+    while i < 13 {
+        lines[i] = a[i];
+        lines[13 + i] = b[i];
+        i += 1;
+    }
+    lines
+};
+
+/// [`X86_PPGTT_TWO_CLIENTS`]'s lines (x86_64: RAM at 0).
+const X86_PPGTT_CLIENT_LINES: [&str; 26] = {
+    let (a, b) = (ppgtt_client_lines!("client-a", "0xc00000"), ppgtt_client_lines!("client-b", "0xc00000"));
+    let mut lines = [""; 26];
+    let mut i = 0;
+    while i < 13 {
+        lines[i] = a[i];
+        lines[13 + i] = b[i];
+        i += 1;
+    }
+    lines
+};
+
+/// Two `gpu-ppgtt`s at once, each with two contexts of per-process page
+/// tables that the hypervisor write-protects and shadows: every step's
+/// CPU check of where the GPU wrote passes in both (remap, 2 MiB switch,
+/// halves, pair store, shared PT page, release, exact trap and tracked-page
+/// counts), and each final image in its RAM matches `gpu-ppgtt`'s rule.
+pub const PPGTT_TWO_CLIENTS: Scenario = Scenario {
+    name: "gpu-ppgtt-two-clients",
+    config: "tests/configs/gpu-ppgtt-two-clients.toml",
+    expect: &["all 2 partitions passed"],
+    expect_anywhere: &PPGTT_CLIENT_LINES,
+    ram_checks: &[RamCheck::ppgtt_image("client-a", CLIENT_A_HOST), RamCheck::ppgtt_image("client-b", CLIENT_B_HOST)],
+    ..TWO_CLIENTS
+};
+
+/// x86_64: [`PPGTT_TWO_CLIENTS`].
+pub const X86_PPGTT_TWO_CLIENTS: Scenario = Scenario {
+    name: "x86-gpu-ppgtt-two-clients",
+    arch: Arch::X86_64,
+    config: "tests/configs/x86-gpu-ppgtt-two-clients.toml",
+    expect_exit: Some(ExitCode::Success),
+    expect_anywhere: &X86_PPGTT_CLIENT_LINES,
+    ram_checks: &[
+        RamCheck::ppgtt_image("client-a", X86_CLIENT_A_HOST),
+        RamCheck::ppgtt_image("client-b", X86_CLIENT_B_HOST),
+    ],
+    ..PPGTT_TWO_CLIENTS
+};
+
+/// `gpu-ppgtt-attacker`'s lines, in order (the same on both architectures).
+const PPGTT_ATTACK_LINES: [&str; 13] = [
+    "[attacker] gpu ppgtt attack: graphics base 0x",
+    "[attacker] gpu ppgtt attack: (a) leaf at the neighbour's RAM: refused as expected",
+    "[attacker] gpu ppgtt attack: (b) leaf at the hypervisor's memory: refused as expected",
+    "[attacker] gpu ppgtt attack: (b) leaf at MMIO: refused as expected",
+    "[attacker] gpu ppgtt attack: (c) leaf at its own page-table page: refused as expected",
+    "[attacker] gpu ppgtt attack: (d) PD entry naming the neighbour's RAM as a PT: refused as expected",
+    "[attacker] gpu ppgtt attack: (e) MI_LOAD_REGISTER_IMM of PDP0 in a PPGTT batch: faulted as expected",
+    "[attacker] gpu ppgtt attack: (f) PPGTT batch without a PDP0 load: rejected as expected",
+    "[attacker] gpu ppgtt attack: (f) PDP0 load of a PML4 outside its RAM: rejected as expected",
+    "[attacker] gpu ppgtt attack: (g) a freed PT page reused as memory: its stores no longer trap",
+    "[attacker] gpu ppgtt attack: a good batch after the attacks: correct",
+    "[attacker] gpu ppgtt attack: passed: every attack failed as expected",
+    "partition attacker: passed",
+];
+
+/// `gpu-ppgtt-attacker` against `isolation-victim`: every per-process
+/// page-table attack fails as expected, the attacker's GPU still works,
+/// the victim finds its pattern intact, and so does the harness.
+pub const PPGTT_ATTACK: Scenario = Scenario {
+    name: "gpu-ppgtt-attack",
+    config: "tests/configs/gpu-ppgtt-attack.toml",
+    expect: &PPGTT_ATTACK_LINES,
+    ..ATTACK
+};
+
+/// x86_64: [`PPGTT_ATTACK`].
+pub const X86_PPGTT_ATTACK: Scenario = Scenario {
+    name: "x86-gpu-ppgtt-attack",
+    config: "tests/configs/x86-gpu-ppgtt-attack.toml",
+    expect: &PPGTT_ATTACK_LINES,
+    ..X86_ATTACK
+};
+
+/// `gpu-ppgtt-bench`: its figures are produced (`cargo xtask bench` runs
+/// it under `-icount` and prints them).
+pub const PPGTT_BENCH: Scenario = Scenario {
+    name: "gpu-ppgtt-bench",
+    config: "tests/configs/gpu-ppgtt-bench.toml",
+    bootargs: None,
+    expect: &[
+        "[gpu-ppgtt-bench] gpu ppgtt bench: context PML4 ",
+        "[gpu-ppgtt-bench] gpu ppgtt bench: page-table write: ",
+        " ticks/store trapped, ",
+        "[gpu-ppgtt-bench] gpu ppgtt bench: 64 MiB mapping, PT pages linked first: ",
+        "[gpu-ppgtt-bench] gpu ppgtt bench: 64 MiB mapping, PT pages filled first: ",
+        "partition gpu-ppgtt-bench: passed",
+        "all 1 partitions passed",
+    ],
+    ..BENCH
+};
+
+/// x86_64: [`PPGTT_BENCH`].
+pub const X86_PPGTT_BENCH: Scenario = Scenario {
+    name: "x86-gpu-ppgtt-bench",
+    arch: Arch::X86_64,
+    config: "tests/configs/x86-gpu-ppgtt-bench.toml",
+    expect_exit: Some(ExitCode::Success),
+    ..PPGTT_BENCH
+};
+
 /// Every GPU scenario, for the checks below and the list in `SCENARIOS`.
 #[cfg(test)]
-pub const ALL: [&Scenario; 6] = [&TWO_CLIENTS, &X86_TWO_CLIENTS, &ATTACK, &X86_ATTACK, &BENCH, &X86_BENCH];
+pub const ALL: [&Scenario; 12] = [
+    &TWO_CLIENTS,
+    &X86_TWO_CLIENTS,
+    &ATTACK,
+    &X86_ATTACK,
+    &BENCH,
+    &X86_BENCH,
+    &PPGTT_TWO_CLIENTS,
+    &X86_PPGTT_TWO_CLIENTS,
+    &PPGTT_ATTACK,
+    &X86_PPGTT_ATTACK,
+    &PPGTT_BENCH,
+    &X86_PPGTT_BENCH,
+];
 
 #[cfg(test)]
 mod tests {
@@ -196,7 +347,7 @@ mod tests {
             for check in scenario.ram_checks {
                 let offset = match check.expected {
                     Expected::Pattern => bulkhead_abi::testdata::pattern::RAM_OFFSET,
-                    Expected::FinalImage { .. } => bulkhead_abi::testdata::final_image::RAM_OFFSET,
+                    Expected::FinalImage { .. } | Expected::PpgttImage { .. } => bulkhead_abi::testdata::final_image::RAM_OFFSET,
                 };
                 let host = check.host - offset;
                 let spelled = format!("{:x}", host);
