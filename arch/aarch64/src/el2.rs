@@ -211,6 +211,35 @@ pub fn set_guest_sp(spsr: u64, value: u64) {
     let _ = (spsr, value);
 }
 
+/// Runs `f` with `VTTBR_EL2` = `vttbr`, then restores the value it had: a
+/// partition's stage-2 table may change from a CPU that runs another
+/// partition (or none), and the TLB maintenance of the change names the
+/// VMID in `VTTBR_EL2`.
+pub fn with_vttbr<R>(vttbr: u64, f: impl FnOnce() -> R) -> R {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    {
+        let saved = VTTBR_EL2.get();
+        if saved == vttbr {
+            return f();
+        }
+        VTTBR_EL2.set(vttbr);
+        // SAFETY: a context synchronization event so that the TLBIs in `f`
+        // see the new VMID; EL2's own translation does not use VTTBR_EL2,
+        // and no guest runs on this CPU until it is restored below.
+        unsafe { core::arch::asm!("isb", options(nostack, preserves_flags)) };
+        let result = f();
+        VTTBR_EL2.set(saved);
+        // SAFETY: as above, for the restored value.
+        unsafe { core::arch::asm!("isb", options(nostack, preserves_flags)) };
+        result
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    {
+        let _ = vttbr;
+        f()
+    }
+}
+
 /// Whether `SPSR_EL2.M[3:0]` is EL1h (the only mode using `SP_EL1`; EL0t
 /// and EL1t use `SP_EL0`).
 pub const fn uses_sp_el1(spsr: u64) -> bool {

@@ -140,6 +140,11 @@ impl Esr {
         self.fault_status() & 0x3c == 0x0c
     }
 
+    /// For data aborts: FnV, `FAR_EL2` does not hold the faulting address.
+    pub const fn far_not_valid(self) -> bool {
+        self.iss() & (1 << 10) != 0
+    }
+
     /// For data aborts: CM, the fault came from a cache maintenance or
     /// address translation instruction, not a load or store.
     pub const fn is_cache_maintenance(self) -> bool {
