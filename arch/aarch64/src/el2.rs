@@ -171,6 +171,81 @@ pub fn exit_syndrome() -> (u64, u64, u64) {
     (0, 0, 0)
 }
 
+/// The guest stack pointer its PSTATE selects: `SP_EL1` in EL1h
+/// (`SPSR_EL2.M` = 0b0101), `SP_EL0` in EL1t and EL0. Both stay resident on
+/// the CPU while the hypervisor handles an exit of the guest.
+pub fn guest_sp(spsr: u64) -> u64 {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    {
+        let value: u64;
+        // SAFETY: reading a guest stack pointer register has no side effect.
+        unsafe {
+            if uses_sp_el1(spsr) {
+                core::arch::asm!("mrs {}, sp_el1", out(reg) value, options(nomem, nostack, preserves_flags));
+            } else {
+                core::arch::asm!("mrs {}, sp_el0", out(reg) value, options(nomem, nostack, preserves_flags));
+            }
+        }
+        value
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    {
+        let _ = spsr;
+        0
+    }
+}
+
+/// Sets the guest stack pointer its PSTATE selects (see [`guest_sp`]).
+pub fn set_guest_sp(spsr: u64, value: u64) {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    // SAFETY: the register belongs to the guest whose exit is being
+    // handled; the hypervisor runs on SP_EL2 and never uses it.
+    unsafe {
+        if uses_sp_el1(spsr) {
+            core::arch::asm!("msr sp_el1, {}", in(reg) value, options(nomem, nostack, preserves_flags));
+        } else {
+            core::arch::asm!("msr sp_el0, {}", in(reg) value, options(nomem, nostack, preserves_flags));
+        }
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    let _ = (spsr, value);
+}
+
+/// Runs `f` with `VTTBR_EL2` = `vttbr`, then restores the value it had: a
+/// partition's stage-2 table may change from a CPU that runs another
+/// partition (or none), and the TLB maintenance of the change names the
+/// VMID in `VTTBR_EL2`.
+pub fn with_vttbr<R>(vttbr: u64, f: impl FnOnce() -> R) -> R {
+    #[cfg(all(target_arch = "aarch64", not(test)))]
+    {
+        let saved = VTTBR_EL2.get();
+        if saved == vttbr {
+            return f();
+        }
+        VTTBR_EL2.set(vttbr);
+        // SAFETY: a context synchronization event so that the TLBIs in `f`
+        // see the new VMID; EL2's own translation does not use VTTBR_EL2,
+        // and no guest runs on this CPU until it is restored below.
+        unsafe { core::arch::asm!("isb", options(nostack, preserves_flags)) };
+        let result = f();
+        VTTBR_EL2.set(saved);
+        // SAFETY: as above, for the restored value.
+        unsafe { core::arch::asm!("isb", options(nostack, preserves_flags)) };
+        result
+    }
+    #[cfg(not(all(target_arch = "aarch64", not(test))))]
+    {
+        let _ = vttbr;
+        f()
+    }
+}
+
+/// Whether `SPSR_EL2.M[3:0]` is EL1h (the only mode using `SP_EL1`; EL0t
+/// and EL1t use `SP_EL0`).
+pub const fn uses_sp_el1(spsr: u64) -> bool {
+    spsr & 0xf == 0b0101
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +283,13 @@ mod tests {
         assert_eq!(output_size_field(40), 2);
         assert_eq!(output_size_field(44), 4);
         assert_eq!(output_size_field(52), 5);
+    }
+
+    #[test]
+    fn the_stack_pointer_follows_the_mode() {
+        assert!(uses_sp_el1(crate::exception::SPSR_EL1H_MASKED));
+        assert!(!uses_sp_el1(0x3c4), "EL1t");
+        assert!(!uses_sp_el1(0x3c0), "EL0t");
     }
 
     #[test]

@@ -134,6 +134,23 @@ impl Esr {
         self.iss() & (1 << 7) != 0
     }
 
+    /// For aborts: the fault status code is a permission fault (DFSC/IFSC
+    /// 0b0011xx, any level).
+    pub const fn is_permission_fault(self) -> bool {
+        self.fault_status() & 0x3c == 0x0c
+    }
+
+    /// For data aborts: FnV, `FAR_EL2` does not hold the faulting address.
+    pub const fn far_not_valid(self) -> bool {
+        self.iss() & (1 << 10) != 0
+    }
+
+    /// For data aborts: CM, the fault came from a cache maintenance or
+    /// address translation instruction, not a load or store.
+    pub const fn is_cache_maintenance(self) -> bool {
+        self.iss() & (1 << 8) != 0
+    }
+
     /// Whether the fault status code is a translation, access-flag or
     /// permission fault: those for which `HPFAR_EL2` holds the faulting IPA.
     pub const fn fault_has_ipa(self) -> bool {
@@ -237,6 +254,10 @@ mod tests {
         assert!(write.is_write());
         assert_eq!(write.fault_name(), "permission fault");
         assert!(!Esr(0x9200_0021).fault_has_ipa());
+        assert!(write.is_permission_fault());
+        assert!(!esr.is_permission_fault());
+        assert!(!write.is_cache_maintenance());
+        assert!(Esr(0x9200_0000 | (1 << 8) | (1 << 6) | 0x0f).is_cache_maintenance());
     }
 
     #[test]

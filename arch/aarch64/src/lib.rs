@@ -27,6 +27,7 @@ pub mod mmu;
 pub mod semihosting;
 pub mod smp;
 pub mod stage2;
+pub mod store_decode;
 pub mod translate;
 
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]

@@ -297,6 +297,11 @@ impl Stage2Table {
         self.leaf(ipa).map(|(pa, attrs, _)| (pa, attrs))
     }
 
+    /// Whether `ipa` is mapped with write permission (S2AP bit 1).
+    pub fn is_writable(&self, ipa: u64) -> bool {
+        self.lookup(ipa).is_some_and(|(_, attrs)| attrs.contains(Stage2Attributes::S2AP_ACCESS_WO))
+    }
+
     /// The level (1, 2 or 3) of the leaf that maps `ipa`, if mapped.
     pub fn leaf_level(&self, ipa: u64) -> Option<usize> {
         self.leaf(ipa).map(|(_, _, level)| level)

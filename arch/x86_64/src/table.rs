@@ -314,6 +314,39 @@ impl<F: EntryFormat, A: FrameAllocator> SecondLevelTable<F, A> {
         Ok(leaves.into_iter().map(|(_, _, leaf_gpa, leaf_size)| (leaf_gpa, leaf_size)).collect())
     }
 
+    /// Rewrites the 4 KiB leaf mapping `gpa` (page aligned) in place with
+    /// `memory` and `access`, keeping its host-physical address: one page's
+    /// permissions change (write-protecting a page for tracking, and back)
+    /// without the entry ever being non-present, so a concurrent walk sees
+    /// either the old or the new entry (an aligned 64-bit store). The
+    /// caller invalidates cached translations (TLB) afterwards. Returns the
+    /// old entry.
+    ///
+    /// # Errors
+    /// [`UnmapError::BadRange`] for an unaligned `gpa` or one beyond
+    /// [`GUEST_ADDRESS_BITS`], [`UnmapError::NotMapped`] if nothing maps it,
+    /// [`UnmapError::PartialLeaf`] if a larger leaf does (it is never
+    /// split); [`MapError`]s are not possible: an access the format cannot
+    /// express is refused as [`UnmapError::BadRange`] too.
+    pub fn set_page_access(&mut self, gpa: u64, memory: MemoryType, access: Access) -> Result<u64, UnmapError> {
+        let bad = UnmapError::BadRange { gpa, size: PAGE_SIZE_4KIB };
+        if gpa & (PAGE_SIZE_4KIB - 1) != 0 || gpa >> GUEST_ADDRESS_BITS != 0 {
+            return Err(bad);
+        }
+        let attributes = F::attributes(memory, access).map_err(|_| bad)?;
+        let (table, index, leaf_gpa, leaf_size) = self.leaf_slot(gpa).ok_or(UnmapError::NotMapped { gpa })?;
+        if leaf_size != PageSize::Size4KiB {
+            return Err(UnmapError::PartialLeaf { gpa: leaf_gpa });
+        }
+        let slot = &mut self.allocator.frame_mut(table)[index];
+        let old = *slot;
+        let hpa = F::address(Level::Pt, old);
+        // An aligned 64-bit store: a concurrent hardware walk reads either
+        // the old or the new entry, both present.
+        *slot = F::make_leaf_entry(PageSize::Size4KiB, hpa, attributes);
+        Ok(old)
+    }
+
     /// The leaf translating `gpa`: the table frame holding it, its index
     /// there, the leaf's guest-physical start and its size.
     fn leaf_slot(&self, gpa: u64) -> Option<(u64, usize, u64, PageSize)> {

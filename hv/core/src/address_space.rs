@@ -129,6 +129,9 @@ const PAGE: u64 = 4096;
 pub struct AddressSpace {
     regions: Vec<Region>,
     overlays: Vec<Overlay>,
+    /// RAM may be write-protected page by page while the partition runs
+    /// ([`crate::page_track`]): RAM is then mapped with 4 KiB pages only.
+    page_granular_ram: bool,
 }
 
 fn check_range(gpa: Gpa, size: u64) -> Result<u64, AddressSpaceError> {
@@ -175,6 +178,28 @@ impl AddressSpace {
         Ok(())
     }
 
+    /// Declares that pages of its RAM may be write-protected one by one
+    /// later (GPU page-table tracking, [`crate::page_track`]):
+    /// [`AddressSpace::derive_cpu_view`] then maps every RAM region with
+    /// 4 KiB pages, so that one page's permission can change without
+    /// splitting a block in a live table.
+    pub fn set_page_granular_ram(&mut self, page_granular: bool) {
+        self.page_granular_ram = page_granular;
+    }
+
+    /// Whether RAM is mapped page by page ([`AddressSpace::set_page_granular_ram`]).
+    pub fn page_granular_ram(&self) -> bool {
+        self.page_granular_ram
+    }
+
+    /// The first overlay that covers `gpa`, if any.
+    pub fn overlay_at(&self, gpa: Gpa) -> Option<Overlay> {
+        self.overlays.iter().copied().find(|o| {
+            let (b, e) = o.range();
+            b <= gpa.raw() && gpa.raw() < e
+        })
+    }
+
     /// The regions, sorted by guest-physical address.
     pub fn regions(&self) -> &[Region] {
         &self.regions
@@ -217,7 +242,8 @@ impl AddressSpace {
     /// Maps every region into `view`, applying the overlays: trapped ranges
     /// stay unmapped, write-protected ranges are mapped without write
     /// permission and with 4 KiB pages; regions with overlays use 4 KiB
-    /// pages throughout so that each page can change later.
+    /// pages throughout so that each page can change later, and so do RAM
+    /// regions of a space with [page-granular RAM](AddressSpace::set_page_granular_ram).
     ///
     /// # Errors
     /// The first error `view` reports.
@@ -236,7 +262,8 @@ impl AddressSpace {
                 })
                 .collect();
             overlays.sort_by_key(|o| o.range().0);
-            let pages_only = !overlays.is_empty();
+            let pages_only =
+                !overlays.is_empty() || (self.page_granular_ram && region.kind == RegionKind::Ram);
             let mut cursor = start;
             for overlay in overlays {
                 let (b, e) = overlay.range();
@@ -370,6 +397,37 @@ pub(crate) mod tests {
             ]
         );
         assert_eq!(space.translate(Gpa::new(0x4000_8000), 8, Access::Write), Some(Hpa::new(0x100_8000)), "the mediator's view ignores CPU overlays");
+    }
+
+    #[test]
+    fn page_granular_ram_maps_ram_with_pages_and_devices_with_blocks() {
+        let mut space = AddressSpace::new();
+        space.add_region(ram(0x4000_0000, 0x100_0000, 0x40_0000, "rwx")).unwrap();
+        let mut device = ram(0x900_0000, 0x900_0000, 0x20_0000, "rw");
+        device.kind = RegionKind::Device;
+        space.add_region(device).unwrap();
+        assert!(!space.page_granular_ram());
+        let mut view = Recorder::default();
+        space.derive_cpu_view(&mut view).unwrap();
+        assert!(view.0.iter().all(|m| !m.4), "blocks allowed by default");
+        space.set_page_granular_ram(true);
+        let mut view = Recorder::default();
+        space.derive_cpu_view(&mut view).unwrap();
+        assert_eq!(
+            view.0,
+            vec![(0x900_0000, 0x900_0000, 0x20_0000, "rw", false), (0x4000_0000, 0x100_0000, 0x40_0000, "rwx", true)]
+        );
+    }
+
+    #[test]
+    fn overlay_at_finds_the_covering_overlay() {
+        let mut space = AddressSpace::new();
+        space.add_region(ram(0x4000_0000, 0x100_0000, 0x10_000, "rwx")).unwrap();
+        let wp = Overlay::WriteProtect { gpa: Gpa::new(0x4000_2000), size: 0x2000 };
+        space.add_overlay(wp).unwrap();
+        assert_eq!(space.overlay_at(Gpa::new(0x4000_3fff)), Some(wp));
+        assert_eq!(space.overlay_at(Gpa::new(0x4000_4000)), None);
+        assert_eq!(space.overlay_at(Gpa::new(0x4000_1fff)), None);
     }
 
     #[test]

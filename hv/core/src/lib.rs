@@ -23,6 +23,7 @@ pub mod hypercall;
 pub mod linux;
 pub mod memmap;
 pub mod mmio;
+pub mod page_track;
 pub mod partition;
 pub mod pinning;
 pub mod summary;

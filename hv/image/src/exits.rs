@@ -14,7 +14,12 @@ use bulkhead_arch_aarch64::exception::ExitKind;
 use bulkhead_arch_aarch64::idregs;
 use bulkhead_arch_aarch64::inject::{InjectedFault, inject_abort, inject_undefined};
 use bulkhead_abi::hypercall::{CHECK_ATTRIBUTE, HvError};
+use bulkhead_arch_aarch64::store_decode;
 use bulkhead_arch_aarch64::translate::{Stages, combine, s2_memattr, translate};
+use bulkhead_core::address_space::{Access, RegionKind};
+use bulkhead_core::page_track::TrackedWrite;
+use bulkhead_core::partition::HostMemory;
+use crate::page_track::PerformError;
 use bulkhead_config::FaultPolicy;
 use bulkhead_core::address::Gpa;
 use bulkhead_core::mmio::{AccessSize, DataAccess};
@@ -106,6 +111,9 @@ fn handle_sync(
             // A trapped SMC returns to the SMC itself (Arm ARM D1.10.x); skip it.
             runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
             return hypercall_exit(partition, topology, runnable, Conduit::Smc);
+        }
+        ExceptionClass::DataAbortLower if is_tracked_write_fault(partition, esr, far, hpfar) => {
+            tracked_write(partition, shared, runnable, esr, far, hpfar);
         }
         ExceptionClass::DataAbortLower if esr.fault_has_ipa() && esr.has_valid_syndrome() => {
             let access = DataAccess {
@@ -200,6 +208,133 @@ fn emulate_mmio(partition: &mut Partition, shared: &Shared, runnable: &mut Runna
     claimed
 }
 
+/// A stage-2 permission fault on a store (not a stage-1 walk) to a page
+/// tracked for the GPU mediator ([`crate::page_track`]).
+fn is_tracked_write_fault(partition: &Partition, esr: Esr, far: u64, hpfar: u64) -> bool {
+    esr.is_permission_fault()
+        && esr.is_write()
+        && !esr.on_stage1_walk()
+        && crate::page_track::is_tracked(partition.index, Gpa::new(esr::fault_ipa(hpfar, far)))
+}
+
+/// Performs a trapped store to a tracked page for the guest: from the
+/// syndrome if it describes the access (ISV), else by decoding the
+/// instruction at ELR; then advances ELR. A store that cannot be emulated
+/// is a stage-2 fault under the partition's policy, named as such.
+fn tracked_write(partition: &mut Partition, shared: &Shared, runnable: &mut Runnable, esr: Esr, far: u64, hpfar: u64) {
+    let ipa = Gpa::new(esr::fault_ipa(hpfar, far));
+    let index = partition.index;
+    if esr.is_cache_maintenance() {
+        // DC IVAC needs write permission at stage 2; a clean and invalidate
+        // keeps the performed stores and satisfies the guest.
+        if crate::page_track::clean_line(index, ipa) {
+            runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
+        } else {
+            stage2_fault(partition, shared, runnable, esr, far, hpfar);
+        }
+        return;
+    }
+    let decoded = if esr.has_valid_syndrome() {
+        let width = esr.access_size();
+        let value = register(&runnable.vcpu, esr.transfer_register()) & width_mask(width);
+        Ok((TrackedStores::one(TrackedWrite { gpa: ipa, width, value }), None))
+    } else {
+        decode_tracked_store(partition, runnable, esr, far, ipa)
+    };
+    let (writes, writeback) = match decoded {
+        Ok(decoded) => decoded,
+        Err(why) => {
+            log::warn!("partition {}: store to tracked page {:#x} at PC {:#x} not emulated: {why}", partition.name, ipa.raw() & !0xfff, runnable.vcpu.elr);
+            stage2_fault(partition, shared, runnable, esr, far, hpfar);
+            return;
+        }
+    };
+    match crate::page_track::perform(index, writes.as_slice()) {
+        Ok(()) => {
+            if let Some((base, value)) = writeback {
+                if base == store_decode::SP_OR_ZR {
+                    el2::set_guest_sp(runnable.vcpu.spsr, value);
+                } else if let Some(slot) = runnable.vcpu.x.get_mut(usize::from(base)) {
+                    *slot = value;
+                }
+            }
+            runnable.vcpu.elr = runnable.vcpu.elr.wrapping_add(4);
+        }
+        // Untracked since the fault: if the page is writable again, the
+        // guest simply retries the store.
+        Err(PerformError::NotTracked(_)) if crate::page_track::writable_now(index, ipa) => {}
+        Err(e) => {
+            log::warn!("partition {}: store to tracked page {:#x} at PC {:#x} not performed: {e:?}", partition.name, ipa.raw() & !0xfff, runnable.vcpu.elr);
+            stage2_fault(partition, shared, runnable, esr, far, hpfar);
+        }
+    }
+}
+
+/// One or two stores of one instruction.
+struct TrackedStores {
+    writes: [TrackedWrite; 2],
+    count: usize,
+}
+
+impl TrackedStores {
+    fn one(write: TrackedWrite) -> TrackedStores {
+        TrackedStores { writes: [write, write], count: 1 }
+    }
+
+    fn as_slice(&self) -> &[TrackedWrite] {
+        &self.writes[..self.count.min(2)]
+    }
+}
+
+const fn width_mask(width: u8) -> u64 {
+    if width >= 8 { u64::MAX } else { (1u64 << (width as u32 * 8)) - 1 }
+}
+
+/// Decodes the store at ELR (ISV = 0: pairs, writeback forms): fetched
+/// through the guest's stage 1 from its own RAM, decoded by
+/// [`store_decode`], each store checked to lie in the faulting page.
+/// Returns the stores and the base register's writeback.
+fn decode_tracked_store(
+    partition: &Partition,
+    runnable: &Runnable,
+    esr: Esr,
+    far: u64,
+    ipa: Gpa,
+) -> Result<(TrackedStores, Option<(u8, u64)>), String> {
+    let vcpu = &runnable.vcpu;
+    if esr.far_not_valid() {
+        return Err(String::from("FAR_EL2 is not valid for this fault"));
+    }
+    let pc = vcpu.elr;
+    let code = translate(pc, Stages::Stage1).ok_or_else(|| format!("PC {pc:#x} does not translate at stage 1"))?;
+    let code_ipa = Gpa::new(code.address);
+    let in_ram = partition.space.region_at(code_ipa).is_some_and(|r| r.kind == RegionKind::Ram);
+    let hpa = partition
+        .space
+        .translate(code_ipa, 4, Access::Read)
+        .filter(|_| in_ram)
+        .ok_or_else(|| format!("the instruction at IPA {code_ipa} is not in readable RAM"))?;
+    let mut bytes = [0u8; 4];
+    IdentityMemory.read(hpa, &mut bytes);
+    let insn = u32::from_le_bytes(bytes);
+    let decoded = store_decode::decode(insn).map_err(|e| format!("instruction {insn:#010x} is not emulated ({e:?})"))?;
+    let execution = decoded.execute(|n| register(vcpu, n), el2::guest_sp(vcpu.spsr));
+    let page = ipa.raw() & !0xfff;
+    let mut writes = [TrackedWrite { gpa: ipa, width: 0, value: 0 }; 2];
+    for (store, write) in execution.stores().iter().zip(writes.iter_mut()) {
+        // Tags (bits 63:56) aside, the store must lie in the faulting VA
+        // page; its IPA is then the faulting IPA page plus its offset.
+        let same_page = (store.address ^ far) & 0x00ff_ffff_ffff_f000 == 0;
+        let offset = store.address & 0xfff;
+        if !same_page || offset + u64::from(store.width) > 0x1000 {
+            return Err(format!("instruction {insn:#010x} stores at VA {:#x}, outside the faulting page (FAR {far:#x})", store.address));
+        }
+        *write = TrackedWrite { gpa: Gpa::new(page | offset), width: store.width, value: store.value };
+    }
+    let writeback = execution.writeback.map(|value| (decoded.base, value));
+    Ok((TrackedStores { writes, count: usize::from(execution.count) }, writeback))
+}
+
 fn stage2_fault(partition: &mut Partition, shared: &Shared, runnable: &mut Runnable, esr: Esr, far: u64, hpfar: u64) {
     // QEMU TCG (DESIGN.md §4) may report a guest's unaligned access to Device
     // memory as a stage-2 alignment fault at EL2: it is the guest's own fault,
@@ -222,8 +357,13 @@ fn stage2_fault(partition: &mut Partition, shared: &Shared, runnable: &mut Runna
     } else {
         String::from("IPA unknown")
     };
+    let tracked = if esr.fault_has_ipa() && crate::page_track::is_tracked(partition.index, Gpa::new(esr::fault_ipa(hpfar, far))) {
+        ", a page tracked for the GPU mediator"
+    } else {
+        ""
+    };
     let message = format!(
-        "stage-2 fault: partition '{}' {what} at {ipa} ({}, ESR {:#x}, FAR {far:#x}, PC {:#x})",
+        "stage-2 fault: partition '{}' {what} at {ipa}{tracked} ({}, ESR {:#x}, FAR {far:#x}, PC {:#x})",
         partition.name,
         esr.fault_name(),
         esr.0,

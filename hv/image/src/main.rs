@@ -54,6 +54,7 @@ mod space;
 mod gpu_hw;
 mod gpu_selftest;
 mod vgpu;
+mod page_track;
 mod guest_memory;
 mod host_backing;
 mod loaded;

@@ -66,6 +66,14 @@ pub fn start(slots: Vec<Slot>, platform: Platform) -> ! {
     let platform = PLATFORM.call_once(|| platform);
     let started = slots.iter().filter(|s| s.shared.is_some()).count();
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
+    // The stage-2 tables have their final home: page tracking can change them.
+    for (index, slot) in machine.slots.iter().enumerate() {
+        if let (Some(shared), Some(vcpu)) = (&slot.shared, slot.vcpus.first())
+            && crate::page_track::enabled(index)
+        {
+            crate::page_track::attach(index, &shared.stage2, vcpu.runnable.lock().setup.vttbr);
+        }
+    }
     let boot_cpu = platform.boot_cpu().unwrap_or(0);
     if !give_uart_away(machine, platform) {
         route_console_input(machine, platform);
@@ -361,6 +369,9 @@ fn reset_partition(slot: &Slot, shared: &Shared, v: usize) {
     if let Some(index) = shared.gpu {
         crate::vgpu::reset(index);
     }
+    // The new boot starts with every page writable, whatever the mediator
+    // tracked for the old one.
+    crate::page_track::release_all(partition.index);
     guest_image::clear_ram(&partition);
     shared.vgic.lock().reset();
     *shared.verdict.lock() = None;

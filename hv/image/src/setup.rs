@@ -243,6 +243,9 @@ fn build(
     let gpu = crate::vgpu::share(index);
     if let Some(share) = &gpu {
         crate::vgpu::add_memory_region(&mut space, share)?;
+        // The mediator write-protects the guest's GPU page tables page by
+        // page while the partition runs (`crate::page_track`).
+        space.set_page_granular_ram(true);
     }
     // PCI functions: BARs join the address space before the stage 2 is derived.
     let planned = crate::assign::plan(config, whole, platform, functions, &mut space)?;
@@ -259,6 +262,9 @@ fn build(
         .map_err(|e| format!("stage-2 mapping failed: {e:?}"))?;
 
     *partition = Partition::new(index, &config.name, space);
+    if gpu.is_some() {
+        crate::page_track::enable(index, &partition.space);
+    }
     partition.console_enabled = config.console != Console::None;
     crate::assign::install(planned, gpu.as_ref().map(crate::vgpu::virtual_function), partition, platform)?;
     if gpu.is_some() {

@@ -309,6 +309,7 @@ fn host_identity_layout_builds_with_the_predicted_leaves() {
 }
 
 both_formats! {
+    set_page_access_rewrites_one_4k_leaf_in_place => set_page_access;
     unmap_removes_whole_leaves_and_allows_remapping => unmap_whole_leaves;
     unmap_refuses_holes_and_partial_leaves_atomically => unmap_refusals;
 }
@@ -342,4 +343,30 @@ fn unmap_refusals<F: EntryFormat>() {
     assert!(table.lookup(2 * MIB).is_some());
     assert_eq!(table.unmap(16 * MIB, 4 * KIB), Err(UnmapError::NotMapped { gpa: 16 * MIB }));
     assert!(table.lookup(8 * MIB).is_some());
+}
+
+fn set_page_access<F: EntryFormat>() {
+    let mut table = table::<F>();
+    let read_execute = Access { read: true, write: false, execute: true };
+    table.map(2 * MIB, 0x8_0020_0000, 2 * MIB, WB, RWX).unwrap();
+    table.map(8 * MIB, 0x8_0080_0000, 8 * KIB, WB, RWX).unwrap();
+    let frames = table.table_frame_count();
+    let neighbour = table.lookup(8 * MIB).unwrap().1;
+    let old = table.set_page_access(8 * MIB + 4 * KIB, WB, read_execute).unwrap();
+    assert_eq!(old, F::make_leaf_entry(PageSize::Size4KiB, 0x8_0080_1000, F::attributes(WB, RWX).unwrap()));
+    let (hpa, entry, size) = table.lookup(8 * MIB + 4 * KIB + 8).unwrap();
+    assert_eq!((hpa, size), (0x8_0080_1008, PageSize::Size4KiB));
+    assert_eq!(entry, F::make_leaf_entry(PageSize::Size4KiB, 0x8_0080_1000, F::attributes(WB, read_execute).unwrap()));
+    // The neighbour is untouched, and nothing was allocated.
+    assert_eq!(table.lookup(8 * MIB).map(|(_, e, _)| e), Some(neighbour));
+    assert_eq!(table.table_frame_count(), frames);
+    // And back.
+    table.set_page_access(8 * MIB + 4 * KIB, WB, RWX).unwrap();
+    assert_eq!(table.lookup(8 * MIB + 4 * KIB).map(|(_, e, _)| e), Some(old));
+    // Refusals: unaligned, unmapped, inside a large leaf, inexpressible access.
+    assert_eq!(table.set_page_access(8 * MIB + 1, WB, RWX), Err(UnmapError::BadRange { gpa: 8 * MIB + 1, size: 4 * KIB }));
+    assert_eq!(table.set_page_access(16 * MIB, WB, RWX), Err(UnmapError::NotMapped { gpa: 16 * MIB }));
+    assert_eq!(table.set_page_access(3 * MIB, WB, RWX), Err(UnmapError::PartialLeaf { gpa: 2 * MIB }));
+    let write_only = Access { read: false, write: true, execute: false };
+    assert_eq!(table.set_page_access(8 * MIB, WB, write_only), Err(UnmapError::BadRange { gpa: 8 * MIB, size: 4 * KIB }));
 }

@@ -20,6 +20,7 @@
 
 use super::svm::GuestConsole;
 use super::memory::IdentityMemory;
+use bulkhead_core::page_track::TrackedWrite;
 use super::partition::Intx;
 use alloc::format;
 use alloc::string::String;
@@ -631,6 +632,9 @@ fn nested_fault(
     present: bool,
     during_event_delivery: bool,
 ) -> Result<(), Option<String>> {
+    if write && present && !fetch && !during_event_delivery && crate::page_track::is_tracked(partition.index, Gpa::new(gpa)) {
+        return tracked_store(partition, cpu, state, gpa);
+    }
     if !fetch && !present && !during_event_delivery {
         match emulate_mmio(partition, cpu, state, gpa, write) {
             Mmio::Done => return Ok(()),
@@ -658,6 +662,66 @@ fn nested_fault(
         return Err(Some(format!("{message} while delivering an event (is the guest's IDT outside its memory?)")));
     }
     Err(violation(partition, cpu, state, message))
+}
+
+/// Performs a store to a page tracked for the GPU mediator
+/// ([`crate::page_track`]): the instruction at RIP must be a plain MOV
+/// store of 1, 2, 4 or 8 bytes inside the page; the store is done in guest
+/// memory, the mediator told, RIP advanced. Anything else is a violation
+/// whose message names the tracked page.
+///
+/// The NPF reports the faulting byte's GPA, not the instruction's operand:
+/// a misaligned store that starts in the page before and crosses into a
+/// tracked one would be performed at the tracked page's first byte. It
+/// only ever writes the guest's own bytes into its own page.
+fn tracked_store(partition: &mut Partition, cpu: &mut dyn GuestCpu, state: &mut ExitState, gpa: u64) -> Result<(), Option<String>> {
+    let rip = cpu.rip();
+    let page = gpa & !(PAGE - 1);
+    let attempt = (|| -> Result<(u8, TrackedWrite), String> {
+        let (bytes, len) = fetch(partition, cpu, &mut state.code_walk, MAX_INSTRUCTION_LENGTH)?;
+        let instruction = match decode::decode_mmio(&bytes[..len], cpu.bitness()) {
+            Ok(instruction) => instruction,
+            Err(DecodeError::Invalid) => return Err(String::from("the instruction does not decode")),
+            Err(DecodeError::Unsupported(mnemonic)) => return Err(format!("{mnemonic:?} is not a plain store")),
+        };
+        let decode::MmioOperation::Store { source, size } = instruction.operation else {
+            return Err(String::from("the fault was a write but the instruction loads"));
+        };
+        let value = match source {
+            StoreSource::Register(slot) => slot.read(cpu.gpr(slot.gpr)),
+            StoreSource::Immediate(value) => value,
+        };
+        let mask = if size >= 8 { u64::MAX } else { (1u64 << (u32::from(size) * 8)) - 1 };
+        let write = TrackedWrite { gpa: Gpa::new(gpa), width: size, value: value & mask };
+        if !write.within_page(Gpa::new(page)) {
+            return Err(format!("the {size}-byte store crosses the end of the page"));
+        }
+        Ok((instruction.length, write))
+    })();
+    let result = attempt.and_then(|(length, write)| {
+        match crate::page_track::perform(partition.index, &[write]) {
+            Ok(()) => Ok(Some(length)),
+            // Untracked since the fault: if writable again, the guest retries.
+            Err(crate::page_track::PerformError::NotTracked(_)) if crate::page_track::writable_now(partition.index, Gpa::new(gpa)) => {
+                Ok(None)
+            }
+            Err(e) => Err(format!("{e:?}")),
+        }
+    });
+    match result {
+        Ok(Some(length)) => {
+            cpu.set_rip(rip.wrapping_add(u64::from(length)));
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(why) => {
+            let message = format!(
+                "nested page fault: partition '{}' write at GPA {gpa:#x} (RIP {rip:#x}) in page {page:#x}, tracked for the GPU mediator: not emulated: {why}",
+                partition.name
+            );
+            Err(violation(partition, cpu, state, message))
+        }
+    }
 }
 
 enum Mmio {

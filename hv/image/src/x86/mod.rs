@@ -16,12 +16,12 @@
 mod assign;
 mod backend;
 mod console;
-mod intx;
+pub(crate) mod intx;
 mod iommu;
 mod pci;
 mod memory;
 mod paging;
-mod partition;
+pub(crate) mod partition;
 mod exits;
 mod smp;
 mod svm;

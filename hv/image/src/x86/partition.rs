@@ -171,8 +171,9 @@ pub enum TableFormat {
 
 /// A partition's CPU view as its back end consumes it.
 pub enum CpuTable {
-    /// For the SVM back end.
-    Npt(NestedTable),
+    /// For the SVM back end; behind a lock because page tracking
+    /// (`crate::page_track`) changes leaves while the partition runs.
+    Npt(Mutex<NestedTable>),
     /// For the VMX back end.
     Ept(ExtendedTable),
 }
@@ -181,7 +182,7 @@ impl CpuTable {
     /// The root (PML4) frame, for the log.
     pub fn root_address(&self) -> u64 {
         match self {
-            CpuTable::Npt(table) => table.root_address(),
+            CpuTable::Npt(table) => table.lock().root_address(),
             CpuTable::Ept(table) => table.root_address(),
         }
     }
@@ -189,7 +190,7 @@ impl CpuTable {
     /// Frames the table uses, for the log.
     pub fn table_frame_count(&self) -> usize {
         match self {
-            CpuTable::Npt(table) => table.table_frame_count(),
+            CpuTable::Npt(table) => table.lock().table_frame_count(),
             CpuTable::Ept(table) => table.table_frame_count(),
         }
     }
@@ -236,7 +237,7 @@ fn derive_table(space: &AddressSpace, format: TableFormat) -> Result<CpuTable, S
             let mut npt = NestedTable::new(NptFrames).ok_or("no memory for the nested page table's root")?;
             let mut view: NptView<'_> = SlatView(&mut npt);
             space.derive_cpu_view(&mut view).map_err(refused)?;
-            Ok(CpuTable::Npt(npt))
+            Ok(CpuTable::Npt(Mutex::new(npt)))
         }
         TableFormat::Ept(options) => {
             let mut ept = ExtendedTable::with_options(NptFrames, options).ok_or("no memory for the EPT's root")?;
@@ -293,9 +294,15 @@ pub fn build(
     }
     if let Some(share) = &gpu {
         crate::vgpu::add_memory_region(&mut space, share)?;
+        // The mediator write-protects the guest's GPU page tables page by
+        // page while the partition runs (`crate::page_track`).
+        space.set_page_granular_ram(true);
     }
     let table = derive_table(&space, format)?;
     let mut partition = Partition::new(index, &config.name, space);
+    if gpu.is_some() {
+        crate::page_track::enable(index, &partition.space);
+    }
     let verdict = Arc::new(Mutex::new(None));
     partition
         .bus

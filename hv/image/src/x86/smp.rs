@@ -74,6 +74,14 @@ static MACHINE: Once<Machine> = Once::new();
 pub fn start(slots: Vec<Slot>, trampoline: Option<u64>, cpu: Option<backend::CpuBackend>) -> ! {
     let started = slots.iter().filter(|s| s.run.is_some()).count();
     let machine = MACHINE.call_once(|| Machine { slots, running: AtomicUsize::new(started) });
+    // The NPTs have their final home: page tracking can change them.
+    for (index, slot) in machine.slots.iter().enumerate() {
+        if let Some((CpuTable::Npt(npt), _)) = &slot.run
+            && crate::page_track::enabled(index)
+        {
+            crate::page_track::attach(index, npt, slot.apic_id);
+        }
+    }
     if started == 0 {
         summarize_and_finish(&machine.slots);
     }

@@ -5,8 +5,8 @@
 //! QEMU TCG (DESIGN.md §6) has no next-RIP save and no decode assists:
 //! [`super::exits`] decodes instructions itself. Nothing relies on VMCB clean
 //! bits (the field stays 0: everything is reloaded) or on flush-by-ASID
-//! (the first VMRUN flushes the whole TLB, later ones none: the NPT never
-//! changes while the partition runs). An event the CPU was delivering when
+//! (the first VMRUN flushes the whole TLB; later ones only after page
+//! tracking changed an NPT leaf, `crate::page_track`). An event the CPU was delivering when
 //! the exit happened (EXITINTINFO) is re-injected on the next VMRUN unless
 //! the handler injects one of its own (APM Vol. 2 §15.7.2).
 
@@ -31,6 +31,7 @@ use bulkhead_arch_x86_64::svm::guest::{self as svm_guest, SvmGuest, fill_64bit_g
 use bulkhead_arch_x86_64::svm::vmcb::Vmcb;
 use bulkhead_config::MemoryAttribute;
 use bulkhead_core::partition::{ConsoleSink, Partition, StopReason};
+use spin::Mutex;
 
 /// CPUID leaf of the SVM feature bits (AMD APM Vol. 3 Appendix E).
 const SVM_FEATURES_LEAF: u32 = 0x8000_000a;
@@ -106,7 +107,7 @@ fn msr_permissions() -> MsrPermissionMap {
 struct SvmCpu<'a> {
     vmcb: &'a mut Vmcb,
     registers: &'a mut GuestRegisters,
-    npt: &'a NestedTable,
+    npt: &'a Mutex<NestedTable>,
     /// The CPU writes nRIP on instruction intercepts (never under QEMU TCG).
     nrip_save: bool,
 }
@@ -217,7 +218,7 @@ impl GuestCpu for SvmCpu<'_> {
     }
 
     fn second_level_memory_type(&self, gpa: u64) -> Option<u8> {
-        let (_, entry, size) = self.npt.lookup(gpa)?;
+        let (_, entry, size) = self.npt.lock().lookup(gpa)?;
         Some(npt::pat_entry(npt::HOST_PAT, npt::leaf_pat_index(entry, size)))
     }
 
@@ -271,14 +272,14 @@ fn exit_of(vmcb: &Vmcb, registers: &GuestRegisters) -> Exit {
 }
 
 /// Runs `partition`'s only vCPU on this CPU until the partition stops.
-pub fn run(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: CpuSvm) {
+pub fn run(partition: &mut Partition, npt: &Mutex<NestedTable>, start: &Start, svm: CpuSvm) {
     if let Err(reason) = run_vcpu(partition, npt, start, svm) {
         log::error!("partition {}: {reason}", partition.name);
         partition.stop(StopReason::Fault(reason), &mut GuestConsole);
     }
 }
 
-fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: CpuSvm) -> Result<(), String> {
+fn run_vcpu(partition: &mut Partition, npt: &Mutex<NestedTable>, start: &Start, svm: CpuSvm) -> Result<(), String> {
     let iopm = frames_holding(&io_permissions(start).0, "I/O permission map")?;
     let msrpm = frames_holding(&msr_permissions().0, "MSR permission map")?;
     let vmcb_pa = alloc_frames(4096, 4096).ok_or("no memory for the VMCB")?.raw();
@@ -292,7 +293,7 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
         efer: 0,
         pat: DEFAULT_PAT,
         asid: asid_of(partition),
-        npt_pml4: npt.root_address(),
+        npt_pml4: npt.lock().root_address(),
         iopm,
         msrpm,
     };
@@ -343,7 +344,7 @@ fn run_vcpu(partition: &mut Partition, npt: &NestedTable, start: &Start, svm: Cp
 /// VMRUN until the partition stops.
 fn run_loop(
     partition: &mut Partition,
-    npt: &NestedTable,
+    npt: &Mutex<NestedTable>,
     vmcb_pa: u64,
     svm: CpuSvm,
     registers: &mut GuestRegisters,
@@ -352,6 +353,13 @@ fn run_loop(
     let vmcb_ptr = vmcb_pa as *mut Vmcb;
     let nrip_save = cpu::cpuid(SVM_FEATURES_LEAF, 0)[3] & CPUID_EDX_NRIP_SAVE != 0;
     loop {
+        if crate::page_track::take_flush_request(partition.index) {
+            // A tracked page's NPT leaf changed: drop this CPU's cached
+            // translations at this VMRUN (flush all: QEMU TCG has no
+            // flush-by-ASID, DESIGN.md §6).
+            // SAFETY: the CPU does not use the VMCB between VMRUNs.
+            unsafe { (*vmcb_ptr).control.tlb_control = svm_guest::TLB_FLUSH_ALL };
+        }
         // SAFETY: SVM is enabled on this CPU; the VMCB was filled by
         // `fill_64bit_guest` with an NPT mapping only the partition's RAM
         // and permission maps that pass only the partition's own ports and
