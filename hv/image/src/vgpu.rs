@@ -494,8 +494,22 @@ fn tracked_write(index: usize, writes: &[TrackedWrite]) {
     let Some(Some(slot)) = m.slots.get_mut(index) else { return };
     let Some(space) = &slot.space else { return };
     let stores: Vec<(Gpa, u8)> = writes.iter().map(|w| (w.gpa, w.width)).collect();
+    let refused = slot.vgpu.shadows().stats().refused;
     let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
     slot.vgpu.tracked_write(&mut Env { space, pins: &mut slot.pins, memory: &mut tables }, &stores);
+    log_refused(slot, refused, "a store to its page tables");
+}
+
+/// Logs (rate-limited) per-process entries pointed at scratch since the
+/// count was `before`.
+fn log_refused(slot: &mut Slot, before: u64, by: &str) {
+    let now = slot.vgpu.shadows().stats().refused;
+    if now > before {
+        slot.logged = slot.logged.saturating_add(1);
+        if slot.logged <= LOG_LIMIT {
+            log::warn!("partition {}: {by}: {} per-process GTT entries refused (scratch)", slot.name, now - before);
+        }
+    }
 }
 
 /// Reads machine memory for a virtual GPU: host RAM through the
@@ -563,7 +577,9 @@ impl Mediator {
         let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
         let mut context =
             WriteContext { space, pins: &mut slot.pins, memory: &mut physical, shadows: &mut place, tables: &mut tables };
+        let refused = slot.vgpu.shadows().stats().refused;
         let effect = slot.vgpu.write(&mut context, offset, size.bytes() as u8, value);
+        log_refused(slot, refused, "a context it submitted");
         for update in &effect.gtt_updates {
             if let Ok(i) = u32::try_from(update.index)
                 && let Err(e) = gpu_hw::write_gtt(i, update.value)
