@@ -226,11 +226,12 @@ pub fn tracked_pages(index: usize) -> usize {
 /// [`PerformError::OutsidePage`]: nothing was written, a fault.
 pub fn perform(index: usize, writes: &[TrackedWrite]) -> Result<(), PerformError> {
     {
+        let Some(first) = writes.first() else { return Ok(()) };
         let all = TRACKING.lock();
-        let tracking = all.get(index).and_then(Option::as_ref).ok_or(PerformError::NotTracked(Gpa::new(0)))?;
+        let tracking = all.get(index).and_then(Option::as_ref).ok_or(PerformError::NotTracked(first.gpa))?;
         let mut targets = [Hpa::new(0); 2];
         if writes.len() > targets.len() {
-            return Err(PerformError::OutsidePage(writes[0].gpa));
+            return Err(PerformError::OutsidePage(first.gpa));
         }
         for (write, target) in writes.iter().zip(targets.iter_mut()) {
             if !tracking.tracker.is_tracked(write.gpa) {
