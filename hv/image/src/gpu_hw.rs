@@ -220,6 +220,19 @@ pub fn clear_fault(resume_at: Option<u32>) -> Result<(), GpuError> {
     state.gpu.clear_fault(resume_at)
 }
 
+/// Clears a recorded fault and drops what is left of the work: the ring
+/// resumes at its tail, so nothing more runs until the next submission.
+/// (Clearing without moving RING_HEAD would run the faulting command again.)
+///
+/// # Errors
+/// The GPU is not up.
+pub fn abandon_after_fault() -> Result<(), GpuError> {
+    let state = state()?;
+    let tail = state.gpu.status().tail;
+    state.gpu.acknowledge(LocalRegisterCopy::new(INT::FAULT::SET.value));
+    state.gpu.clear_fault(Some(tail))
+}
+
 /// Writes `words` into local memory at `offset`.
 ///
 /// # Errors

@@ -649,9 +649,9 @@ impl Mediator {
         if let Some(running) = self.running.take() {
             let fault = completion.fault.map(|f| GpuFault { status: f.code, command: f.command, address: f.address });
             if fault.is_some() {
-                // Skip what is left of the submission: its ring ends at the
-                // tail the hypervisor wrote.
-                let _ = gpu_hw::clear_fault(None);
+                // Skip what is left of the submission (resuming at the
+                // faulting command would fault again).
+                let _ = gpu_hw::abandon_after_fault();
             }
             if let Some(Some(slot)) = self.slots.get_mut(running) {
                 if let Some(f) = &fault {
@@ -667,7 +667,7 @@ impl Mediator {
             }
             self.update_line(running);
         } else if completion.fault.is_some() {
-            let _ = gpu_hw::clear_fault(None);
+            let _ = gpu_hw::abandon_after_fault();
         }
         self.start_next();
     }
