@@ -48,10 +48,10 @@ use crate::address::{Gpa, Hpa, Iova};
 use crate::address_space::{Access, AddressSpace, RegionKind};
 use crate::gpu::gtt::{validate_page, LocalMemory};
 use crate::pinning::PinnedPages;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec;
 use alloc::vec::Vec;
-use bulkhead_abi::gpu::ppgtt::{self, ENTRIES, ENTRY_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE, PD, PML4, PT};
+use bulkhead_abi::gpu::ppgtt::{self, ENTRIES, ENTRY_SIZE, LARGE_PAGE_SIZE, PAGE_SIZE, PML4, PT};
 
 /// Pages under one 2 MiB entry.
 const PAGES_PER_LARGE: u64 = LARGE_PAGE_SIZE / PAGE_SIZE;
@@ -127,16 +127,10 @@ enum Slot {
     Split(Hpa),
 }
 
-impl Slot {
-    /// Whether the slot maps guest RAM page `page`.
-    fn maps_ram_page(&self, page: u64, splits: &BTreeMap<u64, Vec<Slot>>) -> bool {
-        match *self {
-            Slot::Ram { gpa, .. } => gpa == page,
-            Slot::Ram2M { gpa, .. } => (gpa..gpa + LARGE_PAGE_SIZE).contains(&page),
-            Slot::Split(at) => splits.get(&at.raw()).is_some_and(|leaves| leaves.iter().any(|l| l.maps_ram_page(page, splits))),
-            _ => false,
-        }
-    }
+/// [`ShadowPpgtt::holders`] key of a 2 MiB leaf: its (2 MiB aligned) base
+/// with bit 0 set, apart from the 4 KiB pages' keys.
+const fn large_key(base: u64) -> u64 {
+    base | 1
 }
 
 /// The shadow of one guest table page.
@@ -166,6 +160,9 @@ pub struct ShadowPpgtt {
     tables: BTreeMap<u64, Table>,
     /// Private PTs of split 2 MiB entries: shadow page → its leaves.
     splits: BTreeMap<u64, Vec<Slot>>,
+    /// Which entries map a guest RAM page (its address; a 2 MiB leaf under
+    /// [`large_key`]): found at once when the page becomes a table.
+    holders: BTreeMap<u64, BTreeSet<(u64, usize)>>,
     roots: BTreeMap<u64, Root>,
     /// (table page, index) → `*_HALF` / `REREAD` bits.
     parked: BTreeMap<(u64, usize), u8>,
@@ -202,6 +199,7 @@ impl ShadowPpgtt {
         ShadowPpgtt {
             tables: BTreeMap::new(),
             splits: BTreeMap::new(),
+            holders: BTreeMap::new(),
             roots: BTreeMap::new(),
             parked: BTreeMap::new(),
             scratch_tables: None,
@@ -382,7 +380,36 @@ impl ShadowPpgtt {
         let (shadow, level) = (table.shadow, table.level);
         let entry = self.encode(new, level);
         env.memory.write_shadow_entry(shadow, index, entry);
+        self.note_holder(old, (page, index), false);
+        self.note_holder(new, (page, index), true);
         self.release_slot(env, old);
+    }
+
+    /// Records (or forgets) that entry `at` holds the RAM pages of `slot`.
+    fn note_holder(&mut self, slot: Slot, at: (u64, usize), holds: bool) {
+        let mut keys = Vec::new();
+        match slot {
+            Slot::Ram { gpa, .. } => keys.push(gpa),
+            Slot::Ram2M { gpa, .. } => keys.push(large_key(gpa)),
+            Slot::Split(page) => {
+                for leaf in self.splits.get(&page.raw()).into_iter().flatten() {
+                    if let Slot::Ram { gpa, .. } = leaf {
+                        keys.push(*gpa);
+                    }
+                }
+            }
+            _ => {}
+        }
+        for key in keys {
+            if holds {
+                self.holders.entry(key).or_default().insert(at);
+            } else if let Some(set) = self.holders.get_mut(&key) {
+                set.remove(&at);
+                if set.is_empty() {
+                    self.holders.remove(&key);
+                }
+            }
+        }
     }
 
     /// The shadow slot for guest entry `entry` of a table at `level`,
@@ -444,16 +471,9 @@ impl ShadowPpgtt {
     /// Re-shadows every leaf that maps guest page `page` (which just became
     /// a table, so the new shadow refuses it).
     fn take_from_leaves(&mut self, env: &mut Env<'_>, page: u64) {
-        let mut holders = Vec::new();
-        for (&at, table) in &self.tables {
-            if table.level < PD {
-                continue;
-            }
-            for (index, slot) in table.slots.iter().enumerate() {
-                if slot.maps_ram_page(page, &self.splits) {
-                    holders.push((at, index));
-                }
-            }
+        let mut holders: Vec<(u64, usize)> = Vec::new();
+        for key in [page, large_key(page & !(LARGE_PAGE_SIZE - 1))] {
+            holders.extend(self.holders.get(&key).into_iter().flatten());
         }
         for (at, index) in holders {
             self.reshadow(env, at, index);
@@ -622,7 +642,8 @@ impl ShadowPpgtt {
             return;
         }
         let Some(table) = self.tables.remove(&gpa) else { return };
-        for slot in table.slots {
+        for (index, slot) in table.slots.into_iter().enumerate() {
+            self.note_holder(slot, (gpa, index), false);
             self.release_slot(env, slot);
         }
         self.parked.retain(|&(page, _), _| page != gpa);

@@ -224,6 +224,7 @@ fn a_table_shared_by_two_contexts_is_shadowed_once_and_kept_until_both_let_go() 
     assert!(rig.fake.tracked.is_empty());
     assert_eq!(rig.pins.pinned(), 0);
     assert_eq!(rig.pool_in_use(), 0, "every shadow page back in the pool");
+    assert!(rig.shadow.holders.is_empty());
 }
 
 #[test]
@@ -293,6 +294,14 @@ fn a_page_that_becomes_a_table_is_taken_from_the_leaves_that_mapped_it() {
     assert!(rig.fake.tracked.contains(&new_pt));
     assert_eq!(rig.gpu_view(root, 0).map(|v| v.0), Some(SCRATCH_LEAF));
     assert!(!rig.pins.is_pinned(Hpa::new(host_of(new_pt))));
+    // Inside a 2 MiB page: that page is split around it.
+    rig.store(PD_A, 2, (RAM + 0x40_0000) | ppgtt::PS_2M | ppgtt::PRESENT);
+    assert_eq!(rig.gpu_view(root, (2 << 21) + 0x5000).unwrap().0 & ppgtt::PS_2M, ppgtt::PS_2M);
+    let inner_pt = RAM + 0x40_5000;
+    rig.store(PD_A, 3, table(inner_pt));
+    assert_eq!(rig.gpu_view(root, (2 << 21) + 0x5000).map(|v| v.0), Some(SCRATCH_LEAF));
+    assert_eq!(rig.gpu_view(root, (2 << 21) + 0x6000).map(|v| v.1), Some(host_of(RAM + 0x40_6000)));
+    assert_eq!(rig.pins.pinned(), 511);
 }
 
 #[test]
@@ -405,6 +414,7 @@ fn a_context_root_must_be_own_ram_and_reset_drops_everything() {
     shadow.reset(&mut env);
     assert_eq!(rig.shadow.stats().shadow_pages, 0);
     assert_eq!(rig.shadow.parked(), 0);
+    assert!(rig.shadow.holders.is_empty());
     assert!(rig.fake.tracked.is_empty());
     assert_eq!(rig.pins.pinned(), 0);
     assert_eq!(rig.pool_in_use(), 0);
