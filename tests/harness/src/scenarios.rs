@@ -1057,6 +1057,33 @@ pub const SCENARIOS: &[Scenario] = &[
 /// `x86-hello.bin` under SVM.
 pub const X86_CONFIG: &str = "configs/qemu-q35.toml";
 
+
+/// The `selftest=gpu` lines, in order (arm64; x86_64 adds the MSI-X line).
+const GPU_SELFTEST_LINES: [&str; 8] = [
+    "hypervisor reserve: local [0, 0x400000) in GTT [0, 1024), the rest at the scratch page",
+    "gpu selftest: device ",
+    "gpu selftest: reserve ring",
+    "gpu selftest: ring ran to its tail",
+    "gpu selftest: XY_COLOR_BLT and XY_SRC_COPY_BLT in local memory ok",
+    "gpu selftest: MI_STORE_DATA_IMM into RAM and the fence page, MI_USER_INTERRUPT ok",
+    "gpu selftest: blit to a not-present GTT entry faulted (code 1",
+    "gpu selftest: fault cleared, HEAD moved past the command, the ring ran on ok",
+];
+
+/// The x86_64 `selftest=gpu` lines, in order.
+const GPU_SELFTEST_LINES_X86: [&str; 10] = [
+    "hypervisor reserve: local [0, 0x400000) in GTT [0, 1024), the rest at the scratch page",
+    "MSI-X vector 0 -> host vector",
+    "gpu selftest: device ",
+    "gpu selftest: reserve ring",
+    "gpu selftest: ring ran to its tail",
+    "gpu selftest: XY_COLOR_BLT and XY_SRC_COPY_BLT in local memory ok",
+    "gpu selftest: MI_STORE_DATA_IMM into RAM and the fence page, MI_USER_INTERRUPT ok",
+    "gpu selftest: MSI-X interrupt taken",
+    "gpu selftest: blit to a not-present GTT entry faulted (code 1",
+    "gpu selftest: fault cleared, HEAD moved past the command, the ring ran on ok",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1106,29 +1133,3 @@ mod tests {
         }
     }
 }
-
-/// The `selftest=gpu` lines, in order (arm64; x86_64 adds the MSI-X line).
-const GPU_SELFTEST_LINES: [&str; 8] = [
-    "hypervisor reserve: local [0, 0x400000) in GTT [0, 1024), the rest at the scratch page",
-    "gpu selftest: device ",
-    "gpu selftest: reserve ring",
-    "gpu selftest: ring ran to its tail",
-    "gpu selftest: XY_COLOR_BLT and XY_SRC_COPY_BLT in local memory ok",
-    "gpu selftest: MI_STORE_DATA_IMM into RAM and the fence page, MI_USER_INTERRUPT ok",
-    "gpu selftest: blit to a not-present GTT entry faulted (code 1",
-    "gpu selftest: fault cleared, HEAD moved past the command, the ring ran on ok",
-];
-
-/// The x86_64 `selftest=gpu` lines, in order.
-const GPU_SELFTEST_LINES_X86: [&str; 10] = [
-    "hypervisor reserve: local [0, 0x400000) in GTT [0, 1024), the rest at the scratch page",
-    "MSI-X vector 0 -> host vector",
-    "gpu selftest: device ",
-    "gpu selftest: reserve ring",
-    "gpu selftest: ring ran to its tail",
-    "gpu selftest: XY_COLOR_BLT and XY_SRC_COPY_BLT in local memory ok",
-    "gpu selftest: MI_STORE_DATA_IMM into RAM and the fence page, MI_USER_INTERRUPT ok",
-    "gpu selftest: MSI-X interrupt taken",
-    "gpu selftest: blit to a not-present GTT entry faulted (code 1",
-    "gpu selftest: fault cleared, HEAD moved past the command, the ring ran on ok",
-];
