@@ -387,28 +387,28 @@ impl ShadowPpgtt {
 
     /// Records (or forgets) that entry `at` holds the RAM pages of `slot`.
     fn note_holder(&mut self, slot: Slot, at: (u64, usize), holds: bool) {
-        let mut keys = Vec::new();
+        let holders = &mut self.holders;
+        let mut note = |key: u64| {
+            if holds {
+                holders.entry(key).or_default().insert(at);
+            } else if let Some(set) = holders.get_mut(&key) {
+                set.remove(&at);
+                if set.is_empty() {
+                    holders.remove(&key);
+                }
+            }
+        };
         match slot {
-            Slot::Ram { gpa, .. } => keys.push(gpa),
-            Slot::Ram2M { gpa, .. } => keys.push(large_key(gpa)),
+            Slot::Ram { gpa, .. } => note(gpa),
+            Slot::Ram2M { gpa, .. } => note(large_key(gpa)),
             Slot::Split(page) => {
                 for leaf in self.splits.get(&page.raw()).into_iter().flatten() {
                     if let Slot::Ram { gpa, .. } = leaf {
-                        keys.push(*gpa);
+                        note(*gpa);
                     }
                 }
             }
             _ => {}
-        }
-        for key in keys {
-            if holds {
-                self.holders.entry(key).or_default().insert(at);
-            } else if let Some(set) = self.holders.get_mut(&key) {
-                set.remove(&at);
-                if set.is_empty() {
-                    self.holders.remove(&key);
-                }
-            }
         }
     }
 
