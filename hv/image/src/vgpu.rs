@@ -399,9 +399,19 @@ pub fn reset(index: usize) {
     let Some(m) = MEDIATOR.get() else { return };
     let mut m = m.lock();
     m.scheduler.drop_partition(index);
+    // Its work may be walking the shadow tables freed below: they go back
+    // to the heap only once the engine has stopped (else they are kept).
+    let mut keep_pages = false;
+    if m.running == Some(index) {
+        keep_pages = !wait_for_engine();
+        m.running = None;
+    }
     if let Some(Some(slot)) = m.slots.get_mut(index) {
         let space = slot.space.take().unwrap_or_default();
-        let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
+        if keep_pages {
+            log::error!("partition {}: the GPU did not finish its work: its shadow page tables are kept, not freed", slot.name);
+        }
+        let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages, keep_pages };
         slot.vgpu.reset(&mut Env { space: &space, pins: &mut slot.pins, memory: &mut tables });
         slot.batches_next = 0;
         slot.line = false;
@@ -419,11 +429,33 @@ pub fn reset(index: usize) {
     }
 }
 
+/// Polls the engine until it is idle (a fault counts: it stopped), then
+/// drops what is left of the work; `false` if it did not stop (the model
+/// bounds the work of one batch, so it does).
+fn wait_for_engine() -> bool {
+    const POLLS: u32 = 50_000_000;
+    for _ in 0..POLLS {
+        match gpu_hw::poll() {
+            Ok(completion) if completion.idle || completion.fault.is_some() => {
+                if completion.fault.is_some() {
+                    let _ = gpu_hw::abandon_after_fault();
+                }
+                return true;
+            }
+            Ok(_) => core::hint::spin_loop(),
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// The shadow page tables' memory and the write protection of the guest's
 /// tables, for one partition.
 struct Tables<'a> {
     partition: usize,
     in_use: &'a mut u32,
+    /// Freed pages stay allocated (the GPU may still walk them).
+    keep_pages: bool,
 }
 
 /// One shadow page-table page.
@@ -458,6 +490,9 @@ impl PpgttMemory for Tables<'_> {
 
     fn free(&mut self, page: Hpa) {
         *self.in_use = self.in_use.saturating_sub(1);
+        if self.keep_pages {
+            return;
+        }
         // SAFETY: `page` came from `allocate` with this layout, and the
         // shadow frees each page once, after unlinking it.
         unsafe { alloc::alloc::dealloc(page.raw() as usize as *mut u8, TABLE_LAYOUT) }
@@ -495,7 +530,7 @@ fn tracked_write(index: usize, writes: &[TrackedWrite]) {
     let Some(space) = &slot.space else { return };
     let stores: Vec<(Gpa, u8)> = writes.iter().map(|w| (w.gpa, w.width)).collect();
     let refused = slot.vgpu.shadows().stats().refused;
-    let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
+    let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages, keep_pages: false };
     slot.vgpu.tracked_write(&mut Env { space, pins: &mut slot.pins, memory: &mut tables }, &stores);
     log_refused(slot, refused, "a store to its page tables");
 }
@@ -574,7 +609,7 @@ impl Mediator {
         if slot.space.is_none() {
             slot.space = Some(space.clone());
         }
-        let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages };
+        let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages, keep_pages: false };
         let mut context =
             WriteContext { space, pins: &mut slot.pins, memory: &mut physical, shadows: &mut place, tables: &mut tables };
         let refused = slot.vgpu.shadows().stats().refused;
