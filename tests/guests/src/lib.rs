@@ -27,6 +27,7 @@ pub mod intx;
 #[cfg(target_arch = "aarch64")]
 pub mod mmu;
 pub mod pattern;
+pub mod targets;
 pub mod time;
 #[cfg(target_arch = "x86_64")]
 pub mod x86;

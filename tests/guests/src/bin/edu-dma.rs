@@ -27,22 +27,8 @@
 #![no_main]
 
 use bulkhead_test_guests::edu::{BUFFER_SIZE, Edu};
+use bulkhead_test_guests::targets::{HYPERVISOR_HOST, VICTIM_PATTERN};
 use bulkhead_test_guests::{guest_main, pattern, println};
-
-/// Host address of the neighbour's RAM (its configuration's `backing`).
-#[cfg(target_arch = "aarch64")]
-const VICTIM_HOST: u64 = 0x5000_0000;
-#[cfg(not(target_arch = "aarch64"))]
-const VICTIM_HOST: u64 = 0x3000_0000;
-/// Where the neighbour writes its pattern, relative to its RAM.
-const VICTIM_PATTERN_OFFSET: u64 = 0x80_0000;
-/// An address inside the hypervisor's own memory on the test machines
-/// (near the top of RAM, where the loader places it; on arm64 its pool,
-/// which the boot log lists as "the hypervisor's own ranges").
-#[cfg(target_arch = "aarch64")]
-const HYPERVISOR_HOST: u64 = 0x7b00_0000;
-#[cfg(not(target_arch = "aarch64"))]
-const HYPERVISOR_HOST: u64 = 0x3d00_0000;
 
 /// Pages of this partition's own RAM the DMA engine reads and writes (in
 /// `.bss`, so in a region with `dma = true` at I/O virtual address =
@@ -242,7 +228,7 @@ fn main() -> Result<(), u64> {
     println!("DMA into its own RAM at {:#x}: {LEN} bytes correct", target());
 
     // 2. Attacks: foreign memory, both directions.
-    let victim = VICTIM_HOST + VICTIM_PATTERN_OFFSET;
+    let victim = VICTIM_PATTERN;
     set_bytes(source(), &[0xbd; LEN]);
     edu.dma_from_ram(source(), GARBAGE, LEN as u64).map_err(|_| 4u64)?;
     println!("attack: DMA into the neighbour's memory at {victim:#x}");

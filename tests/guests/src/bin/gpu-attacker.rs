@@ -26,39 +26,10 @@ use bulkhead_abi::gpu::{gtt, vgpu};
 use bulkhead_test_guests::gpu::commands::{
     Commands, Rect, Surface, xy_color_blt, mi_load_register_imm, round_color, xy_src_copy_blt, mi_store_data_imm, mi_user_interrupt,
 };
+use bulkhead_test_guests::targets::{self, HYPERVISOR_HOST, MMIO, VICTIM_PATTERN};
 use bulkhead_test_guests::gpu::{Gpu, GttWrite, Outcome, check_surface, layout, ram_fill, ram_read32, ram_write32};
-use bulkhead_test_guests::{guest_main, pattern, println, time};
+use bulkhead_test_guests::{guest_main, pattern, println};
 
-/// How long the attacker lets its neighbour start and write its pattern
-/// before aiming at it (the arm64 victim waits 1500 ms before checking).
-#[cfg(target_arch = "aarch64")]
-const VICTIM_START_MS: u64 = 400;
-/// The same in TSC ticks (x86_64 has no architectural TSC frequency; the
-/// x86 victim's window is counted in ticks too).
-#[cfg(target_arch = "x86_64")]
-const VICTIM_START_TICKS: u64 = 400_000_000;
-
-/// Host address of the neighbour's RAM (its configuration's `backing`, as
-/// in `tests/configs/dma-edu.toml`) and where it keeps its pattern.
-#[cfg(target_arch = "aarch64")]
-const VICTIM_HOST: u64 = 0x5000_0000;
-#[cfg(not(target_arch = "aarch64"))]
-const VICTIM_HOST: u64 = 0x3000_0000;
-const VICTIM_PATTERN_OFFSET: u64 = pattern::RAM_OFFSET;
-/// Addresses inside the hypervisor's own memory on the test machines (see
-/// `edu-dma`: its pool near the top of RAM, which the boot log lists).
-/// Only addresses outside this partition's own guest-physical RAM can name
-/// them: a GTT entry holds a guest-physical address, and guest 0x10_0000 on
-/// x86_64 is this partition's own RAM, whatever host page backs it.
-#[cfg(target_arch = "aarch64")]
-const HYPERVISOR_HOST: [u64; 1] = [0x7b00_0000];
-#[cfg(not(target_arch = "aarch64"))]
-const HYPERVISOR_HOST: [u64; 1] = [0x3d00_0000];
-/// MMIO: the PL011 (arm64), the I/O APIC (x86_64).
-#[cfg(target_arch = "aarch64")]
-const MMIO: u64 = 0x0900_0000;
-#[cfg(not(target_arch = "aarch64"))]
-const MMIO: u64 = 0xfec0_0000;
 
 /// One-page surfaces: 32 × 32 pixels, 32 bpp.
 const SIZE: u16 = 32;
@@ -256,18 +227,12 @@ fn main() -> Result<(), u64> {
     gpu.map_ram(GTT_MARKER, MARKER, 1, GttWrite::Whole).map_err(setup)?;
     gpu.map_ram(GTT_LANDING, LANDING, 1, GttWrite::Whole).map_err(setup)?;
     println!("gpu attack: graphics base {:#x}, {} GTT entries, local memory {:#x} bytes", info.graphics_base, info.gtt_entries, info.local_size);
-    #[cfg(target_arch = "aarch64")]
-    time::delay_ms(VICTIM_START_MS);
-    #[cfg(target_arch = "x86_64")]
-    time::wait_ticks(VICTIM_START_TICKS);
+    targets::wait_for_victim();
     let mut attacker = Attacker { gpu, tag: info.graphics_base, failed: None };
 
-    let victim = VICTIM_HOST + VICTIM_PATTERN_OFFSET;
     let entry = |address: u64| address | gtt::PRESENT;
-    attacker.refused_entry(16, "(a) GTT entry at the neighbour's RAM", entry(victim), Some(0))?;
-    for (i, host) in HYPERVISOR_HOST.iter().enumerate() {
-        attacker.refused_entry(17 + i as u64, "(b) GTT entry at the hypervisor's memory", entry(*host), None)?;
-    }
+    attacker.refused_entry(16, "(a) GTT entry at the neighbour's RAM", entry(VICTIM_PATTERN), Some(0))?;
+    attacker.refused_entry(17, "(b) GTT entry at the hypervisor's memory", entry(HYPERVISOR_HOST), None)?;
     attacker.refused_entry(19, "(b) GTT entry at MMIO", entry(MMIO), None)?;
     let beyond = (info.local_size + PAGE - 1) & !(PAGE - 1);
     attacker.refused_entry(20, "(b) GTT entry at local memory beyond its share", entry(beyond) | vgpu::GTT_LOCAL_MEMORY, None)?;

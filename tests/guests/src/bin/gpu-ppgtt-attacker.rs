@@ -34,32 +34,11 @@ use bulkhead_test_guests::gpu::commands::{
 use bulkhead_test_guests::gpu::ppgtt::{
     Context, GuestRam, Pool, Store, Tables, mi_store_data_imm, ram_leaf, run_in_context, write_batch,
 };
+use bulkhead_test_guests::targets::{self, HYPERVISOR_HOST, MMIO, VICTIM_PATTERN};
 use bulkhead_test_guests::gpu::{Gpu, GttWrite, Outcome, check_surface, layout, ram_fill, ram_read32, ram_write32, write64};
 use bulkhead_abi::gpu::encode::{load_pdp0, mi_batch_buffer_start};
-use bulkhead_test_guests::{guest_main, pattern, println, time};
+use bulkhead_test_guests::{guest_main, pattern, println};
 
-/// How long it lets its neighbour start and write its pattern (as
-/// `gpu-attacker`).
-#[cfg(target_arch = "aarch64")]
-const VICTIM_START_MS: u64 = 400;
-#[cfg(target_arch = "x86_64")]
-const VICTIM_START_TICKS: u64 = 400_000_000;
-
-/// The neighbour's RAM (its configuration's `backing`), the hypervisor's
-/// memory and MMIO: the addresses `gpu-attacker` aims its GTT entries at.
-#[cfg(target_arch = "aarch64")]
-const VICTIM_HOST: u64 = 0x5000_0000;
-#[cfg(not(target_arch = "aarch64"))]
-const VICTIM_HOST: u64 = 0x3000_0000;
-#[cfg(target_arch = "aarch64")]
-const HYPERVISOR_HOST: u64 = 0x7b00_0000;
-#[cfg(not(target_arch = "aarch64"))]
-const HYPERVISOR_HOST: u64 = 0x3d00_0000;
-#[cfg(target_arch = "aarch64")]
-const MMIO: u64 = 0x0900_0000;
-#[cfg(not(target_arch = "aarch64"))]
-const MMIO: u64 = 0xfec0_0000;
-const VICTIM_PATTERN: u64 = VICTIM_HOST + pattern::RAM_OFFSET;
 
 /// One-page surfaces: 32 × 32 pixels, 32 bpp.
 const SIZE: u16 = 32;
@@ -376,10 +355,7 @@ fn main() -> Result<(), u64> {
         "gpu ppgtt attack: graphics base {:#x}, {} GTT entries, local memory {:#x} bytes, context PML4 {:#x}",
         info.graphics_base, info.gtt_entries, info.local_size, context.pml4
     );
-    #[cfg(target_arch = "aarch64")]
-    time::delay_ms(VICTIM_START_MS);
-    #[cfg(target_arch = "x86_64")]
-    time::wait_ticks(VICTIM_START_TICKS);
+    targets::wait_for_victim();
     let mut attacker = Attacker { gpu, tables, context, tag: info.graphics_base, failed: None };
     // Submitted once: from now on its table pages are tracked.
     if !attacker.good_batch(round_color(attacker.tag, 0x10))? {
