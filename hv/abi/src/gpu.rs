@@ -111,6 +111,8 @@ pub mod cmd {
     pub const BBS_PPGTT: u32 = 1 << 8;
     /// MI_BATCH_BUFFER_START bits 7:0: DWord Length (1: 3 dwords, 48-bit address).
     pub const BBS_LENGTH_MASK: u32 = 0xff;
+    /// MI_LOAD_REGISTER_IMM bits 7:0: DWord Length (2n − 1 for n registers).
+    pub const LRI_LENGTH_MASK: u32 = 0xff;
 
     /// XY_COLOR_BLT: fills a rectangle with a solid colour (7 dwords).
     pub const XY_COLOR_BLT: u32 = 0x50;

@@ -528,10 +528,9 @@ fn tracked_write(index: usize, writes: &[TrackedWrite]) {
     let mut m = m.lock();
     let Some(Some(slot)) = m.slots.get_mut(index) else { return };
     let Some(space) = &slot.space else { return };
-    let stores: Vec<(Gpa, u8)> = writes.iter().map(|w| (w.gpa, w.width)).collect();
     let refused = slot.vgpu.shadows().stats().refused;
     let mut tables = Tables { partition: index, in_use: &mut slot.shadow_pages, keep_pages: false };
-    slot.vgpu.tracked_write(&mut Env { space, pins: &mut slot.pins, memory: &mut tables }, &stores);
+    slot.vgpu.tracked_write(&mut Env { space, pins: &mut slot.pins, memory: &mut tables }, writes.iter().map(|w| (w.gpa, w.width)));
     log_refused(slot, refused, "a store to its page tables");
 }
 

@@ -320,7 +320,7 @@ pub(crate) fn command_dwords(header: u32) -> Result<usize, Reason> {
                 found => Err(Reason::BadLength { found }),
             },
             cmd::MI_BATCH_BUFFER_START => expect_length(header, cmd::BBS_LENGTH_MASK, cmd::MI_BATCH_BUFFER_START_DWORDS),
-            cmd::MI_LOAD_REGISTER_IMM if bits(header, cmd::BBS_LENGTH_MASK) as usize + 2 == PDP0_LOAD_DWORDS => Ok(PDP0_LOAD_DWORDS),
+            cmd::MI_LOAD_REGISTER_IMM if bits(header, cmd::LRI_LENGTH_MASK) as usize + 2 == PDP0_LOAD_DWORDS => Ok(PDP0_LOAD_DWORDS),
             cmd::MI_LOAD_REGISTER_IMM => Err(Reason::Privileged("MI_LOAD_REGISTER_IMM writes registers")),
             cmd::MI_LOAD_REGISTER_MEM => Err(Reason::Privileged("MI_LOAD_REGISTER_MEM writes registers")),
             cmd::MI_LOAD_REGISTER_REG => Err(Reason::Privileged("MI_LOAD_REGISTER_REG writes registers")),
@@ -383,7 +383,7 @@ fn check_command(c: &[u32], share: &Share, in_ring: bool) -> Result<Flow, Reason
         }
         cmd::MI_LOAD_REGISTER_IMM => {
             const WRITES: Reason = Reason::Privileged("MI_LOAD_REGISTER_IMM of anything but the PDP0 pair, or in a batch");
-            only(header, cmd::mi(cmd::MI_LOAD_REGISTER_IMM, cmd::BBS_LENGTH_MASK), 0).map_err(|_| WRITES)?;
+            only(header, cmd::mi(cmd::MI_LOAD_REGISTER_IMM, cmd::LRI_LENGTH_MASK), 0).map_err(|_| WRITES)?;
             match (in_ring, c[1], c[3]) {
                 (true, ppgtt::PDP0_UDW, ppgtt::PDP0_LDW) => Ok(Flow::ContextLoad { upper: 2, lower: 4 }),
                 (true, ppgtt::PDP0_LDW, ppgtt::PDP0_UDW) => Ok(Flow::ContextLoad { upper: 4, lower: 2 }),

@@ -461,9 +461,9 @@ impl VirtualGpu {
     /// Trapped stores to its tracked page-table pages, already performed
     /// in guest memory, from one instruction (two for a pair). Returns
     /// whether any of them hit a shadowed table.
-    pub fn tracked_write(&mut self, env: &mut Env<'_>, writes: &[(Gpa, u8)]) -> bool {
+    pub fn tracked_write(&mut self, env: &mut Env<'_>, writes: impl IntoIterator<Item = (Gpa, u8)>) -> bool {
         let mut hit = false;
-        for &(gpa, width) in writes {
+        for (gpa, width) in writes {
             hit |= self.shadow.on_write(env, gpa, width);
         }
         if hit {
@@ -1671,8 +1671,8 @@ mod tests {
         assert_eq!(rig.read(vgpu::INFO_PT_TRACKED), 2);
         // A trapped write to the PDP page counts and changes the shadow.
         let mut env = Env { space: &rig.space, pins: &mut rig.pins, memory: &mut rig.tables };
-        assert!(rig.gpu.tracked_write(&mut env, &[(Gpa::new(pdp), 8)]));
-        assert!(!rig.gpu.tracked_write(&mut env, &[(Gpa::new(RAM_GPA), 8)]));
+        assert!(rig.gpu.tracked_write(&mut env, [(Gpa::new(pdp), 8)]));
+        assert!(!rig.gpu.tracked_write(&mut env, [(Gpa::new(RAM_GPA), 8)]));
         assert_eq!(rig.read(vgpu::INFO_PT_TRAPS), 1);
         // Released while in flight: the tables stay protected until it completes.
         rig.write(vgpu::CONTEXT_RELEASE_LO, 4, pml4 & 0xffff_ffff);
