@@ -148,7 +148,6 @@ pub fn attach(index: usize, npt: &'static Mutex<NestedTable>, apic_id: u32) {
 
 /// Registers the handler called after each performed store (one handler:
 /// the GPU mediator's, at boot). Until then stores are still performed.
-#[allow(dead_code, reason = "called by the GPU mediator's page-table shadowing, which is being written")]
 pub fn set_handler(handler: Handler) {
     *HANDLER.lock() = Some(handler);
 }
@@ -160,7 +159,6 @@ pub fn set_handler(handler: Handler) {
 /// [`TrackError::NotRunning`] if tracking is not enabled or the partition
 /// has no table yet; the validation errors of [`PageTracker::check`];
 /// [`TrackError::MappingFailed`] if the table refused (nothing changed).
-#[allow(dead_code, reason = "called by the GPU mediator's page-table shadowing, which is being written")]
 pub fn track(index: usize, page: Gpa) -> Result<(), TrackError> {
     let mut all = TRACKING.lock();
     let tracking = all.get_mut(index).and_then(Option::as_mut).ok_or(TrackError::NotRunning)?;
@@ -177,7 +175,6 @@ pub fn track(index: usize, page: Gpa) -> Result<(), TrackError> {
 
 /// Drops one use of `page` of partition `index`; the last gives the page
 /// its region's permissions back. Untracking an untracked page does nothing.
-#[allow(dead_code, reason = "called by the GPU mediator's page-table shadowing, which is being written")]
 pub fn untrack(index: usize, page: Gpa) {
     let mut all = TRACKING.lock();
     let Some(tracking) = all.get_mut(index).and_then(Option::as_mut) else { return };
@@ -208,12 +205,6 @@ pub fn release_all(index: usize) {
 /// Whether the page holding `gpa` of partition `index` is tracked.
 pub fn is_tracked(index: usize, gpa: Gpa) -> bool {
     TRACKING.lock().get(index).and_then(Option::as_ref).is_some_and(|t| t.tracker.is_tracked(gpa))
-}
-
-/// How many distinct pages of partition `index` are tracked.
-#[allow(dead_code, reason = "called by the GPU mediator's page-table shadowing, which is being written")]
-pub fn tracked_pages(index: usize) -> usize {
-    TRACKING.lock().get(index).and_then(Option::as_ref).map_or(0, |t| t.tracker.tracked_pages())
 }
 
 /// Performs `writes` (the decoded stores of one trapped instruction, each
